@@ -1,0 +1,92 @@
+//! `sprig bench kernels [--quick] --json FILE`: sprig's sparse kernels (CSR, BSR 4x1, 2:4) and
+//! the dense Rust GEMMs on the shapes of issue 3, medians written as JSON rows
+//! `[{k, n, m, sparsity, format, op, impl, median_ms}]`. Peers (PyTorch, SciPy) are measured by
+//! `scripts/bench-kernels-peers.py`.
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sprig_kernels::bench::{run as run_grid, BenchConfig};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Small grid (K=384 N=1536, M 1 and 512, 50% and 90%, 2:4, 4x1): under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these M values (comma-separated), overriding the grid's.
+    #[arg(long, value_delimiter = ',')]
+    pub m: Option<Vec<usize>>,
+    /// Only these sparsities (comma-separated), overriding the grid's.
+    #[arg(long, value_delimiter = ',')]
+    pub sparsity: Option<Vec<f64>>,
+    /// Forward only.
+    #[arg(long)]
+    pub no_backward: bool,
+    /// Where to write the JSON rows.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    k: usize,
+    n: usize,
+    m: usize,
+    sparsity: f64,
+    format: &'a str,
+    op: &'a str,
+    #[serde(rename = "impl")]
+    imp: &'a str,
+    median_ms: f64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut cfg = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
+    if let Some(m) = args.m {
+        anyhow::ensure!(m.iter().all(|&v| v > 0), "--m values must be positive, got {m:?}");
+        cfg.ms = m;
+    }
+    if let Some(s) = args.sparsity {
+        anyhow::ensure!(
+            s.iter().all(|v| (0.0..1.0).contains(v)),
+            "--sparsity values must be in [0, 1), got {s:?}"
+        );
+        cfg.sparsities = s;
+    }
+    cfg.backward = !args.no_backward;
+    eprintln!(
+        "sprig bench kernels: simd {}, {} rayon threads",
+        sprig_kernels::simd_level(),
+        sprig_kernels::bench::threads()
+    );
+    let rows = run_grid(&cfg, |r| {
+        eprintln!(
+            "K={:<5} N={:<5} M={:<5} {:>5.2} {:<7} {:<8} {:<15} {:>10.4} ms",
+            r.k, r.n, r.m, r.sparsity, r.format, r.op, r.imp, r.median_ms
+        )
+    });
+    if let Some(path) = args.json {
+        let out: Vec<Row> = rows
+            .iter()
+            .map(|r| Row {
+                k: r.k,
+                n: r.n,
+                m: r.m,
+                sparsity: r.sparsity,
+                format: &r.format,
+                op: &r.op,
+                imp: &r.imp,
+                median_ms: r.median_ms,
+            })
+            .collect();
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        serde_json::to_writer_pretty(&mut tmp, &out)?;
+        tmp.write_all(b"\n")?;
+        tmp.persist(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {} rows to {}", out.len(), path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `sprig bench train-step`: time forward, backward and optimizer of one BERT classifier step.
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use sprig_bert::{BertClassifier, Checkpoint, Pooling};
+use sprig_train::{AdamW, AdamWConfig, Optimizer};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2")]
+    pub model: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Train the word embeddings too (PyTorch's default); off = sprig's fine-tuning default.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub train_word_embeddings: bool,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Timing {
+    median: f64,
+    runs: Vec<f64>,
+}
+
+fn timing(mut v: Vec<f64>) -> Timing {
+    let runs = v.clone();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Timing { median, runs }
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let device = Device::Cpu;
+    let ckpt = Checkpoint::load(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
+    let mut encoder = ckpt.encoder(0, &device)?;
+    encoder.set_train_word_embeddings(a.train_word_embeddings);
+    let model = BertClassifier::new(encoder, 2, Pooling::Mean, None, 0)?;
+    let vocab = ckpt.config.vocab_size as u32;
+    drop(ckpt);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let ids: Vec<u32> = (0..a.batch * a.seq).map(|_| rng.random_range(1000..vocab)).collect();
+    let ids = Tensor::from_vec(ids, (a.batch, a.seq), &device)?;
+    let types = ids.zeros_like()?;
+    let mask = ids.ones_like()?;
+    let labels = Tensor::from_vec((0..a.batch as u32).map(|i| i % 2).collect::<Vec<_>>(), a.batch, &device)?;
+    let mut opt = AdamW::new(model.trainable_params(), AdamWConfig { lr: 2e-5, weight_decay: 0.01, ..Default::default() })?;
+    let (mut fwd, mut tfwd, mut bwd, mut optim, mut step) = (vec![], vec![], vec![], vec![], vec![]);
+    let threads = candle_core::utils::get_num_threads();
+    eprintln!("bench train-step: {} batch {} seq {} threads {threads}", a.model, a.batch, a.seq);
+    for i in 0..a.warmup + a.runs {
+        let t = Instant::now();
+        let logits = model.forward(&ids, &types, &mask, false)?;
+        logits.to_vec2::<f32>()?;
+        let f = t.elapsed().as_secs_f64() * 1e3;
+        let t0 = Instant::now();
+        let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &types, &mask, true)?, &labels)?;
+        loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        opt.step(&grads)?;
+        let t3 = Instant::now();
+        if i >= a.warmup {
+            fwd.push(f);
+            tfwd.push((t1 - t0).as_secs_f64() * 1e3);
+            bwd.push((t2 - t1).as_secs_f64() * 1e3);
+            optim.push((t3 - t2).as_secs_f64() * 1e3);
+            step.push((t3 - t0).as_secs_f64() * 1e3);
+        }
+        eprintln!("  run {i}: forward {f:.0} ms, step {:.0} ms", (t3 - t0).as_secs_f64() * 1e3);
+    }
+    let out = serde_json::json!({
+        "impl": "sprig", "model": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
+        "train_word_embeddings": a.train_word_embeddings,
+        "forward_ms": timing(fwd), "train_forward_ms": timing(tfwd), "backward_ms": timing(bwd),
+        "optimizer_ms": timing(optim), "step_ms": timing(step), "peak_rss_mb": peak_rss_mb(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if let Some(p) = &a.json {
+        sprig_train::write_json(p, &out)?;
+    }
+    Ok(())
+}

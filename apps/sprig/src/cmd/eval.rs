@@ -1,0 +1,66 @@
+//! `sprig eval`: evaluate a fine-tuned classifier checkpoint on a task's test split.
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use sprig_bert::finetune::{evaluate, tokenize};
+use sprig_bert::{BertTokenizer, Checkpoint};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A fine-tuned checkpoint directory (e.g. the `--out` of `sprig finetune`).
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub task: String,
+    /// Where to write `eval.json`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Split seed [default: the seed recorded in the checkpoint, else 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Which split: test or dev.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub max_seq_len: usize,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let device = Device::Cpu;
+    let ckpt = Checkpoint::load(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
+    if !ckpt.has_classifier() {
+        bail!("{} has no classification head (classifier.weight); fine-tune it first with `sprig finetune`", a.model);
+    }
+    let recorded = ckpt.config.extra.get("sprig").cloned().unwrap_or_default();
+    let seed = a.seed.or_else(|| recorded.get("seed")?.as_str()?.parse().ok()).unwrap_or(42);
+    if let Some(t) = recorded.get("task").and_then(|t| t.as_str()) {
+        if t != a.task {
+            tracing::warn!("checkpoint was fine-tuned on {t}, evaluating on {}", a.task);
+        }
+    }
+    let data = sprig_data::load_text_task(&a.task, &sprig_data::sprig_home(), seed)?;
+    let labels = ckpt.config.labels().unwrap_or_default();
+    if labels.len() != data.classes.len() {
+        bail!("checkpoint has {} labels but task {} has {} classes", labels.len(), a.task, data.classes.len());
+    }
+    let tok = BertTokenizer::from_file(ckpt.files.tokenizer()?, a.max_seq_len)?;
+    let model = ckpt.classifier(seed, &device)?;
+    let examples = match a.split.as_str() {
+        "test" => &data.test,
+        "dev" => &data.dev,
+        s => bail!("unknown split {s:?} (test or dev)"),
+    };
+    let t = std::time::Instant::now();
+    let report = evaluate(&model, &tokenize(&tok, examples)?, a.batch_size, tok.pad_id())?;
+    let seconds = t.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "model": a.model, "task": a.task, "split": a.split, "seed": seed, "seconds": seconds,
+        "accuracy": report.accuracy, "macro_f1": report.macro_f1, "mcc": report.mcc, "ece": report.ece, "n": report.n,
+    });
+    sprig_train::write_json(&a.out.join("eval.json"), &out)?;
+    println!("| task | split | n | accuracy | macro-F1 | MCC | ECE |\n|---|---|---|---|---|---|---|");
+    println!("| {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |", a.task, a.split, report.n, report.accuracy, report.macro_f1, report.mcc, report.ece);
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! `sprig finetune`: fine-tune a BERT checkpoint on a text-classification task.
+use anyhow::{Context, Result};
+use sprig_bert::{FinetuneConfig, FinetuneSummary, Pooling};
+use std::path::{Path, PathBuf};
+
+/// Every field overrides the config file (or the defaults).
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// Local checkpoint directory or Hugging Face hub id [default: sentence-transformers/all-MiniLM-L6-v2].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Task name: rt-sentiment, sms-spam, trec6, r8, 20ng, bbc [default: rt-sentiment].
+    #[arg(long)]
+    pub task: Option<String>,
+    /// A TOML run config (e.g. a previous run's config.toml); flags override its fields.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run directory: config.toml, metrics.jsonl, the best checkpoint, summary.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// mean or cls.
+    #[arg(long)]
+    pub pooling: Option<Pooling>,
+    #[arg(long)]
+    pub train_word_embeddings: Option<bool>,
+    /// Cap on training examples (stratified, seeded); 0 = all.
+    #[arg(long)]
+    pub max_train: Option<usize>,
+    #[arg(long)]
+    pub max_dev: Option<usize>,
+    #[arg(long)]
+    pub max_test: Option<usize>,
+    /// Stop after this many steps (0 = all epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+}
+
+impl Args {
+    /// The resolved config: defaults, then the config file, then the flags.
+    pub fn resolve(&self) -> Result<FinetuneConfig> {
+        let mut c = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => FinetuneConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(model, task, seed, epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, max_seq_len, pooling, train_word_embeddings, max_train, max_dev, max_test, max_steps);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Load the task, fine-tune, write `config.toml` and the run.
+pub fn run_config(cfg: &FinetuneConfig, out: &Path) -> Result<FinetuneSummary> {
+    let home = sprig_data::sprig_home();
+    let data = sprig_data::load_text_task(&cfg.task, &home, cfg.seed).with_context(|| format!("loading task {}", cfg.task))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    sprig_train::write_atomic(&out.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
+    sprig_bert::finetune(cfg, &data, out)
+}
+
+pub fn print_summary(s: &FinetuneSummary) {
+    println!("| task | model | steps | train s | ex/s | dev acc | test acc | test macro-F1 | test ECE |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {:.0} | {:.1} | {:.4} | {:.4} | {:.4} | {:.4} |",
+        s.task, s.model, s.steps, s.train_seconds, s.train_examples_per_second, s.dev_accuracy, s.test_accuracy, s.test_macro_f1, s.test_ece
+    );
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cfg = args.resolve()?;
+    let summary = run_config(&cfg, &args.out)?;
+    print_summary(&summary);
+    println!("run directory: {}", args.out.display());
+    Ok(())
+}

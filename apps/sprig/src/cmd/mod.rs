@@ -1,0 +1,10 @@
+//! One module per subcommand.
+pub mod bench;
+pub mod bench_kernels;
+pub mod bench_train_step;
+pub mod demo;
+pub mod eval;
+pub mod finetune;
+pub mod inspect;
+pub mod lottery;
+pub mod prune_at_init;

@@ -1,0 +1,57 @@
+//! `sprig`: the command line that composes sprig's crates.
+//!
+//! Each subcommand lives in `cmd/<name>.rs` as a `clap::Args` struct plus `run(args)`.
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser, Debug)]
+#[command(name = "sprig", version, about = "Sparse neural networks: prune, find tickets, train sparse, run fast")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sprig_train=debug`.
+    #[arg(long, global = true, default_value = "info", env = "SPRIG_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fine-tune a BERT checkpoint on a classification task.
+    Finetune(cmd::finetune::Args),
+    /// Evaluate a fine-tuned checkpoint on a task's test split.
+    Eval(cmd::eval::Args),
+    /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
+    Demo(cmd::demo::Args),
+    /// Benchmarks (kernels, training step).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// Lottery tickets by iterative magnitude pruning, with reinit and random-mask controls.
+    Lottery(cmd::lottery::Args),
+    /// Per-layer sparsity table of a sparse checkpoint.
+    Inspect(cmd::inspect::Args),
+    /// Prune at init (magnitude, random, SNIP, GraSP, SynFlow), then train: a table.
+    PruneAtInit(cmd::prune_at_init::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Finetune(a) => cmd::finetune::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Bench(b) => cmd::bench::run(b),
+        Command::Lottery(a) => cmd::lottery::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::PruneAtInit(a) => cmd::prune_at_init::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

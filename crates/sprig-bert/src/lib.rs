@@ -1,0 +1,20 @@
+//! sprig-bert: a BERT encoder on candle whose every parameter is a named `Var` (so pruning can mask
+//! any linear), Hugging Face checkpoint loading (local directory or hub cache), tokenization,
+//! pooling, a sequence-classification head and fine-tuning.
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod finetune;
+pub mod model;
+pub mod nn;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use checkpoint::{save_classifier, Checkpoint};
+pub use config::{BertConfig, Pooling};
+pub use error::{BertError, Result};
+pub use finetune::{finetune, FinetuneConfig, FinetuneSummary};
+pub use model::{is_encoder_linear_weight, pool, BertClassifier, BertEncoder, Init};
+pub use source::{hub_cache_dir, ModelFiles};
+pub use tokenizer::{BertTokenizer, Encoded};

@@ -1,0 +1,290 @@
+//! The BERT encoder (Devlin et al. 2019) with every parameter a named `Var`, so that pruning code
+//! can mask any linear by its Hugging Face name, and a sequence-classification model on top.
+use crate::config::{BertConfig, Pooling};
+use crate::error::{BertError, Result};
+use crate::nn::{ones, randn, zeros, Activation, Dropout, LayerNorm, Linear};
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Where parameter values come from when building a model.
+pub enum Init<'a> {
+    /// Pretrained tensors by canonical name (see [`crate::weights::load_safetensors`]); `origin`
+    /// names the file(s) for error messages.
+    Pretrained { tensors: &'a HashMap<String, Tensor>, origin: PathBuf },
+    /// BERT's initialisation: normal(0, 0.02) weights, zero biases, unit LayerNorm gains.
+    Random { seed: u64 },
+}
+
+struct Builder<'a> {
+    init: Init<'a>,
+    rng: ChaCha8Rng,
+    device: Device,
+    params: Vec<(String, Var)>,
+}
+
+enum Kind {
+    Weight,
+    Bias,
+    Gain,
+}
+
+impl Builder<'_> {
+    fn var(&mut self, name: &str, shape: &[usize], kind: Kind) -> Result<Var> {
+        let t = match &self.init {
+            Init::Pretrained { tensors, origin } => {
+                let t = tensors
+                    .get(name)
+                    .ok_or_else(|| BertError::MissingTensor { path: origin.clone(), name: name.into() })?;
+                if t.dims() != shape {
+                    return Err(BertError::Tensor {
+                        path: origin.clone(),
+                        name: name.into(),
+                        msg: format!("shape {:?} does not match the config's {:?}", t.dims(), shape),
+                    });
+                }
+                t.clone()
+            }
+            Init::Random { .. } => match kind {
+                Kind::Weight => randn(shape, 0.02, &mut self.rng, &self.device)?,
+                Kind::Bias => zeros(shape, &self.device)?,
+                Kind::Gain => ones(shape, &self.device)?,
+            },
+        };
+        let v = Var::from_tensor(&t)?;
+        self.params.push((name.to_string(), v.clone()));
+        Ok(v)
+    }
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.var(&format!("{prefix}.weight"), &[out, inp], Kind::Weight)?,
+            bias: Some(self.var(&format!("{prefix}.bias"), &[out], Kind::Bias)?),
+        })
+    }
+    fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.var(&format!("{prefix}.weight"), &[dim], Kind::Gain)?,
+            bias: self.var(&format!("{prefix}.bias"), &[dim], Kind::Bias)?,
+            eps,
+        })
+    }
+}
+
+struct Embeddings {
+    word: Var,
+    position: Var,
+    token_type: Var,
+    norm: LayerNorm,
+    dropout: Dropout,
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    ffn_norm: LayerNorm,
+    attn_dropout: Dropout,
+    hidden_dropout: Dropout,
+}
+
+/// The encoder: embeddings and `num_hidden_layers` transformer layers, post-LayerNorm.
+pub struct BertEncoder {
+    pub config: BertConfig,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    activation: Activation,
+    params: Vec<(String, Var)>,
+    train_word_embeddings: bool,
+    device: Device,
+}
+
+/// The names of the encoder linears that BERT-Tickets prunes (Chen et al. 2020, §3): query, key,
+/// value, attention output, FFN in and FFN out of every layer.
+pub fn is_encoder_linear_weight(name: &str) -> bool {
+    name.starts_with("encoder.layer.")
+        && name.ends_with(".weight")
+        && [".attention.self.query.", ".attention.self.key.", ".attention.self.value.", ".attention.output.dense.", ".intermediate.dense.", ".output.dense."]
+            .iter()
+            .any(|p| name.contains(p))
+}
+
+impl BertEncoder {
+    /// Build the encoder; `dropout_seed` seeds every dropout layer (distinct streams per layer).
+    pub fn new(config: &BertConfig, init: Init, dropout_seed: u64, device: &Device) -> Result<Self> {
+        config.validate().map_err(|msg| BertError::Config { path: "<config>".into(), msg })?;
+        let seed = if let Init::Random { seed } = init { seed } else { 0 };
+        let mut b = Builder { init, rng: ChaCha8Rng::seed_from_u64(seed), device: device.clone(), params: vec![] };
+        let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        let mut drop_id = 0u64;
+        let mut dropout = |p: f64| {
+            drop_id += 1;
+            Dropout::new(p as f32, dropout_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(drop_id))
+        };
+        let embeddings = Embeddings {
+            word: b.var("embeddings.word_embeddings.weight", &[config.vocab_size, h], Kind::Weight)?,
+            position: b.var("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h], Kind::Weight)?,
+            token_type: b.var("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h], Kind::Weight)?,
+            norm: b.layer_norm("embeddings.LayerNorm", h, eps)?,
+            dropout: dropout(config.hidden_dropout_prob),
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: b.linear(&format!("{p}.attention.self.query"), h, h)?,
+                key: b.linear(&format!("{p}.attention.self.key"), h, h)?,
+                value: b.linear(&format!("{p}.attention.self.value"), h, h)?,
+                attn_out: b.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: b.layer_norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                ffn_in: b.linear(&format!("{p}.intermediate.dense"), config.intermediate_size, h)?,
+                ffn_out: b.linear(&format!("{p}.output.dense"), h, config.intermediate_size)?,
+                ffn_norm: b.layer_norm(&format!("{p}.output.LayerNorm"), h, eps)?,
+                attn_dropout: dropout(config.attention_probs_dropout_prob),
+                hidden_dropout: dropout(config.hidden_dropout_prob),
+            });
+        }
+        let activation = Activation::from_hf(&config.hidden_act).expect("validated");
+        Ok(Self {
+            config: config.clone(),
+            embeddings,
+            layers,
+            activation,
+            params: b.params,
+            train_word_embeddings: true,
+            device: device.clone(),
+        })
+    }
+
+    /// All parameters by Hugging Face name (without `bert.` prefix), in checkpoint order.
+    pub fn named_params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Freeze or unfreeze the word-embedding matrix (frozen: no gradient is computed for it).
+    pub fn set_train_word_embeddings(&mut self, train: bool) {
+        self.train_word_embeddings = train;
+    }
+
+    pub fn trains_word_embeddings(&self) -> bool {
+        self.train_word_embeddings
+    }
+
+    /// Token states `[B, S, H]` for `input_ids`, `token_type_ids` and `attention_mask` (all `[B, S]`,
+    /// u32; mask 1 = real token). Dropout is active when `train`.
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (bsz, seq) = input_ids.dims2()?;
+        if seq > self.config.max_position_embeddings {
+            return Err(BertError::Candle(candle_core::Error::Msg(format!(
+                "sequence length {seq} exceeds max_position_embeddings {}",
+                self.config.max_position_embeddings
+            ))));
+        }
+        let h = self.config.hidden_size;
+        let e = &self.embeddings;
+        let word = if self.train_word_embeddings { e.word.as_tensor().clone() } else { e.word.as_detached_tensor() };
+        let words = word.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
+        let types = e.token_type.index_select(&token_type_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
+        let pos = e.position.narrow(0, 0, seq)?.unsqueeze(0)?;
+        let x = words.add(&types)?.broadcast_add(&pos)?;
+        let mut x = e.dropout.forward(&e.norm.forward(&x)?, train)?;
+        // Additive mask: 0 for tokens, a large negative number for padding, [B, 1, 1, S].
+        let bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.reshape((bsz, 1, 1, seq))?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &bias, train)?;
+        }
+        Ok(x)
+    }
+
+    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+        let (bsz, seq, h) = x.dims3()?;
+        let nh = self.config.num_attention_heads;
+        let hd = h / nh;
+        let heads = |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((bsz, seq, nh, hd))?.transpose(1, 2)?.contiguous() };
+        let q = heads(l.query.forward(x)?)?;
+        let k = heads(l.key.forward(x)?)?;
+        let v = heads(l.value.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = l.attn_dropout.forward(&probs, train)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((bsz, seq, h))?;
+        let attn = l.hidden_dropout.forward(&l.attn_out.forward(&ctx)?, train)?;
+        let x = l.attn_norm.forward(&attn.add(x)?)?;
+        let ff = self.activation.forward(&l.ffn_in.forward(&x)?)?;
+        let ff = l.hidden_dropout.forward(&l.ffn_out.forward(&ff)?, train)?;
+        Ok(l.ffn_norm.forward(&ff.add(&x)?)?)
+    }
+}
+
+/// Pool token states `[B, S, H]` into `[B, H]`.
+pub fn pool(hidden: &Tensor, attention_mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
+    Ok(match pooling {
+        Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        Pooling::Mean => {
+            let m = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+            let sum = hidden.broadcast_mul(&m)?.sum(1)?;
+            let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+            sum.broadcast_div(&count)?
+        }
+    })
+}
+
+/// Encoder + pooling + dropout + a linear head: `BertForSequenceClassification` with a choice of
+/// pooling (mean pooling suits sentence-embedding checkpoints whose pooler is untrained).
+pub struct BertClassifier {
+    pub encoder: BertEncoder,
+    pub classifier: Linear,
+    pub pooling: Pooling,
+    dropout: Dropout,
+    head_params: Vec<(String, Var)>,
+}
+
+impl BertClassifier {
+    /// Attach a head: from `tensors` (`classifier.weight`/`bias`) when given, else a fresh
+    /// normal(0, 0.02) head seeded by `seed`.
+    pub fn new(encoder: BertEncoder, num_labels: usize, pooling: Pooling, head: Option<(&HashMap<String, Tensor>, PathBuf)>, seed: u64) -> Result<Self> {
+        let device = encoder.device().clone();
+        let h = encoder.config.hidden_size;
+        let init = match head {
+            Some((tensors, origin)) => Init::Pretrained { tensors, origin },
+            None => Init::Random { seed },
+        };
+        let mut b = Builder { init, rng: ChaCha8Rng::seed_from_u64(seed ^ 0xC1A5), device, params: vec![] };
+        let classifier = b.linear("classifier", num_labels, h)?;
+        let dropout = Dropout::new(encoder.config.hidden_dropout_prob as f32, seed ^ 0xD20F);
+        Ok(Self { encoder, classifier, pooling, dropout, head_params: b.params })
+    }
+
+    /// Every parameter, encoder first, then the head.
+    pub fn named_params(&self) -> Vec<(String, Var)> {
+        self.encoder.named_params().iter().chain(self.head_params.iter()).cloned().collect()
+    }
+
+    /// Parameters that receive gradients (all but a frozen word-embedding matrix).
+    pub fn trainable_params(&self) -> Vec<(String, Var)> {
+        self.named_params()
+            .into_iter()
+            .filter(|(n, _)| self.encoder.trains_word_embeddings() || n != "embeddings.word_embeddings.weight")
+            .collect()
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.classifier.weight.dims()[0]
+    }
+
+    /// Logits `[B, num_labels]`.
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = self.encoder.forward(input_ids, token_type_ids, attention_mask, train)?;
+        let pooled = pool(&hidden, attention_mask, self.pooling)?;
+        Ok(self.classifier.forward(&self.dropout.forward(&pooled, train)?)?)
+    }
+}

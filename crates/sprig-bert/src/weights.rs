@@ -1,0 +1,63 @@
+//! Reading safetensors checkpoints into named f32 tensors, and writing them back atomically.
+use crate::error::{io_err, BertError, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Canonical parameter name: without a `bert.` prefix, with the old `gamma`/`beta` LayerNorm names
+/// mapped to `weight`/`bias`.
+pub fn canonical_name(name: &str) -> String {
+    let n = name.strip_prefix("bert.").unwrap_or(name);
+    if let Some(stem) = n.strip_suffix(".gamma") {
+        return format!("{stem}.weight");
+    }
+    if let Some(stem) = n.strip_suffix(".beta") {
+        return format!("{stem}.bias");
+    }
+    n.to_string()
+}
+
+/// Load every floating-point tensor of the given files as f32 (f16/bf16 are widened); integer
+/// buffers such as `embeddings.position_ids` are skipped. Names are canonicalised.
+pub fn load_safetensors(files: &[impl AsRef<Path>], device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for file in files {
+        let path = file.as_ref();
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| BertError::Safetensors { path: path.into(), msg: e.to_string() })?;
+        for (name, view) in st.tensors() {
+            let dtype = match view.dtype() {
+                Dtype::F32 => DType::F32,
+                Dtype::F16 => DType::F16,
+                Dtype::BF16 => DType::BF16,
+                Dtype::F64 => DType::F64,
+                _ => continue,
+            };
+            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .map_err(|e| BertError::Tensor { path: path.into(), name: name.clone(), msg: e.to_string() })?;
+            let t = if t.elem_count() > 0 && !all_finite(&t)? {
+                return Err(BertError::Tensor { path: path.into(), name, msg: "contains NaN or infinity".into() });
+            } else {
+                t
+            };
+            out.insert(canonical_name(&name), t);
+        }
+    }
+    Ok(out)
+}
+
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().all(|x| x.is_finite()))
+}
+
+/// Serialize named tensors to safetensors bytes, sorted by name, with string metadata.
+pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    let mut items: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n.clone(), t.contiguous()?))).collect::<Result<_>>()?;
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    safetensors::serialize(items.iter().map(|(n, t)| (n.as_str(), t)), metadata)
+        .map_err(|e| BertError::Safetensors { path: "<memory>".into(), msg: e.to_string() })
+}

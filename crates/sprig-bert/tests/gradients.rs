@@ -1,0 +1,42 @@
+//! Every trainable tensor of the classifier receives a non-zero gradient (candle-nn's fused
+//! LayerNorm has none, which silently freezes an encoder built on it).
+mod common;
+use candle_core::{Device, Tensor};
+use common::*;
+use sprig_bert::{BertClassifier, Checkpoint, Pooling};
+
+#[test]
+fn every_parameter_gets_a_nonzero_gradient() {
+    let device = Device::Cpu;
+    let ckpt = Checkpoint::load(MINILM, &device).expect("run scripts/fetch-assets");
+    let encoder = ckpt.encoder(1, &device).unwrap();
+    assert!(encoder.trains_word_embeddings());
+    let model = BertClassifier::new(encoder, 3, Pooling::Mean, None, 1).unwrap();
+    let (r, _) = reference();
+    let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &device).unwrap();
+    let logits = model.forward(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"], true).unwrap();
+    let grads = candle_nn::loss::cross_entropy(&logits, &labels).unwrap().backward().unwrap();
+    let params = model.trainable_params();
+    // 5 embedding tensors + 16 per layer + 2 head tensors (the pooler is not used).
+    assert_eq!(params.len(), 5 + 16 * ckpt.config.num_hidden_layers + 2);
+    for (name, var) in &params {
+        let g = grads.get(var).unwrap_or_else(|| panic!("{name} has no gradient"));
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm² {norm}");
+    }
+}
+
+#[test]
+fn frozen_word_embeddings_get_no_gradient() {
+    let device = Device::Cpu;
+    let ckpt = Checkpoint::load(MINILM, &device).expect("run scripts/fetch-assets");
+    let mut encoder = ckpt.encoder(1, &device).unwrap();
+    encoder.set_train_word_embeddings(false);
+    let model = BertClassifier::new(encoder, 2, Pooling::Cls, None, 1).unwrap();
+    let (r, _) = reference();
+    let logits = model.forward(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"], true).unwrap();
+    let grads = logits.sum_all().unwrap().backward().unwrap();
+    let word = model.named_params().into_iter().find(|(n, _)| n == "embeddings.word_embeddings.weight").unwrap().1;
+    assert!(grads.get(&word).is_none());
+    assert!(!model.trainable_params().iter().any(|(n, _)| n == "embeddings.word_embeddings.weight"));
+}

@@ -1,0 +1,132 @@
+//! N:M semi-structured sparsity (e.g. 2:4, 4:8): in every group of `m` consecutive weights of a
+//! row exactly `n` are stored. Values are stored group by group; the kernels read them through a
+//! CSR index (u16 where it fits), so the compact in-group offsets are derived on demand.
+use super::{with_pattern, AnyPattern, Idx};
+use crate::error::{check_len, KernelError, Result};
+use crate::kernels::Engine;
+use crate::Bitmask;
+
+/// N:M weight matrix `[rows, cols]` (`cols` a multiple of `m`).
+#[derive(Debug)]
+pub struct NmSparse {
+    pub(crate) eng: Engine,
+    pub(crate) values: Vec<f32>,
+    n: usize,
+    m: usize,
+}
+
+fn check_nm(rows: usize, cols: usize, n: usize, m: usize) -> Result<()> {
+    if n == 0 || m == 0 || n > m || m > 256 {
+        return Err(KernelError::Shape(format!(
+            "N:M must satisfy 1 <= N <= M <= 256, got {n}:{m}"
+        )));
+    }
+    if cols % m != 0 {
+        return Err(KernelError::Shape(format!(
+            "M = {m} does not divide the {cols} columns"
+        )));
+    }
+    super::check_block_shape(rows, cols, 1, 1)
+}
+
+impl NmSparse {
+    /// From untrusted parts: `values` and `offsets` hold `n` entries per group of `m` columns,
+    /// group by group, row by row; offsets are in-group positions, strictly increasing, `< m`.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        (n, m): (usize, usize),
+        values: Vec<f32>,
+        offsets: Vec<u8>,
+    ) -> Result<Self> {
+        check_nm(rows, cols, n, m)?;
+        let total = rows * cols / m * n;
+        check_len("N:M values", values.len(), total)?;
+        check_len("N:M offsets", offsets.len(), total)?;
+        let mut col = Vec::with_capacity(total);
+        for (g, chunk) in offsets.chunks(n).enumerate() {
+            let base = (g % (cols / m)) * m;
+            for (t, &o) in chunk.iter().enumerate() {
+                let o = o as usize;
+                if o >= m || (t > 0 && chunk[t - 1] as usize >= o) {
+                    return Err(KernelError::Index(format!(
+                        "group {g}: offsets {chunk:?} must be strictly increasing and < {m}"
+                    )));
+                }
+                col.push(base + o);
+            }
+        }
+        let per_row = cols / m * n;
+        let row_ptr = (0..=rows).map(|i| i * per_row).collect();
+        Ok(Self {
+            eng: Engine::new(AnyPattern::build(rows, cols, 1, 1, row_ptr, col)),
+            values,
+            n,
+            m,
+        })
+    }
+
+    /// From dense + mask; errors naming the group if a group keeps more than `n`. Groups keeping
+    /// fewer are filled with the lowest removed positions, stored as 0 (and trainable).
+    pub fn from_dense(
+        dense: &[f32],
+        rows: usize,
+        cols: usize,
+        (n, m): (usize, usize),
+        mask: &Bitmask,
+    ) -> Result<Self> {
+        check_nm(rows, cols, n, m)?;
+        check_len("dense matrix", dense.len(), rows * cols)?;
+        if mask.rows() != rows || mask.cols() != cols {
+            return Err(KernelError::Shape(format!(
+                "mask is {}x{}, matrix is {rows}x{cols}",
+                mask.rows(),
+                mask.cols()
+            )));
+        }
+        let mut values = Vec::with_capacity(rows * cols / m * n);
+        let mut offsets = Vec::with_capacity(rows * cols / m * n);
+        for i in 0..rows {
+            for g in 0..cols / m {
+                let kept: Vec<usize> = (0..m).filter(|&o| mask.get(i, g * m + o)).collect();
+                if kept.len() > n {
+                    return Err(KernelError::Mask(format!(
+                        "row {i}, columns {}..{}: {} kept, at most {n} allowed for {n}:{m}",
+                        g * m,
+                        g * m + m,
+                        kept.len()
+                    )));
+                }
+                let mut chosen = kept.clone();
+                for o in 0..m {
+                    if chosen.len() == n {
+                        break;
+                    }
+                    if !kept.contains(&o) {
+                        chosen.push(o);
+                    }
+                }
+                chosen.sort_unstable();
+                for o in chosen {
+                    let keep = kept.contains(&o);
+                    values.push(if keep { dense[i * cols + g * m + o] } else { 0.0 });
+                    offsets.push(o as u8);
+                }
+            }
+        }
+        Self::from_parts(rows, cols, (n, m), values, offsets)
+    }
+
+    /// `(n, m)`.
+    pub fn nm(&self) -> (usize, usize) {
+        (self.n, self.m)
+    }
+
+    /// In-group offsets of the stored values (the compact 2:4 / 4:8 metadata).
+    pub fn offsets(&self) -> Vec<u8> {
+        let m = self.m;
+        with_pattern!(&self.eng.pat, p => p.col.iter().map(|c| (c.get() % m) as u8).collect())
+    }
+}
+
+super::impl_sparse_matrix!(NmSparse, |s: &NmSparse| format!("nm{}:{}", s.n, s.m));

@@ -1,0 +1,368 @@
+//! Kernel drivers: argument checks, packing, the rayon task split and run-time ISA dispatch.
+mod simd;
+mod tasks;
+
+use crate::error::{check_len, Result};
+use crate::formats::{with_pattern, AnyPattern, BlockPattern, Idx};
+use crate::Bitmask;
+use rayon::prelude::*;
+use simd::{Portable, Simd};
+use std::sync::OnceLock;
+use tasks::{PanelJob, Plan};
+
+/// The vector instruction set the kernels use on this machine: `"avx2+fma"` or `"portable"`.
+pub fn simd_level() -> &'static str {
+    if has_avx2() {
+        "avx2+fma"
+    } else {
+        "portable"
+    }
+}
+
+static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Forces the portable (non-intrinsics) kernels; for tests and comparisons.
+#[doc(hidden)]
+pub fn force_portable(on: bool) {
+    FORCE_PORTABLE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[inline]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed)
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Below this batch size the forward uses gathered dot products instead of packed panels.
+const SMALL_M: usize = 4;
+
+/// Runs `$body` with `$S` bound to the best available vector type, compiling the body inside a
+/// `#[target_feature]` function for AVX2.
+macro_rules! dispatch {
+    (|$S:ident| $body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2() {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn run_avx2(f: impl FnOnce()) {
+                    f()
+                }
+                type $S = simd::Avx2;
+                // SAFETY: AVX2 and FMA were detected at run time.
+                #[allow(unused_unsafe)]
+                unsafe {
+                    run_avx2(
+                        #[inline(always)]
+                        || $body,
+                    )
+                };
+            } else {
+                type $S = Portable;
+                #[allow(unused_unsafe)]
+                unsafe {
+                    $body
+                };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            type $S = Portable;
+            #[allow(unused_unsafe)]
+            unsafe {
+                $body
+            };
+        }
+    }};
+}
+
+/// Raw pointer that rayon tasks share; each task writes disjoint elements.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    #[inline(always)]
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Packs row-major `src [m, k]` into `ceil(m/pw)` panels of `k x pw` (panel row `kk` holds
+/// `src[m0..m0+pw, kk]`), zero-padded past `m`.
+fn pack_panels(src: &[f32], m: usize, k: usize, pw: usize) -> Vec<f32> {
+    let np = m.div_ceil(pw);
+    let mut out = vec![0f32; np * k * pw];
+    if k == 0 {
+        return out;
+    }
+    out.par_chunks_mut(k * pw).enumerate().for_each(|(pi, pan)| {
+        let m0 = pi * pw;
+        let lanes = pw.min(m - m0);
+        // 8 rows at a time so each destination write is a short contiguous run.
+        for l0 in (0..lanes).step_by(8) {
+            let l1 = (l0 + 8).min(lanes);
+            for kk in 0..k {
+                let d = &mut pan[kk * pw + l0..kk * pw + l1];
+                for (l, dv) in d.iter_mut().enumerate() {
+                    *dv = src[(m0 + l0 + l) * k + kk];
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Vectors per panel (panel width `8·v`) for a CSR/BSR forward: keep a panel (`k·32·v` bytes)
+/// within ~256 KiB of L2 and no wider than the batch.
+fn choose_plan(r: usize, c: usize, k: usize, m: usize) -> Plan {
+    let by_m = m.div_ceil(8).next_power_of_two().min(8);
+    let by_k = if k <= 1024 {
+        8
+    } else if k <= 2048 {
+        4
+    } else {
+        2
+    };
+    let rr = if r % 4 == 0 {
+        4
+    } else if r % 2 == 0 {
+        2
+    } else {
+        1
+    };
+    let cap = 8 / rr;
+    let v = by_m.min(by_k).min(cap).max(1);
+    if r == 1 && c == 1 {
+        Plan::Csr { v: by_m.min(by_k) }
+    } else {
+        Plan::Block { r: rr, v }
+    }
+}
+
+fn plan_width(plan: Plan) -> usize {
+    match plan {
+        Plan::Csr { v } | Plan::Block { v, .. } => 8 * v,
+    }
+}
+
+/// `y [m, rows] = x [m, cols] · Wᵀ (+ bias)`.
+fn spmm<I: Idx>(
+    p: &BlockPattern<I>,
+    vals: &[f32],
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (n_out, k) = (p.rows, p.cols);
+    if m == 0 || n_out == 0 {
+        return;
+    }
+    let nbr = n_out / p.r;
+    let yp = SyncPtr(y.as_mut_ptr());
+    if m < SMALL_M {
+        let chunk = (256 / p.r).max(1);
+        (0..nbr.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+            let (br0, br1) = (ci * chunk, ((ci + 1) * chunk).min(nbr));
+            dispatch!(|S| tasks::small_m_task::<S, I>(p, vals, x, m, br0, br1, bias, yp.get()));
+        });
+        return;
+    }
+    let plan = choose_plan(p.r, p.c, k, m);
+    let pw = plan_width(plan);
+    let xp = pack_panels(x, m, k, pw);
+    let np = m.div_ceil(pw);
+    let chunk = (512 / p.r).max(1);
+    let nch = nbr.div_ceil(chunk);
+    let xpp = SyncPtr(xp.as_ptr() as *mut f32);
+    (0..np * nch).into_par_iter().for_each(|t| {
+        let (pi, ci) = (t / nch, t % nch);
+        let m0 = pi * pw;
+        let job = PanelJob {
+            p,
+            vals,
+            xp: unsafe { xpp.get().add(pi * k * pw) } as *const f32,
+            pw,
+            lanes: pw.min(m - m0),
+            m0,
+            br0: ci * chunk,
+            br1: ((ci + 1) * chunk).min(nbr),
+            bias,
+            y: yp.get(),
+        };
+        dispatch!(|S| tasks::panel_task::<S, I>(&job, plan));
+    });
+}
+
+/// SDDMM: `out[s] = Σ_m dy[m, i_s]·x[m, j_s]` for every stored position.
+fn sddmm<I: Idx>(p: &BlockPattern<I>, dy: &[f32], x: &[f32], m: usize, out: &mut [f32]) {
+    let (n_out, k) = (p.rows, p.cols);
+    if m == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let rc = p.r * p.c;
+    let nbr = n_out / p.r;
+    // Split block rows into chunks of roughly equal stored values.
+    let total = p.col.len().max(1);
+    let want = (total / 64).max(1);
+    let mut bounds = vec![0usize];
+    for br in 1..nbr {
+        if p.row_ptr[br] - p.row_ptr[*bounds.last().unwrap()] >= want {
+            bounds.push(br);
+        }
+    }
+    bounds.push(nbr);
+    let mut pieces = Vec::with_capacity(bounds.len());
+    let mut rest = out;
+    for w in bounds.windows(2) {
+        let len = (p.row_ptr[w[1]] - p.row_ptr[w[0]]) * rc;
+        let (a, b) = rest.split_at_mut(len);
+        pieces.push((w[0], w[1], a));
+        rest = b;
+    }
+    if m < SMALL_M {
+        pieces.into_par_iter().for_each(|(br0, br1, o)| {
+            let b0 = p.row_ptr[br0];
+            for br in br0..br1 {
+                for b in p.row_ptr[br]..p.row_ptr[br + 1] {
+                    let k0 = p.col[b].get();
+                    for i in 0..p.r {
+                        for j in 0..p.c {
+                            let (row, col) = (br * p.r + i, k0 + j);
+                            o[(b - b0) * rc + i * p.c + j] =
+                                (0..m).map(|mm| dy[mm * n_out + row] * x[mm * k + col]).sum();
+                        }
+                    }
+                }
+            }
+        });
+        return;
+    }
+    let pw = m.div_ceil(8).min(16) * 8;
+    let np = m.div_ceil(pw);
+    let dyp = pack_panels(dy, m, n_out, pw);
+    let xp = pack_panels(x, m, k, pw);
+    pieces.into_par_iter().for_each(|(br0, br1, o)| {
+        dispatch!(|S| tasks::sddmm_task::<S, I>(p, &dyp, &xp, pw, np, br0, br1, o));
+    });
+}
+
+/// A validated pattern plus its lazily built transpose (for `dX = dY·W`).
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) pat: AnyPattern,
+    tpat: OnceLock<(AnyPattern, Vec<u32>)>,
+}
+
+impl Engine {
+    pub(crate) fn new(pat: AnyPattern) -> Self {
+        Self {
+            pat,
+            tpat: OnceLock::new(),
+        }
+    }
+    pub(crate) fn rows(&self) -> usize {
+        with_pattern!(&self.pat, p => p.rows)
+    }
+    pub(crate) fn cols(&self) -> usize {
+        with_pattern!(&self.pat, p => p.cols)
+    }
+    fn n_values(&self) -> usize {
+        let (r, c) = self.pat.block_shape();
+        self.pat.n_blocks() * r * c
+    }
+
+    pub(crate) fn pattern_mask(&self) -> Bitmask {
+        let ones = vec![1f32; self.n_values()];
+        let d = self.pat.to_dense(&ones);
+        Bitmask::from_nonzero(self.rows(), self.cols(), &d)
+            .expect("to_dense returns rows*cols values")
+    }
+
+    pub(crate) fn to_dense(&self, values: &[f32]) -> Result<Vec<f32>> {
+        check_len("values", values.len(), self.n_values())?;
+        Ok(self.pat.to_dense(values))
+    }
+
+    pub(crate) fn forward(
+        &self,
+        values: &[f32],
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<()> {
+        let (n, k) = (self.rows(), self.cols());
+        check_len("values", values.len(), self.n_values())?;
+        check_len("x (m*cols)", x.len(), m * k)?;
+        check_len("y (m*rows)", y.len(), m * n)?;
+        if let Some(b) = bias {
+            check_len("bias", b.len(), n)?;
+        }
+        with_pattern!(&self.pat, p => spmm(p, values, x, m, bias, y));
+        Ok(())
+    }
+
+    pub(crate) fn backward_input(
+        &self,
+        values: &[f32],
+        dy: &[f32],
+        m: usize,
+        dx: &mut [f32],
+    ) -> Result<()> {
+        let (n, k) = (self.rows(), self.cols());
+        check_len("values", values.len(), self.n_values())?;
+        check_len("dy (m*rows)", dy.len(), m * n)?;
+        check_len("dx (m*cols)", dx.len(), m * k)?;
+        let (tp, perm) = self.tpat.get_or_init(|| self.pat.transpose());
+        let (r, c) = self.pat.block_shape();
+        let rc = r * c;
+        // Transposed block t (c x r) is original block perm[t] (r x c), transposed.
+        let mut vt = vec![0f32; values.len()];
+        vt.par_chunks_mut(rc * 256)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                for (tt, dst) in chunk.chunks_mut(rc).enumerate() {
+                    let b = perm[ci * 256 + tt] as usize;
+                    let src = &values[b * rc..(b + 1) * rc];
+                    for i in 0..r {
+                        for j in 0..c {
+                            dst[j * r + i] = src[i * c + j];
+                        }
+                    }
+                }
+            });
+        with_pattern!(tp, p => spmm(p, &vt, dy, m, None, dx));
+        Ok(())
+    }
+
+    pub(crate) fn grad_values(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (n, k) = (self.rows(), self.cols());
+        check_len("dy (m*rows)", dy.len(), m * n)?;
+        check_len("x (m*cols)", x.len(), m * k)?;
+        check_len("grad values", out.len(), self.n_values())?;
+        with_pattern!(&self.pat, p => sddmm(p, dy, x, m, out));
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_simd_impls() {
+    fn is_simd<S: Simd>() {}
+    is_simd::<Portable>();
+}

@@ -1,0 +1,74 @@
+#![allow(dead_code)]
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sprig_kernels::{reference, Bitmask, SparseMatrix};
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+pub fn randn(r: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Keep each weight with probability `density`; additionally empty every third row when asked.
+pub fn random_mask(r: &mut ChaCha8Rng, rows: usize, cols: usize, density: f64, empty_rows: bool) -> Bitmask {
+    let mut keep: Vec<bool> = (0..rows * cols).map(|_| r.random_bool(density)).collect();
+    if empty_rows {
+        for i in (0..rows).step_by(3) {
+            keep[i * cols..(i + 1) * cols].fill(false);
+        }
+    }
+    Bitmask::from_bools(rows, cols, &keep).unwrap()
+}
+
+/// Norm-wise relative error `‖a - b‖ / ‖b‖` (absolute when `b` is zero).
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Checks forward, input gradient and SDDMM of `w` against masked-dense references.
+pub fn check_against_reference(w: &dyn SparseMatrix, m: usize, seed: u64) -> Result<(), String> {
+    let (n, k) = (w.rows(), w.cols());
+    let mut r = rng(seed);
+    let x = randn(&mut r, m * k);
+    let bias = randn(&mut r, n);
+    let dy = randn(&mut r, m * n);
+    let dense = w.to_dense();
+    let pattern = w.pattern_mask();
+
+    let mut y = vec![f32::NAN; m * n];
+    w.forward(&x, m, Some(&bias), &mut y).map_err(|e| e.to_string())?;
+    let y_ref = reference::linear(&x, &dense, Some(&bias), m, n, k);
+    let e = rel_err(&y, &y_ref);
+    if !(e <= 1e-5) {
+        return Err(format!("forward rel err {e} ({} m={m} n={n} k={k})", w.format_name()));
+    }
+
+    let mut dx = vec![f32::NAN; m * k];
+    w.backward_input(&dy, m, &mut dx).map_err(|e| e.to_string())?;
+    let dx_ref = reference::backward_input(&dy, &dense, m, n, k);
+    let e = rel_err(&dx, &dx_ref);
+    if !(e <= 1e-5) {
+        return Err(format!("dx rel err {e} ({} m={m} n={n} k={k})", w.format_name()));
+    }
+
+    let mut g = vec![f32::NAN; w.nnz()];
+    w.grad_values(&dy, &x, m, &mut g).map_err(|e| e.to_string())?;
+    // Scatter the SDDMM result through to_dense_with, compare with the masked dense dW.
+    let g_dense = w.to_dense_with(&g).map_err(|e| e.to_string())?;
+    let mut dw_ref = reference::grad_weight(&dy, &x, m, n, k);
+    pattern.apply(&mut dw_ref).unwrap();
+    let e = rel_err(&g_dense, &dw_ref);
+    if !(e <= 1e-5) {
+        return Err(format!("dW rel err {e} ({} m={m} n={n} k={k})", w.format_name()));
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! Allocation: how a global sparsity target is shared between layers, and turning scores into masks.
+use std::collections::BTreeMap;
+
+use crate::error::{check_sparsity, PruneError, Result};
+use crate::granularity::Granularity;
+use crate::mask::{Mask, MaskSet};
+
+/// Scores by parameter name, one per weight (row-major); higher means more important.
+pub type Scores = BTreeMap<String, Vec<f32>>;
+
+/// How per-layer densities are chosen.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Allocation {
+    pub kind: AllocationKind,
+    /// Parameters kept fully dense; they count towards the sparsity target (as in RigL's ERK).
+    #[serde(default)]
+    pub keep_dense: Vec<String>,
+}
+
+/// The rule behind an [`Allocation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationKind {
+    /// One threshold over all groups of all tensors (LTH "global pruning", Frankle & Carbin 2019 §4).
+    Global,
+    /// The same sparsity in every tensor.
+    Uniform,
+    /// Erdős–Rényi: density ∝ (n_in + n_out) / (n_in · n_out) (SET, Mocanu et al. 2018, eq. 1).
+    Er,
+    /// ER-Kernel: density ∝ Σ dims / Π dims, conv kernel sizes included (RigL, Evci et al. 2020 §3).
+    Erk,
+}
+
+impl Allocation {
+    pub fn global() -> Self {
+        Self { kind: AllocationKind::Global, keep_dense: vec![] }
+    }
+    pub fn uniform() -> Self {
+        Self { kind: AllocationKind::Uniform, keep_dense: vec![] }
+    }
+    pub fn er() -> Self {
+        Self { kind: AllocationKind::Er, keep_dense: vec![] }
+    }
+    pub fn erk() -> Self {
+        Self { kind: AllocationKind::Erk, keep_dense: vec![] }
+    }
+    /// Keep these parameters dense.
+    pub fn keeping_dense<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.keep_dense.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Per-tensor densities (kept fractions) for a sparsity target over `shapes` (ER/ERK/uniform;
+    /// for global the densities come out of the ranking and this returns the uniform split).
+    ///
+    /// ER/ERK follow RigL's procedure: solve ε in Σ_l min(1, ε·raw_l)·n_l = (1 - s)·N, capping layers at 1.
+    pub fn densities(&self, shapes: &[(String, Vec<usize>)], sparsity: f64) -> Result<BTreeMap<String, f64>> {
+        check_sparsity(sparsity)?;
+        for k in &self.keep_dense {
+            if !shapes.iter().any(|(n, _)| n == k) {
+                return Err(PruneError::UnknownParam(k.clone()));
+            }
+        }
+        let total: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let budget = (1.0 - sparsity) * total as f64;
+        let numel = |s: &[usize]| s.iter().product::<usize>() as f64;
+        let mut dense: Vec<bool> = shapes.iter().map(|(n, _)| self.keep_dense.contains(n)).collect();
+        let dense_n: f64 = shapes.iter().zip(&dense).filter(|(_, d)| **d).map(|((_, s), _)| numel(s)).sum();
+        if dense_n > budget + 1e-9 {
+            return Err(PruneError::Infeasible {
+                target: sparsity,
+                why: format!("the dense-kept layers alone hold {dense_n} of {budget:.0} allowed weights"),
+            });
+        }
+        let raw: Vec<f64> = shapes
+            .iter()
+            .map(|(_, s)| match self.kind {
+                AllocationKind::Global | AllocationKind::Uniform => 1.0,
+                AllocationKind::Er => match s.as_slice() {
+                    [o, i, ..] => (o + i) as f64 / (o * i) as f64,
+                    _ => 1.0,
+                },
+                AllocationKind::Erk => {
+                    if s.len() >= 2 {
+                        s.iter().sum::<usize>() as f64 / numel(s)
+                    } else {
+                        1.0
+                    }
+                }
+            })
+            .collect();
+        let mut dens = vec![1.0; shapes.len()];
+        loop {
+            let fixed: f64 = shapes.iter().zip(&dense).filter(|(_, d)| **d).map(|((_, s), _)| numel(s)).sum();
+            let denom: f64 = shapes.iter().zip(&dense).zip(&raw).filter(|((_, d), _)| !**d).map(|(((_, s), _), r)| r * numel(s)).sum();
+            if denom == 0.0 {
+                break;
+            }
+            let eps = (budget - fixed) / denom;
+            let mut changed = false;
+            for (i, d) in dense.iter_mut().enumerate() {
+                if !*d {
+                    if eps * raw[i] > 1.0 {
+                        *d = true;
+                        changed = true;
+                    } else {
+                        dens[i] = eps * raw[i];
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for (i, d) in dense.iter().enumerate() {
+            if *d {
+                dens[i] = 1.0;
+            }
+        }
+        Ok(shapes.iter().map(|(n, _)| n.clone()).zip(dens).collect())
+    }
+}
+
+/// Turns scores into masks at `sparsity` (over the tensors in `shapes`) with a granularity and an
+/// allocation. Weights already pruned in `current` stay pruned (their score becomes -inf). Ties break
+/// by position, so equal inputs give bit-identical masks.
+///
+/// With [`Granularity::NM`], each tensor gets sparsity `1 - N/M` and `sparsity` must equal it.
+pub fn prune(
+    scores: &Scores,
+    shapes: &[(String, Vec<usize>)],
+    sparsity: f64,
+    granularity: Granularity,
+    allocation: &Allocation,
+    current: Option<&MaskSet>,
+) -> Result<MaskSet> {
+    check_sparsity(sparsity)?;
+    if shapes.is_empty() {
+        return Err(PruneError::NothingSelected);
+    }
+    let mut eff: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::with_capacity(shapes.len());
+    for (name, shape) in shapes {
+        let s = scores.get(name).ok_or_else(|| PruneError::UnknownParam(name.clone()))?;
+        let numel: usize = shape.iter().product();
+        if s.len() != numel {
+            return Err(PruneError::ShapeMismatch { name: name.clone(), expected: shape.clone(), got: vec![s.len()] });
+        }
+        granularity.check(name, shape)?;
+        let mut s: Vec<f32> = s.iter().map(|x| if x.is_nan() { f32::NEG_INFINITY } else { *x }).collect();
+        if let Some(cur) = current.and_then(|c| c.get(name)) {
+            cur.check_shape(name, shape)?;
+            for (i, x) in s.iter_mut().enumerate() {
+                if !cur.get(i) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        eff.push((name.clone(), shape.clone(), s));
+    }
+    let mut out = MaskSet::new();
+    if let Granularity::NM { n, m } = granularity {
+        let target = 1.0 - n as f64 / m as f64;
+        if (target - sparsity).abs() > 1e-6 {
+            return Err(PruneError::BadValue { what: "sparsity for N:M", value: sparsity, why: "must equal 1 - N/M" });
+        }
+        for (name, shape, s) in &eff {
+            if allocation.keep_dense.contains(name) {
+                out.insert(name.clone(), Mask::ones(shape));
+                continue;
+            }
+            let mut mask = Mask::zeros(shape);
+            let mut idx: Vec<usize> = Vec::with_capacity(m);
+            for start in (0..s.len()).step_by(m) {
+                idx.clear();
+                idx.extend(start..start + m);
+                idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+                for &i in &idx[..n] {
+                    mask.set(i, true);
+                }
+            }
+            out.insert(name.clone(), mask);
+        }
+        return Ok(out);
+    }
+    // Group scores: mean of member scores (so groups of different sizes compare fairly).
+    let mut all_groups: Vec<(usize, Vec<f32>, crate::granularity::Groups)> = Vec::new();
+    for (ti, (_, shape, s)) in eff.iter().enumerate() {
+        let g = granularity.groups(shape);
+        let mut gs = vec![0f32; g.num_groups];
+        for (i, &x) in s.iter().enumerate() {
+            gs[g.group_of[i] as usize] += x;
+        }
+        for (k, v) in gs.iter_mut().enumerate() {
+            *v /= g.sizes[k].max(1) as f32;
+        }
+        all_groups.push((ti, gs, g));
+    }
+    let shapes_only: Vec<(String, Vec<usize>)> = eff.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+    let mut keep_group: Vec<Vec<bool>> = all_groups.iter().map(|(_, gs, _)| vec![false; gs.len()]).collect();
+    match allocation.kind {
+        AllocationKind::Global => {
+            for k in &allocation.keep_dense {
+                if !shapes_only.iter().any(|(n, _)| n == k) {
+                    return Err(PruneError::UnknownParam(k.clone()));
+                }
+            }
+            let total: usize = eff.iter().map(|(_, _, s)| s.len()).sum();
+            let budget = ((1.0 - sparsity) * total as f64).round() as usize;
+            let mut kept = 0usize;
+            let mut cands: Vec<(usize, usize)> = Vec::new();
+            for (t, (_, gs, g)) in all_groups.iter().enumerate() {
+                if allocation.keep_dense.contains(&eff[t].0) {
+                    keep_group[t].iter_mut().for_each(|k| *k = true);
+                    kept += g.sizes.iter().sum::<usize>();
+                } else {
+                    cands.extend((0..gs.len()).map(|k| (t, k)));
+                }
+            }
+            if kept > budget {
+                return Err(PruneError::Infeasible { target: sparsity, why: "the dense-kept layers exceed the budget".into() });
+            }
+            cands.sort_by(|a, b| all_groups[b.0].1[b.1].total_cmp(&all_groups[a.0].1[a.1]).then(a.cmp(b)));
+            for (t, k) in cands {
+                let sz = all_groups[t].2.sizes[k];
+                // Stop when adding the group would overshoot more than leaving it out undershoots.
+                if kept >= budget || (kept + sz > budget && kept + sz - budget > budget - kept) {
+                    break;
+                }
+                keep_group[t][k] = true;
+                kept += sz;
+            }
+        }
+        _ => {
+            let dens = allocation.densities(&shapes_only, sparsity)?;
+            for (t, (_, gs, _)) in all_groups.iter().enumerate() {
+                let d = dens[&eff[t].0];
+                let k = ((d * gs.len() as f64).round() as usize).min(gs.len());
+                let mut order: Vec<usize> = (0..gs.len()).collect();
+                order.sort_by(|&a, &b| gs[b].total_cmp(&gs[a]).then(a.cmp(&b)));
+                for &g in &order[..k] {
+                    keep_group[t][g] = true;
+                }
+            }
+        }
+    }
+    for (t, (_, _, g)) in all_groups.iter().enumerate() {
+        let (name, shape, _) = &eff[t];
+        let mut mask = Mask::zeros(shape);
+        for (i, &gi) in g.group_of.iter().enumerate() {
+            if keep_group[t][gi as usize] {
+                mask.set(i, true);
+            }
+        }
+        out.insert(name.clone(), mask);
+    }
+    Ok(out)
+}

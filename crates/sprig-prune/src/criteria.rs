@@ -1,0 +1,322 @@
+//! Criteria: scores per weight, higher = more important. Each cites the paper and equation it implements.
+//!
+//! Data-dependent criteria see the model only through closures: `loss(b)` returns the scalar loss of
+//! calibration batch `b` computed from the current values of the `Var`s, and `forward_ones()` runs the
+//! model on an all-ones input (SynFlow). The model's type is never needed.
+use std::collections::BTreeMap;
+
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::allocation::{prune, Allocation, Scores};
+use crate::error::{check_sparsity, PruneError, Result};
+use crate::granularity::Granularity;
+use crate::mask::MaskSet;
+
+/// The named criteria (for configs, manifests and the CLI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criterion {
+    Magnitude,
+    Random,
+    Snip,
+    Grasp,
+    Synflow,
+    Movement,
+    Taylor,
+    Wanda,
+    Fisher,
+}
+
+impl std::str::FromStr for Criterion {
+    type Err = PruneError;
+    fn from_str(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).map_err(|_| PruneError::BadValue {
+            what: "criterion",
+            value: f64::NAN,
+            why: "expected magnitude|random|snip|grasp|synflow|movement|taylor|wanda|fisher",
+        })
+    }
+}
+
+impl Criterion {
+    /// The snake_case name.
+    pub fn name(&self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}
+
+fn grad_of<'a>(grads: &'a GradStore, name: &str, v: &Var) -> Result<&'a Tensor> {
+    grads.get(v.as_tensor()).ok_or_else(|| PruneError::NoGradient(name.into()))
+}
+
+/// Magnitude |w| (Han et al. 2015; LTH, Frankle & Carbin 2019 §2).
+pub fn magnitude(params: &[(String, Var)]) -> Result<Scores> {
+    params.iter().map(|(n, v)| Ok((n.clone(), flat(&v.as_tensor().abs()?)?))).collect()
+}
+
+/// Uniform random scores from a seeded ChaCha8 stream over `params` in order (the random-pruning control;
+/// Liu et al. 2022). Same seed, same scores, bit for bit.
+pub fn random(params: &[(String, Var)], seed: u64) -> Scores {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    params
+        .iter()
+        .map(|(n, v)| (n.clone(), (0..v.elem_count()).map(|_| rng.random::<f32>()).collect()))
+        .collect()
+}
+
+/// Mean gradients over `batches` calibration batches.
+fn mean_grads(
+    params: &[(String, Var)],
+    loss: &mut dyn FnMut(usize) -> candle_core::Result<Tensor>,
+    batches: usize,
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    if batches == 0 {
+        return Err(PruneError::MissingInput { criterion: "gradient-based", needs: "at least one calibration batch" });
+    }
+    let mut acc: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for b in 0..batches {
+        let g = loss(b)?.backward()?;
+        for (n, v) in params {
+            let gv = flat(grad_of(&g, n, v)?)?;
+            let e = acc.entry(n.clone()).or_insert_with(|| vec![0.0; gv.len()]);
+            e.iter_mut().zip(&gv).for_each(|(a, x)| *a += x / batches as f32);
+        }
+    }
+    Ok(acc)
+}
+
+/// SNIP connection sensitivity |g ⊙ w| (Lee et al. 2019, eq. 6; the normalisation does not change the ranking).
+pub fn snip(
+    params: &[(String, Var)],
+    loss: &mut dyn FnMut(usize) -> candle_core::Result<Tensor>,
+    batches: usize,
+) -> Result<Scores> {
+    let g = mean_grads(params, loss, batches)?;
+    params
+        .iter()
+        .map(|(n, v)| Ok((n.clone(), flat(v.as_tensor())?.iter().zip(&g[n]).map(|(w, g)| (w * g).abs()).collect())))
+        .collect()
+}
+
+/// GraSP (Wang et al. 2020, eq. 8): S(−θ) = −θ ⊙ Hg, pruning the *largest* S; returned as importance
+/// θ ⊙ Hg. The Hessian-gradient product is a central finite difference of gradients,
+/// Hg ≈ (∇L(θ + δg) − ∇L(θ − δg)) / 2δ with δ = `rel_step` / ‖g‖ (instead of double backprop).
+pub fn grasp(
+    params: &[(String, Var)],
+    loss: &mut dyn FnMut(usize) -> candle_core::Result<Tensor>,
+    batches: usize,
+    rel_step: f64,
+) -> Result<Scores> {
+    let g = mean_grads(params, loss, batches)?;
+    let norm = g.values().flatten().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        return Err(PruneError::BadValue { what: "gradient norm", value: 0.0, why: "GraSP needs a non-zero gradient" });
+    }
+    let delta = rel_step / norm;
+    let orig: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let shift = |sign: f64| -> Result<()> {
+        for ((n, v), o) in params.iter().zip(&orig) {
+            let gt = Tensor::from_slice(&g[n], v.dims(), v.device())?.to_dtype(v.dtype())?;
+            v.set(&(o + (gt * (sign * delta))?)?)?;
+        }
+        Ok(())
+    };
+    let run = (|| {
+        shift(1.0)?;
+        let gp = mean_grads(params, loss, batches)?;
+        shift(-1.0)?;
+        let gm = mean_grads(params, loss, batches)?;
+        Ok::<_, PruneError>((gp, gm))
+    })();
+    for ((_, v), o) in params.iter().zip(&orig) {
+        v.set(o)?;
+    }
+    let (gp, gm) = run?;
+    params
+        .iter()
+        .map(|(n, v)| {
+            let w = flat(v.as_tensor())?;
+            let s = (0..w.len()).map(|i| w[i] * ((gp[n][i] - gm[n][i]) as f64 / (2.0 * delta)) as f32).collect();
+            Ok((n.clone(), s))
+        })
+        .collect()
+}
+
+/// SynFlow scores for one iteration (Tanaka et al. 2020, eq. 2): R = 1ᵀ(Π_l |θ_l|)1, S = (∂R/∂θ) ⊙ θ.
+///
+/// Every `Var` in `all` is temporarily replaced by |θ| (masked by `masks`), `forward_ones` runs the model
+/// on an all-ones input, and the originals are restored; scores are returned for `prunable` names.
+pub fn synflow_scores(
+    all: &[(String, Var)],
+    prunable: &[String],
+    masks: Option<&MaskSet>,
+    forward_ones: &mut dyn FnMut() -> candle_core::Result<Tensor>,
+) -> Result<Scores> {
+    let orig: Vec<Tensor> = all.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let run = (|| {
+        for (n, v) in all {
+            let mut a = v.as_tensor().abs()?;
+            if let Some(m) = masks.and_then(|m| m.get(n)) {
+                m.check_shape(n, v.dims())?;
+                a = a.mul(&m.to_tensor(v.device())?.to_dtype(v.dtype())?)?;
+            }
+            v.set(&a)?;
+        }
+        let r = forward_ones()?.sum_all()?;
+        let g = r.backward()?;
+        let mut out = Scores::new();
+        for p in prunable {
+            let (_, v) = all.iter().find(|(n, _)| n == p).ok_or_else(|| PruneError::UnknownParam(p.clone()))?;
+            let gt = grad_of(&g, p, v)?;
+            out.insert(p.clone(), flat(&(gt * v.as_tensor())?)?);
+        }
+        Ok::<_, PruneError>(out)
+    })();
+    for ((_, v), o) in all.iter().zip(&orig) {
+        v.set(o)?;
+    }
+    run
+}
+
+/// Iterative SynFlow pruning (Tanaka et al. 2020, Alg. 1): `iterations` rounds with the exponential
+/// schedule s_k = 1 − (1 − s)^{k/n}, rescoring with the current mask each round. Data-free.
+pub fn synflow_prune(
+    all: &[(String, Var)],
+    prunable: &[String],
+    sparsity: f64,
+    iterations: usize,
+    granularity: Granularity,
+    allocation: &Allocation,
+    forward_ones: &mut dyn FnMut() -> candle_core::Result<Tensor>,
+) -> Result<MaskSet> {
+    check_sparsity(sparsity)?;
+    let shapes: Vec<(String, Vec<usize>)> = prunable
+        .iter()
+        .map(|p| {
+            all.iter().find(|(n, _)| n == p).map(|(_, v)| (p.clone(), v.dims().to_vec())).ok_or_else(|| PruneError::UnknownParam(p.clone()))
+        })
+        .collect::<Result<_>>()?;
+    let mut masks: Option<MaskSet> = None;
+    for k in 1..=iterations.max(1) {
+        let s_k = 1.0 - (1.0 - sparsity).powf(k as f64 / iterations.max(1) as f64);
+        let scores = synflow_scores(all, prunable, masks.as_ref(), forward_ones)?;
+        masks = Some(prune(&scores, &shapes, s_k, granularity, allocation, masks.as_ref())?);
+    }
+    masks.ok_or(PruneError::NothingSelected)
+}
+
+/// Running gradient statistics over training or calibration steps, for movement, Taylor and Fisher/OBS.
+#[derive(Debug, Default)]
+pub struct GradAccumulator {
+    steps: usize,
+    sum_gw: BTreeMap<String, Tensor>,
+    sum_gw2: BTreeMap<String, Tensor>,
+    sum_g2: BTreeMap<String, Tensor>,
+}
+
+impl GradAccumulator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds one step's gradients (call after `backward`, before the optimizer moves the weights).
+    pub fn update(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<()> {
+        for (n, v) in params {
+            let g = grad_of(grads, n, v)?.to_dtype(DType::F32)?;
+            let w = v.as_tensor().to_dtype(DType::F32)?;
+            let gw = (&g * &w)?;
+            let add = |m: &mut BTreeMap<String, Tensor>, t: Tensor| -> Result<()> {
+                let nt = match m.remove(n) {
+                    Some(old) => (old + t)?,
+                    None => t,
+                };
+                m.insert(n.clone(), nt);
+                Ok(())
+            };
+            add(&mut self.sum_gw2, gw.sqr()?)?;
+            add(&mut self.sum_g2, g.sqr()?)?;
+            add(&mut self.sum_gw, gw)?;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+    /// Number of steps seen.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+    fn get(&self, m: &BTreeMap<String, Tensor>, crit: &'static str) -> Result<BTreeMap<String, Vec<f32>>> {
+        if self.steps == 0 {
+            return Err(PruneError::MissingInput { criterion: crit, needs: "at least one GradAccumulator::update" });
+        }
+        m.iter().map(|(n, t)| Ok((n.clone(), flat(t)?))).collect()
+    }
+    /// Movement scores S = −Σ_t (∂L/∂W)_t ⊙ W_t (Sanh et al. 2020, eq. 7 and §3); use with top-k for
+    /// hard movement or a threshold on S for soft movement.
+    pub fn movement(&self) -> Result<Scores> {
+        Ok(self.get(&self.sum_gw, "movement")?.into_iter().map(|(n, v)| (n, v.into_iter().map(|x| -x).collect())).collect())
+    }
+    /// First-order Taylor importance, the batch mean of (g ⊙ w)² (Molchanov et al. 2019, eq. 8, per weight).
+    pub fn taylor(&self) -> Result<Scores> {
+        let s = self.steps as f32;
+        Ok(self.get(&self.sum_gw2, "taylor")?.into_iter().map(|(n, v)| (n, v.into_iter().map(|x| x / s).collect())).collect())
+    }
+    /// OBS saliency with a diagonal empirical Fisher, ρ_i = w_i² / (2 [F⁻¹]_ii) = w_i² (F_ii + λ) / 2 with
+    /// F_ii = mean g_i² (OBS, Hassibi & Stork 1993, eq. 5; WoodFisher, Singh & Alistarh 2020, eq. 4;
+    /// oBERT, Kurtic et al. 2022, eq. 2, diagonal blocks of size 1). `damp` is λ.
+    pub fn fisher(&self, params: &[(String, Var)], damp: f64) -> Result<Scores> {
+        let f = self.get(&self.sum_g2, "fisher")?;
+        let s = self.steps as f32;
+        params
+            .iter()
+            .map(|(n, v)| {
+                let fi = f.get(n).ok_or_else(|| PruneError::UnknownParam(n.clone()))?;
+                let w = flat(v.as_tensor())?;
+                Ok((n.clone(), w.iter().zip(fi).map(|(w, f)| w * w * (f / s + damp as f32) / 2.0).collect()))
+            })
+            .collect()
+    }
+}
+
+/// Per-input-feature activation norms ‖X_j‖₂ of each linear, from calibration data (for Wanda).
+#[derive(Debug, Default)]
+pub struct ActivationNorms {
+    sumsq: BTreeMap<String, Vec<f64>>,
+}
+
+impl ActivationNorms {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds the inputs `x` (shape `[..., in]`) seen by the linear whose weight is `name`.
+    pub fn observe(&mut self, name: &str, x: &Tensor) -> Result<()> {
+        let d = *x.dims().last().ok_or(PruneError::BadValue { what: "activation rank", value: 0.0, why: "need >= 1" })?;
+        let s = flat(&x.to_dtype(DType::F32)?.reshape(((), d))?.sqr()?.sum(0)?)?;
+        let e = self.sumsq.entry(name.into()).or_insert_with(|| vec![0.0; d]);
+        if e.len() != d {
+            return Err(PruneError::ShapeMismatch { name: name.into(), expected: vec![e.len()], got: vec![d] });
+        }
+        e.iter_mut().zip(s).for_each(|(a, b)| *a += b as f64);
+        Ok(())
+    }
+    /// Wanda scores S_ij = |W_ij| · ‖X_j‖₂ (Sun et al. 2024, eq. 1) for `[out, in]` weights. The paper ranks
+    /// within each output row; here ranking follows the chosen [`Allocation`].
+    pub fn wanda(&self, params: &[(String, Var)]) -> Result<Scores> {
+        params
+            .iter()
+            .map(|(n, v)| {
+                let ss = self.sumsq.get(n).ok_or(PruneError::MissingInput { criterion: "wanda", needs: "activations for every scored weight" })?;
+                let (o, i) = v.dims2().map_err(|_| PruneError::NotMatrix { name: n.clone(), granularity: "wanda", shape: v.dims().to_vec() })?;
+                if ss.len() != i {
+                    return Err(PruneError::ShapeMismatch { name: n.clone(), expected: vec![o, i], got: vec![o, ss.len()] });
+                }
+                let w = flat(v.as_tensor())?;
+                Ok((n.clone(), w.iter().enumerate().map(|(k, w)| w.abs() * ss[k % i].sqrt() as f32).collect()))
+            })
+            .collect()
+    }
+}

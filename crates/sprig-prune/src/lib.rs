@@ -1,0 +1,28 @@
+//! # sprig-prune
+//!
+//! Pruning for any candle model seen as a set of named `Var`s: [`Mask`]/[`MaskSet`] (bit-packed,
+//! shape-checked), [`criteria`] that score weights, [`Granularity`] that groups them, [`Allocation`]
+//! that shares a sparsity budget between layers, [`Schedule`]s that say when and how much, and
+//! [`checkpoint`]s that store sparse models as plain safetensors plus masks and a manifest.
+// `usize::is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
+pub mod allocation;
+pub mod checkpoint;
+pub mod criteria;
+pub mod error;
+pub mod granularity;
+pub mod mask;
+pub mod schedule;
+pub mod select;
+
+pub use allocation::{prune, Allocation, AllocationKind, Scores};
+pub use criteria::{ActivationNorms, Criterion, GradAccumulator};
+pub use error::{PruneError, Result};
+pub use granularity::Granularity;
+pub use mask::{Mask, MaskSet, SparsityReport, TensorSparsity};
+pub use schedule::{Rewind, RoundRate, Schedule};
+pub use select::Selector;
+
+/// The version written into checkpoint manifests.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

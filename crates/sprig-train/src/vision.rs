@@ -1,0 +1,259 @@
+//! Small vision models for pruning experiments — LeNet-300-100 and LeNet-5 — as named `Var`s, with a
+//! seeded init and a mask-aware train/eval loop over [`sprig_data::ImageDataset`] splits.
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use sprig_data::ImageSplit;
+
+use crate::optim::{AdamW, AdamWConfig, Optimizer};
+use crate::sgd::{Sgd, SgdConfig};
+
+/// The architectures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// LeNet-300-100: 784-300-100-10 fully connected, ReLU (LeCun et al. 1998; LTH Fig. 2).
+    Lenet300,
+    /// LeNet-5: conv5x5(6, pad 2)-pool-conv5x5(16)-pool-120-84-10, ReLU (LeCun et al. 1998).
+    Lenet5,
+}
+
+impl std::str::FromStr for Arch {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lenet300" | "lenet-300-100" => Ok(Self::Lenet300),
+            "lenet5" | "lenet-5" => Ok(Self::Lenet5),
+            _ => bail!("unknown model {s:?}: expected lenet300 or lenet5"),
+        }
+    }
+}
+
+impl Arch {
+    /// `(name, shape)` of every parameter, in a fixed order.
+    pub fn param_shapes(&self, height: usize, width: usize, classes: usize) -> Vec<(String, Vec<usize>)> {
+        let p = |n: &str, s: &[usize]| (n.to_string(), s.to_vec());
+        match self {
+            Self::Lenet300 => vec![
+                p("fc1.weight", &[300, height * width]),
+                p("fc1.bias", &[300]),
+                p("fc2.weight", &[100, 300]),
+                p("fc2.bias", &[100]),
+                p("fc3.weight", &[classes, 100]),
+                p("fc3.bias", &[classes]),
+            ],
+            Self::Lenet5 => {
+                let (h, w) = ((height / 2 - 4) / 2, (width / 2 - 4) / 2);
+                vec![
+                    p("conv1.weight", &[6, 1, 5, 5]),
+                    p("conv1.bias", &[6]),
+                    p("conv2.weight", &[16, 6, 5, 5]),
+                    p("conv2.bias", &[16]),
+                    p("fc1.weight", &[120, 16 * h * w]),
+                    p("fc1.bias", &[120]),
+                    p("fc2.weight", &[84, 120]),
+                    p("fc2.bias", &[84]),
+                    p("fc3.weight", &[classes, 84]),
+                    p("fc3.bias", &[classes]),
+                ]
+            }
+        }
+    }
+    /// Name of the output layer's weight (LTH prunes it at half the rate).
+    pub fn output_weight(&self) -> &'static str {
+        "fc3.weight"
+    }
+}
+
+/// A model: an architecture plus its named parameters.
+#[derive(Clone)]
+pub struct VisionModel {
+    pub arch: Arch,
+    pub height: usize,
+    pub width: usize,
+    pub params: Vec<(String, Var)>,
+}
+
+impl VisionModel {
+    /// PyTorch's default init, seeded: weights and biases ~ U(−1/√fan_in, 1/√fan_in)
+    /// (kaiming_uniform with a = √5), drawn from ChaCha8 so a seed gives the same net everywhere.
+    pub fn new(arch: Arch, height: usize, width: usize, classes: usize, seed: u64, device: &Device) -> Result<Self> {
+        let shapes = arch.param_shapes(height, width, classes);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut params = Vec::new();
+        let mut fan_in = 1usize;
+        for (name, shape) in shapes {
+            if shape.len() > 1 {
+                fan_in = shape[1..].iter().product();
+            }
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+            params.push((name, Var::from_tensor(&Tensor::from_vec(v, shape.as_slice(), device)?)?));
+        }
+        Ok(Self { arch, height, width, params })
+    }
+
+    fn p(&self, name: &str) -> &Tensor {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_tensor()).expect("parameter names are fixed by Arch")
+    }
+
+    fn linear(&self, x: &Tensor, name: &str) -> candle_core::Result<Tensor> {
+        x.matmul(&self.p(&format!("{name}.weight")).t()?)?.broadcast_add(self.p(&format!("{name}.bias")))
+    }
+
+    /// Logits for a batch `x` of shape `[batch, height * width]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.arch {
+            Arch::Lenet300 => {
+                let h = self.linear(x, "fc1")?.relu()?;
+                let h = self.linear(&h, "fc2")?.relu()?;
+                self.linear(&h, "fc3")
+            }
+            Arch::Lenet5 => {
+                let b = x.dim(0)?;
+                let x = x.reshape((b, 1, self.height, self.width))?;
+                let conv = |x: &Tensor, n: &str, pad| -> candle_core::Result<Tensor> {
+                    let w = self.p(&format!("{n}.weight"));
+                    let bias = self.p(&format!("{n}.bias")).reshape((1, (), 1, 1))?;
+                    x.conv2d(w, pad, 1, 1, 1)?.broadcast_add(&bias)?.relu()?.max_pool2d(2)
+                };
+                let h = conv(&x, "conv1", 2)?;
+                let h = conv(&h, "conv2", 0)?.flatten_from(1)?;
+                let h = self.linear(&h, "fc1")?.relu()?;
+                let h = self.linear(&h, "fc2")?.relu()?;
+                self.linear(&h, "fc3")
+            }
+        }
+    }
+
+    /// Current values of all parameters (for rewinding).
+    pub fn snapshot(&self) -> Result<Vec<Tensor>> {
+        Ok(self.params.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?)
+    }
+
+    /// Sets all parameters from a snapshot.
+    pub fn restore(&self, snap: &[Tensor]) -> Result<()> {
+        if snap.len() != self.params.len() {
+            bail!("snapshot has {} tensors, model {}", snap.len(), self.params.len());
+        }
+        for ((n, v), t) in self.params.iter().zip(snap) {
+            v.set(t).with_context(|| format!("restoring {n}"))?;
+        }
+        Ok(())
+    }
+
+    /// `(name, tensor)` pairs of the current values.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+    }
+}
+
+/// Which optimizer trains the model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OptimChoice {
+    Adam { lr: f64 },
+    Sgd { lr: f64, momentum: f64 },
+}
+
+/// How a model is trained.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optim: OptimChoice,
+    /// Seed of the batch order.
+    pub data_seed: u64,
+    /// Capture the weights after this many steps (for rewinding to step k).
+    pub snapshot_step: Option<usize>,
+}
+
+/// What a training run returns.
+pub struct TrainOutcome {
+    pub steps: usize,
+    pub final_train_loss: f64,
+    pub snapshot: Option<Vec<Tensor>>,
+}
+
+/// Turns image rows into a `[n, h*w]` tensor.
+pub fn batch_tensor(split: &ImageSplit, idx: &[usize], hw: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let mut x = Vec::with_capacity(idx.len() * hw);
+    let mut y = Vec::with_capacity(idx.len());
+    for &i in idx {
+        x.extend_from_slice(&split.images[i * hw..(i + 1) * hw]);
+        y.push(split.labels[i] as u32);
+    }
+    Ok((Tensor::from_vec(x, (idx.len(), hw), device)?, Tensor::from_vec(y, idx.len(), device)?))
+}
+
+/// Trains `model` on `split` with cross-entropy, honouring `masks` (name → keep-bits) through the
+/// optimizer's mask discipline. `after_step(step, model)` runs after every optimizer step.
+pub fn train(
+    model: &VisionModel,
+    split: &ImageSplit,
+    cfg: &TrainConfig,
+    masks: &[(String, Vec<bool>)],
+    after_step: &mut dyn FnMut(usize, &VisionModel) -> Result<()>,
+) -> Result<TrainOutcome> {
+    if split.is_empty() {
+        bail!("training split is empty");
+    }
+    let device = model.params[0].1.device().clone();
+    let hw = model.height * model.width;
+    let mut opt: Box<dyn Optimizer> = match cfg.optim {
+        OptimChoice::Adam { lr } => Box::new(AdamW::new(
+            model.params.clone(),
+            AdamWConfig { lr, weight_decay: 0.0, ..Default::default() },
+        )?),
+        OptimChoice::Sgd { lr, momentum } => {
+            Box::new(Sgd::new(model.params.clone(), SgdConfig { lr, momentum, ..Default::default() })?)
+        }
+    };
+    for (n, keep) in masks {
+        opt.set_mask(n, Some(keep))?;
+    }
+    let mut step = 0usize;
+    let mut snapshot = if cfg.snapshot_step == Some(0) { Some(model.snapshot()?) } else { None };
+    let mut last = f64::NAN;
+    for epoch in 0..cfg.epochs {
+        for idx in sprig_data::batch::batch_indices(split.len(), cfg.batch_size, true, cfg.data_seed, epoch as u64) {
+            let (x, y) = batch_tensor(split, &idx, hw, &device)?;
+            let loss = candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
+            let grads = loss.backward()?;
+            opt.step(&grads)?;
+            step += 1;
+            if cfg.snapshot_step == Some(step) {
+                snapshot = Some(model.snapshot()?);
+            }
+            after_step(step, model)?;
+            last = loss.to_scalar::<f32>()? as f64;
+        }
+    }
+    if !last.is_finite() {
+        bail!("training diverged (final loss {last})");
+    }
+    Ok(TrainOutcome { steps: step, final_train_loss: last, snapshot })
+}
+
+/// Accuracy of `model` on `split`.
+pub fn evaluate(model: &VisionModel, split: &ImageSplit) -> Result<f64> {
+    let device = model.params[0].1.device().clone();
+    let hw = model.height * model.width;
+    let mut pred = Vec::with_capacity(split.len());
+    let all: Vec<usize> = (0..split.len()).collect();
+    for idx in all.chunks(1000) {
+        let (x, _) = batch_tensor(split, idx, hw, &device)?;
+        let p = model.forward(&x)?.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        pred.extend(p.into_iter().map(|v| v as usize));
+    }
+    Ok(sprig_data::metrics::accuracy(&pred, &split.labels))
+}
+
+impl Module for VisionModel {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        VisionModel::forward(self, xs)
+    }
+}

@@ -1,0 +1,90 @@
+//! Real-data tests of mask discipline and the lottery driver (Fashion-MNIST from `sprig_home()`;
+//! CI runs `scripts/fetch-assets` first, so missing files are a failure, not a skip).
+use candle_core::{Device, Var};
+use sprig_data::{load_image_task, sprig_home, ImageDataset, ImageSplit};
+use sprig_prune::{criteria, prune, Allocation, Granularity, Rewind, Selector};
+use sprig_train::lottery::{run_lottery, LotteryConfig};
+use sprig_train::vision::{evaluate, train, Arch, OptimChoice, TrainConfig, VisionModel};
+
+fn take(s: &ImageSplit, n: usize, hw: usize) -> ImageSplit {
+    let n = n.min(s.len());
+    ImageSplit { images: s.images[..n * hw].to_vec(), labels: s.labels[..n].to_vec() }
+}
+
+fn small_fashion() -> ImageDataset {
+    let mut d = load_image_task("fashion-mnist", &sprig_home(), 42).unwrap_or_else(|e| panic!("loading fashion-mnist: {e}"));
+    let hw = d.height * d.width;
+    d.train = take(&d.train, 3000, hw);
+    d.dev = take(&d.dev, 500, hw);
+    d.test = take(&d.test, 1000, hw);
+    d
+}
+
+#[test]
+fn realised_sparsity_holds_after_every_step() {
+    let data = small_fashion();
+    let dev = Device::Cpu;
+    for (optim, min_acc) in [(OptimChoice::Adam { lr: 1.2e-3 }, 0.5), (OptimChoice::Sgd { lr: 0.05, momentum: 0.9 }, 0.3)] {
+        let model = VisionModel::new(Arch::Lenet300, data.height, data.width, 10, 1, &dev).unwrap();
+        let prunable: Vec<(String, Var)> = Selector::weights().select(&model.params);
+        let shapes: Vec<(String, Vec<usize>)> = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+        let masks = prune(&criteria::magnitude(&prunable).unwrap(), &shapes, 0.9, Granularity::Unstructured, &Allocation::global(), None).unwrap();
+        let bools: Vec<(String, Vec<bool>)> = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
+        let cfg = TrainConfig { epochs: 1, batch_size: 60, optim: optim.clone(), data_seed: 3, snapshot_step: None };
+        let mut checked = 0;
+        let out = train(&model, &data.train, &cfg, &bools, &mut |_, m| {
+            for (name, keep) in &bools {
+                let w = m.params.iter().find(|(n, _)| n == name).unwrap().1.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                let zeros_at_pruned = w.iter().zip(keep).filter(|(x, k)| !**k && **x == 0.0).count();
+                let pruned = keep.iter().filter(|k| !**k).count();
+                assert_eq!(zeros_at_pruned, pruned, "{name}: a pruned weight moved");
+                assert!(w.iter().zip(keep).any(|(x, k)| *k && *x != 0.0));
+            }
+            checked += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(checked, out.steps);
+        assert_eq!(out.steps, 50);
+        let realised = 1.0 - masks.count_kept() as f64 / masks.numel() as f64;
+        assert!((realised - 0.9).abs() < 1e-5);
+        let acc = evaluate(&model, &data.test).unwrap();
+        eprintln!("{optim:?}: test accuracy {acc}");
+        assert!(acc > min_acc, "{optim:?}: 90%-sparse LeNet-300-100 reached only {acc} after one epoch of 3000 images");
+    }
+}
+
+#[test]
+fn lottery_resumes_and_is_deterministic() {
+    let data = small_fashion();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = LotteryConfig {
+        arch: Arch::Lenet300,
+        dataset: "fashion-mnist".into(),
+        rounds: 2,
+        rate: 0.5,
+        output_rate: 0.25,
+        rewind: Rewind::Step(10),
+        seeds: vec![0],
+        train: TrainConfig { epochs: 1, batch_size: 100, optim: OptimChoice::Adam { lr: 1.2e-3 }, data_seed: 0, snapshot_step: None },
+        controls: true,
+    };
+    let rows = run_lottery(&cfg, &data, tmp.path(), &Device::Cpu).unwrap();
+    assert_eq!(rows.len(), 3);
+    // two rounds: hidden layers keep 0.5², the output layer 0.75²
+    let want = ((784 * 300 + 300 * 100) as f64 * 0.25 + 1000.0 * 0.5625) / (784 * 300 + 300 * 100 + 1000) as f64;
+    assert!((rows[2].remaining - want).abs() < 1e-4, "{} vs {want}", rows[2].remaining);
+    assert!(rows[2].reinit_acc_mean.is_some() && rows[2].random_mask_acc_mean.is_some());
+    assert!(tmp.path().join("lottery.svg").exists());
+    assert!(std::fs::read_to_string(tmp.path().join("lottery.svg")).unwrap().contains("<svg"));
+    // "kill" after round 1: remove the last round; the rerun recomputes it bit for bit, reusing round 1.
+    let last = tmp.path().join("seed-0").join("round-02");
+    let before = std::fs::read(last.join("masks.safetensors")).unwrap();
+    std::fs::remove_dir_all(&last).unwrap();
+    let rows2 = run_lottery(&cfg, &data, tmp.path(), &Device::Cpu).unwrap();
+    assert_eq!(rows, rows2);
+    assert_eq!(before, std::fs::read(last.join("masks.safetensors")).unwrap());
+    // a different experiment in the same directory is refused
+    let other = LotteryConfig { rate: 0.3, ..cfg };
+    assert!(run_lottery(&other, &data, tmp.path(), &Device::Cpu).is_err());
+}
