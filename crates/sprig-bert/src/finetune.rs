@@ -194,12 +194,12 @@ struct EvalRecord<'a> {
 pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<FinetuneSummary> {
     cfg.validate()?;
     let device = Device::Cpu;
-    let data = data.subsample(
-        if cfg.max_train == 0 { usize::MAX } else { cfg.max_train },
-        if cfg.max_dev == 0 { usize::MAX } else { cfg.max_dev },
-        if cfg.max_test == 0 { usize::MAX } else { cfg.max_test },
-        cfg.seed,
-    );
+    let cap = |n: usize| if n == 0 { usize::MAX } else { n };
+    let data = if cfg.max_train == 0 && cfg.max_dev == 0 && cfg.max_test == 0 {
+        data.clone()
+    } else {
+        data.subsample(cap(cfg.max_train), cap(cfg.max_dev), cap(cfg.max_test), cfg.seed)
+    };
     for (name, split) in [("train", &data.train), ("dev", &data.dev), ("test", &data.test)] {
         if split.is_empty() {
             bail!("task {}: the {name} split is empty", data.task);
@@ -242,6 +242,8 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
     let ckpt_dir = out.to_path_buf();
     let mut log = MetricsLog::create(&out.join("metrics.jsonl"))?;
     let pb = sprig_train::progress_bar(total_steps as u64, &format!("finetune {}", data.task));
+    // Without a terminal the bar is hidden: log progress about 20 times per run instead.
+    let log_every = (total_steps / 20).max(1);
     let mut step = 0usize;
     let mut best: Option<(f64, usize, Report)> = None;
     let mut train_time = 0f64;
@@ -289,6 +291,9 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
             log.log(&StepRecord { kind: "train", epoch, step, loss: loss_value, lr, grad_norm: gnorm, examples_per_second: eps })?;
             pb.set_message(format!("loss {:.4} {:.1} ex/s", epoch_loss / epoch_batches as f64, examples as f64 / train_time));
             pb.inc(1);
+            if pb.is_hidden() && (step % log_every == 0 || step == total_steps) {
+                tracing::info!(step, total_steps, epoch, loss = epoch_loss / epoch_batches as f64, examples_per_second = examples as f64 / train_time, "training");
+            }
         }
         epochs_run = epoch + 1;
         let dev_report = evaluate(&model, &dev, cfg.eval_batch_size, tok.pad_id())?;

@@ -32,10 +32,10 @@ pub enum Criterion {
 impl std::str::FromStr for Criterion {
     type Err = PruneError;
     fn from_str(s: &str) -> Result<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).map_err(|_| PruneError::BadValue {
+        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).map_err(|_| PruneError::BadName {
             what: "criterion",
-            value: f64::NAN,
-            why: "expected magnitude|random|snip|grasp|synflow|movement|taylor|wanda|fisher",
+            value: s.into(),
+            expected: "magnitude|random|snip|grasp|synflow|movement|taylor|wanda|fisher",
         })
     }
 }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub enum PruneError {
     #[error("sparsity {0} is outside [0, 1)")]
     BadSparsity(f64),
+    #[error("unknown {what} `{value}`: expected {expected}")]
+    BadName { what: &'static str, value: String, expected: &'static str },
     #[error("{what} {value} is out of range: {why}")]
     BadValue { what: &'static str, value: f64, why: &'static str },
     #[error("N:M = {n}:{m} is invalid for tensor `{name}` with shape {shape:?}: {why}")]

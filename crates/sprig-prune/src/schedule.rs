@@ -24,7 +24,7 @@ impl std::str::FromStr for Rewind {
                 .strip_prefix("step:")
                 .and_then(|k| k.parse().ok())
                 .map(Self::Step)
-                .ok_or(PruneError::BadValue { what: "rewind", value: f64::NAN, why: "expected init, step:K or lr" }),
+                .ok_or_else(|| PruneError::BadName { what: "rewind", value: s.into(), expected: "init, step:K or lr" }),
         }
     }
 }

@@ -354,7 +354,7 @@ mod tests {
         let dev = Device::Cpu;
         let var = Var::from_tensor(&Tensor::new(&[3f32, 4.0], &dev)?)?;
         let mut grads = var.as_tensor().sqr()?.sum_all()?.backward()?; // grad = (6, 8), norm 10
-        let n = clip_grad_norm(&mut grads, &[var.clone()], 1.0)?;
+        let n = clip_grad_norm(&mut grads, std::slice::from_ref(&var), 1.0)?;
         assert!((n - 10.0).abs() < 1e-5);
         let after = grad_norm(&grads, &[var])?;
         assert!((after - 1.0).abs() < 1e-4, "{after}");

@@ -80,6 +80,11 @@ pub fn run_pai(cfg: &PaiConfig, data: &ImageDataset, out: &Path, device: &Device
     for &s in &cfg.sparsities {
         sprig_prune::error::check_sparsity(s)?;
     }
+    for m in &cfg.methods {
+        if !matches!(m, Criterion::Magnitude | Criterion::Random | Criterion::Snip | Criterion::Grasp | Criterion::Synflow) {
+            bail!("{} is not a pruning-at-init criterion here (use magnitude, random, snip, grasp, synflow)", m.name());
+        }
+    }
     write_json(&out.join("config.json"), cfg)?;
     let classes = data.classes.len();
     let mut cells: Vec<PaiCell> = Vec::new();

@@ -88,3 +88,22 @@ fn lottery_resumes_and_is_deterministic() {
     let other = LotteryConfig { rate: 0.3, ..cfg };
     assert!(run_lottery(&other, &data, tmp.path(), &Device::Cpu).is_err());
 }
+
+#[test]
+fn lenet5_trains_with_a_mask() {
+    let data = small_fashion();
+    let model = VisionModel::new(Arch::Lenet5, data.height, data.width, 10, 2, &Device::Cpu).unwrap();
+    let prunable: Vec<(String, Var)> = Selector::weights().select(&model.params);
+    assert_eq!(prunable.len(), 5); // two conv kernels, three linears
+    let shapes: Vec<(String, Vec<usize>)> = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+    let masks = prune(&criteria::random(&prunable, 5), &shapes, 0.5, Granularity::Unstructured, &Allocation::erk(), None).unwrap();
+    let bools: Vec<(String, Vec<bool>)> = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
+    let cfg = TrainConfig { epochs: 1, batch_size: 100, optim: OptimChoice::Adam { lr: 2e-3 }, data_seed: 1, snapshot_step: None };
+    let out = train(&model, &data.train, &cfg, &bools, &mut |_, _| Ok(())).unwrap();
+    assert_eq!(out.steps, 30);
+    let w = model.params.iter().find(|(n, _)| n == "conv2.weight").unwrap().1.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let keep = &bools.iter().find(|(n, _)| n == "conv2.weight").unwrap().1;
+    assert!(w.iter().zip(keep).all(|(x, k)| *k || *x == 0.0));
+    let acc = evaluate(&model, &data.test).unwrap();
+    assert!(acc > 0.4, "LeNet-5 at 50% ERK sparsity reached only {acc} after 30 steps");
+}

@@ -180,7 +180,7 @@ fn spmm<I: Idx>(
     let pw = plan_width(plan);
     let xp = pack_panels(x, m, k, pw);
     let np = m.div_ceil(pw);
-    let chunk = (512 / p.r).max(1);
+    let chunk = (128 / p.r).max(1);
     let nch = nbr.div_ceil(chunk);
     let xpp = SyncPtr(xp.as_ptr() as *mut f32);
     (0..np * nch).into_par_iter().for_each(|t| {

@@ -206,7 +206,7 @@ pub(crate) unsafe fn panel_task<S: Simd, I: Idx>(job: &PanelJob<'_, I>, plan: Pl
         Plan::Block { v: 2, .. } => block_rv!(S, job, tile, 1, 2),
         Plan::Block { .. } => block_rv!(S, job, tile, 1, 1),
     }
-    if std::env::var_os("NOFLUSH").is_none() { unsafe { flush(job, &tile, job.br0 * job.p.r, rows) }; }
+    unsafe { flush(job, &tile, job.br0 * job.p.r, rows) };
 }
 
 /// Small batches (M < 4): for each output row and each activation row, a gathered dot product

@@ -1,3 +1,4 @@
+//! The README example: `cargo run --release -p sprig-kernels --example kernels_readme`.
 use sprig_kernels::{Bitmask, Csr, SparseMatrix};
 
 fn main() -> sprig_kernels::Result<()> {

@@ -1,0 +1,65 @@
+//! End-to-end: the `sprig` binary on the real checkpoint and a tiny real subset.
+use std::path::Path;
+use std::process::Command;
+
+fn sprig() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sprig"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn sprig");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn sprig");
+    assert!(!out.status.success(), "{cmd:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+#[test]
+fn finetune_then_eval_then_rerun_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // A tiny training subset; dev and test are the full splits so that `sprig eval` sees the same test set.
+    let tiny = ["--max-train", "48", "--batch-size", "16", "--epochs", "1"];
+    let out = run_ok(sprig().args(["finetune", "--task", "sms-spam", "--out"]).arg(&run).args(tiny));
+    assert!(out.contains("| sms-spam |"), "{out}");
+    for f in ["config.toml", "metrics.jsonl", "summary.json", "config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let s = json(&run.join("summary.json"));
+    assert_eq!(s["task"], "sms-spam");
+    assert_eq!(s["steps"], 3);
+    // eval on the recorded split reproduces the run's test accuracy.
+    let ev = dir.path().join("eval");
+    run_ok(sprig().args(["eval", "--task", "sms-spam", "--model"]).arg(&run).arg("--out").arg(&ev));
+    let e = json(&ev.join("eval.json"));
+    assert_eq!(e["accuracy"], s["test_accuracy"]);
+    // The written config reproduces the run bit for bit.
+    let again = dir.path().join("again");
+    run_ok(sprig().arg("finetune").arg("--config").arg(run.join("config.toml")).arg("--out").arg(&again));
+    assert_eq!(json(&again.join("summary.json"))["test_accuracy"], s["test_accuracy"]);
+    assert_eq!(std::fs::read_to_string(again.join("config.toml")).unwrap(), std::fs::read_to_string(run.join("config.toml")).unwrap());
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = run_err(sprig().args(["finetune", "--task", "imdb", "--out"]).arg(dir.path().join("x")));
+    assert!(e.contains("imdb") && e.contains("rt-sentiment"), "{e}");
+    let e = run_err(sprig().args(["finetune", "--model", "/no/such/model", "--task", "trec6", "--out"]).arg(dir.path().join("y")));
+    assert!(e.contains("/no/such/model"), "{e}");
+    let e = run_err(sprig().args(["finetune", "--lr=-1", "--out"]).arg(dir.path().join("z")));
+    assert!(e.contains("lr"), "{e}");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "epochs = 2\nbogus_field = 1\n").unwrap();
+    let e = run_err(sprig().arg("finetune").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("w")));
+    assert!(e.contains("bad.toml") && e.contains("bogus_field"), "{e}");
+}
