@@ -27,8 +27,8 @@ fn json(p: &Path) -> serde_json::Value {
 fn finetune_then_eval_then_rerun_from_config() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    // A tiny training subset; dev and test are the full splits so that `sprig eval` sees the same test set.
-    let tiny = ["--max-train", "48", "--batch-size", "16", "--epochs", "1"];
+    // A tiny training subset; the test split is the full one so that `sprig eval` sees the same test set.
+    let tiny = ["--max-train", "48", "--max-dev", "64", "--batch-size", "16", "--epochs", "1"];
     let out = run_ok(sprig().args(["finetune", "--task", "sms-spam", "--out"]).arg(&run).args(tiny));
     assert!(out.contains("| sms-spam |"), "{out}");
     for f in ["config.toml", "metrics.jsonl", "summary.json", "config.json", "model.safetensors", "tokenizer.json"] {
