@@ -82,12 +82,41 @@ impl AdamW {
         self.t
     }
 
-    fn find(&mut self, name: &str) -> Result<&mut AdamState> {
-        self.params
-            .iter_mut()
-            .find(|p| p.name == name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("optimizer has no parameter named {name:?}")))
+}
+
+/// The parameter called `name`, or an error naming it.
+pub(crate) fn find_param<'a, T>(params: &'a mut [T], name: &str, name_of: impl Fn(&T) -> &str) -> Result<&'a mut T> {
+    params
+        .iter_mut()
+        .find(|p| name_of(p) == name)
+        .ok_or_else(|| candle_core::Error::Msg(format!("optimizer has no parameter named {name:?}")))
+}
+
+/// Install (`Some`) or remove (`None`) a parameter's keep-mask: installing zeroes the pruned
+/// weights and the pruned entries of every optimizer-state buffer at once.
+pub(crate) fn install_mask(
+    name: &str,
+    var: &Var,
+    slot: &mut Option<Vec<bool>>,
+    state: &mut [&mut Vec<f32>],
+    keep: Option<&[bool]>,
+) -> Result<()> {
+    match keep {
+        None => *slot = None,
+        Some(k) => {
+            check_mask_len(name, var, k)?;
+            apply_keep_mask(var, k)?;
+            for buf in state.iter_mut() {
+                buf.iter_mut().zip(k).for_each(|(x, &kept)| {
+                    if !kept {
+                        *x = 0.0
+                    }
+                });
+            }
+            *slot = Some(k.to_vec());
+        }
     }
+    Ok(())
 }
 
 /// Zero the pruned positions of a parameter's weights in place.
@@ -231,22 +260,8 @@ impl Optimizer for AdamW {
     }
 
     fn set_mask(&mut self, name: &str, keep: Option<&[bool]>) -> Result<()> {
-        let p = self.find(name)?;
-        match keep {
-            None => p.keep = None,
-            Some(k) => {
-                check_mask_len(name, &p.var, k)?;
-                apply_keep_mask(&p.var, k)?;
-                for (i, &kept) in k.iter().enumerate() {
-                    if !kept {
-                        p.m[i] = 0.0;
-                        p.v[i] = 0.0;
-                    }
-                }
-                p.keep = Some(k.to_vec());
-            }
-        }
-        Ok(())
+        let p = find_param(&mut self.params, name, |p| &p.name)?;
+        install_mask(name, &p.var, &mut p.keep, &mut [&mut p.m, &mut p.v], keep)
     }
 
     fn reset_state(&mut self) {

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Var};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
-use crate::optim::{apply_keep_mask, check_mask_len, contiguous_f32, contiguous_f32_mut, Optimizer};
+use crate::optim::{contiguous_f32, contiguous_f32_mut, find_param, install_mask, Optimizer};
 
 /// Hyper-parameters of SGD as PyTorch defines it (Sutskever et al. 2013 momentum; dampening 0):
 /// g ← g + λw; b ← μb + g; g ← g + μb (Nesterov) or b; w ← w − ηg.
@@ -119,25 +119,8 @@ impl Optimizer for Sgd {
         self.cfg.lr = lr;
     }
     fn set_mask(&mut self, name: &str, keep: Option<&[bool]>) -> Result<()> {
-        let p = self
-            .params
-            .iter_mut()
-            .find(|p| p.name == name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("optimizer has no parameter named {name:?}")))?;
-        match keep {
-            None => p.keep = None,
-            Some(k) => {
-                check_mask_len(name, &p.var, k)?;
-                apply_keep_mask(&p.var, k)?;
-                p.buf.iter_mut().zip(k).for_each(|(b, &kept)| {
-                    if !kept {
-                        *b = 0.0
-                    }
-                });
-                p.keep = Some(k.to_vec());
-            }
-        }
-        Ok(())
+        let p = find_param(&mut self.params, name, |p| &p.name)?;
+        install_mask(name, &p.var, &mut p.keep, &mut [&mut p.buf], keep)
     }
     fn reset_state(&mut self) {
         self.params.iter_mut().for_each(|p| p.buf.iter_mut().for_each(|b| *b = 0.0));
