@@ -15,6 +15,6 @@ pub use checkpoint::{save_classifier, Checkpoint};
 pub use config::{BertConfig, Pooling};
 pub use error::{BertError, Result};
 pub use finetune::{finetune, FinetuneConfig, FinetuneSummary};
-pub use model::{is_encoder_linear_weight, pool, BertClassifier, BertEncoder, Init};
+pub use model::{is_encoder_linear_weight, pool, BertClassifier, BertEncoder, Init, Ops};
 pub use source::{hub_cache_dir, ModelFiles};
 pub use tokenizer::{BertTokenizer, Encoded};

@@ -4,6 +4,7 @@ use crate::config::{BertConfig, Pooling};
 use crate::error::{BertError, Result};
 use crate::nn::{ones, randn, zeros, Activation, Dropout, LayerNorm, Linear};
 use candle_core::{DType, Device, Tensor, Var, D};
+use sprig_kernels::nn::{ops, Act, AttentionSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -93,6 +94,30 @@ struct Layer {
     hidden_dropout: Dropout,
 }
 
+/// Which implementation runs the encoder's layers. Both compute the same function (tests hold
+/// them together to ~1e-5); dropout masks differ between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ops {
+    /// sprig-kernels' fused ops: faer linears with fused bias/GELU/dropout, fused multi-head
+    /// attention, residual + LayerNorm (`sprig_kernels::nn::ops`).
+    #[default]
+    Fused,
+    /// candle's stock ops composed (the reference path).
+    Stock,
+}
+
+impl std::str::FromStr for Ops {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fused" => Ok(Self::Fused),
+            "stock" => Ok(Self::Stock),
+            _ => Err(format!("unknown ops {s:?} (fused, stock)")),
+        }
+    }
+}
+
 /// The encoder: embeddings and `num_hidden_layers` transformer layers, post-LayerNorm.
 pub struct BertEncoder {
     pub config: BertConfig,
@@ -101,6 +126,7 @@ pub struct BertEncoder {
     activation: Activation,
     params: Vec<(String, Var)>,
     train_word_embeddings: bool,
+    ops: Ops,
     device: Device,
 }
 
@@ -157,6 +183,7 @@ impl BertEncoder {
             activation,
             params: b.params,
             train_word_embeddings: true,
+            ops: Ops::default(),
             device: device.clone(),
         })
     }
@@ -179,6 +206,17 @@ impl BertEncoder {
         self.train_word_embeddings
     }
 
+    /// Choose the implementation of the layers (fused by default). Fused needs the exact GELU
+    /// (`hidden_act = "gelu"`); other activations always run on stock ops.
+    pub fn set_ops(&mut self, ops: Ops) {
+        self.ops = ops;
+    }
+
+    /// The implementation that actually runs.
+    pub fn ops(&self) -> Ops {
+        if self.activation == Activation::GeluErf { self.ops } else { Ops::Stock }
+    }
+
     /// Token states `[B, S, H]` for `input_ids`, `token_type_ids` and `attention_mask` (all `[B, S]`,
     /// u32; mask 1 = real token). Dropout is active when `train`.
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
@@ -195,6 +233,16 @@ impl BertEncoder {
         let words = word.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
         let types = e.token_type.index_select(&token_type_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
         let pos = e.position.narrow(0, 0, seq)?.unsqueeze(0)?;
+        if self.ops() == Ops::Fused {
+            let rest = types.broadcast_add(&pos)?;
+            let mut x = ops::add_layer_norm(&words, &rest, &e.norm.gamma_beta()?, e.norm.eps, e.dropout.spec(train))?;
+            let key_bias: Vec<f32> =
+                attention_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|m| (m - 1.0) * 1e4).collect();
+            for layer in &self.layers {
+                x = self.layer_forward_fused(layer, &x, &key_bias, train)?;
+            }
+            return Ok(x);
+        }
         let x = words.add(&types)?.broadcast_add(&pos)?;
         let mut x = e.dropout.forward(&e.norm.forward(&x)?, train)?;
         // Additive mask: 0 for tokens, a large negative number for padding, [B, 1, 1, S].
@@ -203,6 +251,38 @@ impl BertEncoder {
             x = self.layer_forward(layer, &x, &bias, train)?;
         }
         Ok(x)
+    }
+
+    /// One layer on fused ops: packed QKV linear, fused attention, output linear with dropout,
+    /// residual + LayerNorm, FFN-in with GELU, FFN-out with dropout, residual + LayerNorm.
+    fn layer_forward_fused(&self, l: &Layer, x: &Tensor, key_bias: &[f32], train: bool) -> Result<Tensor> {
+        let (bsz, seq, h) = x.dims3()?;
+        let nh = self.config.num_attention_heads;
+        let cat3 = |a: &Var, b: &Var, c: &Var| Tensor::cat(&[a.as_tensor(), b.as_tensor(), c.as_tensor()], 0);
+        let bias = |lin: &Linear| -> Result<Tensor> {
+            Ok(match &lin.bias {
+                Some(b) => b.as_tensor().clone(),
+                None => Tensor::zeros(lin.weight.dim(0)?, DType::F32, &self.device)?,
+            })
+        };
+        let wqkv = cat3(&l.query.weight, &l.key.weight, &l.value.weight)?;
+        let bqkv = Tensor::cat(&[bias(&l.query)?, bias(&l.key)?, bias(&l.value)?], 0)?;
+        let qkv = ops::linear(x, &wqkv, &bqkv, Act::Identity, None)?;
+        let spec = AttentionSpec {
+            batch: bsz,
+            seq,
+            heads: nh,
+            head_dim: h / nh,
+            scale: 1.0 / ((h / nh) as f32).sqrt(),
+            key_bias: key_bias.to_vec(),
+            dropout: l.attn_dropout.spec(train),
+        };
+        let ctx = ops::attention(&qkv, spec)?;
+        let a = ops::linear(&ctx, l.attn_out.weight.as_tensor(), &bias(&l.attn_out)?, Act::Identity, l.hidden_dropout.spec(train))?;
+        let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta()?, l.attn_norm.eps, None)?;
+        let ff = ops::linear(&x1, l.ffn_in.weight.as_tensor(), &bias(&l.ffn_in)?, Act::Gelu, None)?;
+        let f = ops::linear(&ff, l.ffn_out.weight.as_tensor(), &bias(&l.ffn_out)?, Act::Identity, l.hidden_dropout.spec(train))?;
+        Ok(ops::add_layer_norm(&f, &x1, &l.ffn_norm.gamma_beta()?, l.ffn_norm.eps, None)?)
     }
 
     fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {

@@ -38,6 +38,11 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// `[γ; β]` packed for the fused op (differentiable in both).
+    pub fn gamma_beta(&self) -> Result<Tensor> {
+        Tensor::cat(&[self.weight.as_tensor(), self.bias.as_tensor()], 0)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -58,6 +63,16 @@ pub struct Dropout {
 impl Dropout {
     pub fn new(p: f32, seed: u64) -> Self {
         Self { p, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
+    }
+
+    /// A fresh dropout draw for a fused op (`None` when inactive); each call advances the
+    /// generator, so a run is reproducible for a seed.
+    pub fn spec(&self, train: bool) -> Option<sprig_kernels::nn::DropoutSpec> {
+        if !train || self.p == 0.0 {
+            return None;
+        }
+        let seed = self.rng.lock().expect("dropout rng poisoned").random::<u64>();
+        Some(sprig_kernels::nn::DropoutSpec { p: self.p, seed })
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {

@@ -17,6 +17,7 @@ pub mod dense;
 pub mod error;
 pub mod formats;
 mod kernels;
+pub mod nn;
 pub mod reference;
 
 #[cfg(feature = "candle")]

@@ -3,7 +3,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use sprig_bert::{BertClassifier, Checkpoint, Pooling};
+use sprig_bert::{BertClassifier, Checkpoint, Ops, Pooling};
 use sprig_train::{AdamW, AdamWConfig, Optimizer};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,6 +23,9 @@ pub struct Args {
     /// Train the word embeddings too (PyTorch's default); off = sprig's fine-tuning default.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub train_word_embeddings: bool,
+    /// Layer implementation: fused (sprig-kernels ops) or stock (candle's ops composed).
+    #[arg(long, default_value = "fused")]
+    pub ops: Ops,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -54,6 +57,7 @@ pub fn run(a: Args) -> Result<()> {
     let ckpt = Checkpoint::load(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
     let mut encoder = ckpt.encoder(0, &device)?;
     encoder.set_train_word_embeddings(a.train_word_embeddings);
+    encoder.set_ops(a.ops);
     let model = BertClassifier::new(encoder, 2, Pooling::Mean, None, 0)?;
     let vocab = ckpt.config.vocab_size as u32;
     drop(ckpt);
@@ -62,18 +66,23 @@ pub fn run(a: Args) -> Result<()> {
     let ids = Tensor::from_vec(ids, (a.batch, a.seq), &device)?;
     let types = ids.zeros_like()?;
     let mask = ids.ones_like()?;
-    let labels = Tensor::from_vec((0..a.batch as u32).map(|i| i % 2).collect::<Vec<_>>(), a.batch, &device)?;
+    let label_ids: Vec<u32> = (0..a.batch as u32).map(|i| i % 2).collect();
+    let labels = Tensor::from_vec(label_ids.clone(), a.batch, &device)?;
     let mut opt = AdamW::new(model.trainable_params(), AdamWConfig { lr: 2e-5, weight_decay: 0.01, ..Default::default() })?;
     let (mut fwd, mut tfwd, mut bwd, mut optim, mut step) = (vec![], vec![], vec![], vec![], vec![]);
     let threads = candle_core::utils::get_num_threads();
-    eprintln!("bench train-step: {} batch {} seq {} threads {threads}", a.model, a.batch, a.seq);
+    eprintln!("bench train-step: {} batch {} seq {} threads {threads} ops {:?}", a.model, a.batch, a.seq, a.ops);
     for i in 0..a.warmup + a.runs {
         let t = Instant::now();
         let logits = model.forward(&ids, &types, &mask, false)?;
         logits.to_vec2::<f32>()?;
         let f = t.elapsed().as_secs_f64() * 1e3;
         let t0 = Instant::now();
-        let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &types, &mask, true)?, &labels)?;
+        let logits = model.forward(&ids, &types, &mask, true)?;
+        let loss = match a.ops {
+            Ops::Fused => sprig_kernels::nn::ops::softmax_cross_entropy(&logits, &label_ids)?,
+            Ops::Stock => candle_nn::loss::cross_entropy(&logits, &labels)?,
+        };
         loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
@@ -90,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("  run {i}: forward {f:.0} ms, step {:.0} ms", (t3 - t0).as_secs_f64() * 1e3);
     }
     let out = serde_json::json!({
-        "impl": "sprig", "model": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
+        "impl": "sprig", "ops": a.ops, "model": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
         "train_word_embeddings": a.train_word_embeddings,
         "forward_ms": timing(fwd), "train_forward_ms": timing(tfwd), "backward_ms": timing(bwd),
         "optimizer_ms": timing(optim), "step_ms": timing(step), "peak_rss_mb": peak_rss_mb(),

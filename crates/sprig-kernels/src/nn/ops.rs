@@ -1,0 +1,337 @@
+//! candle custom ops with backward for a transformer layer, on the kernels of [`crate::nn`]:
+//!
+//! * [`linear`]: `y = dropout(act(x·Wᵀ + b))` with faer GEMMs (forward, `dX = dY·W`,
+//!   `dW = dYᵀ·X`, `db = Σ dY`), bias, GELU and dropout fused into the epilogue;
+//! * [`attention`]: fused multi-head attention on a packed QKV tensor;
+//! * [`add_layer_norm`]: `dropout(LN(a + r)·γ + β)`, the residual sum fused in;
+//! * [`softmax_cross_entropy`]: mean cross-entropy of logits against class labels.
+//!
+//! Each op keeps what its backward needs (GELU pre-activations, attention probabilities) only
+//! when an input is tracked by autograd.
+use super::attention::{self, AttentionSpec};
+use super::dropout::DropoutSpec;
+use super::layer_norm;
+use super::math::{gelu_backward_inplace, gelu_slice};
+use super::Act;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let v = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => candle_core::bail!("sprig nn op: {what} must be f32, got {:?}", other.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("sprig nn op: {what} must be contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of `t` (copying only if `t` is not contiguous).
+fn with_data<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(c) => f(slice(c, l, what)?),
+        _ => candle_core::bail!("sprig nn op: {what} must be on the CPU"),
+    }
+}
+
+fn cpu_tensor(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+fn gemm(c: MatMut<f32>, a: MatRef<f32>, b: MatRef<f32>) {
+    faer::linalg::matmul::matmul(c, Accum::Replace, a, b, 1.0f32, Par::rayon(0));
+}
+
+/// Column sums of a row-major `[m, n]` matrix, parallel over row blocks.
+fn col_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let rows_per = 256;
+    g.par_chunks(n * rows_per)
+        .map(|c| {
+            let mut s = vec![0f32; n];
+            for r in c.chunks(n) {
+                s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+            }
+            s
+        })
+        .reduce(|| vec![0f32; n], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+}
+
+struct LinearOp {
+    act: Act,
+    dropout: Option<DropoutSpec>,
+    keep: bool,
+    /// GELU pre-activations `x·Wᵀ + b`, kept for the backward.
+    pre: Mutex<Option<Vec<f32>>>,
+}
+
+impl LinearOp {
+    fn pre_activation(x: &[f32], w: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut z = vec![0f32; m * n];
+        gemm(
+            MatMut::from_row_major_slice_mut(&mut z, m, n),
+            MatRef::from_row_major_slice(x, m, k),
+            MatRef::from_row_major_slice(w, n, k).transpose(),
+        );
+        z.par_chunks_mut(n * 64).for_each(|c| {
+            for r in c.chunks_mut(n) {
+                r.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        });
+        z
+    }
+}
+
+fn linear_dims(x: &Layout, w: &Layout, b: &Layout) -> Result<(usize, usize, usize, Shape)> {
+    let (n, k) = match w.shape().dims() {
+        [n, k] => (*n, *k),
+        d => candle_core::bail!("linear: weight must be [out, in], got {d:?}"),
+    };
+    if b.shape().dims() != [n] {
+        candle_core::bail!("linear: bias shape {:?}, expected [{n}]", b.shape().dims());
+    }
+    let xd = x.shape().dims();
+    if xd.last() != Some(&k) {
+        candle_core::bail!("linear: input shape {xd:?}, last dimension must be {k}");
+    }
+    let mut od = xd.to_vec();
+    *od.last_mut().expect("rank >= 1") = n;
+    Ok((x.shape().elem_count() / k.max(1), n, k, Shape::from(od)))
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "sprig-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, n, k, shape) = linear_dims(l1, l2, l3)?;
+        let (x, w, b) = (slice(s1, l1, "x")?, slice(s2, l2, "weight")?, slice(s3, l3, "bias")?);
+        let z = Self::pre_activation(x, w, b, m, n, k);
+        let mut y = match self.act {
+            Act::Identity => z,
+            Act::Gelu => {
+                let mut y = vec![0f32; m * n];
+                y.par_chunks_mut(1 << 14).zip(z.par_chunks(1 << 14)).for_each(|(y, z)| gelu_slice(z, y));
+                if self.keep {
+                    *self.pre.lock().expect("linear cache") = Some(z);
+                }
+                y
+            }
+        };
+        if let Some(d) = &self.dropout {
+            d.apply_par(&mut y);
+        }
+        Ok((CpuStorage::F32(y), shape))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = w.dims2()?;
+        let m = x.elem_count() / k.max(1);
+        let mut g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(d) = &self.dropout {
+            d.apply_par(&mut g);
+        }
+        with_data(x, "x", |xs| {
+            with_data(w, "weight", |ws| {
+                if self.act == Act::Gelu {
+                    let z = match self.pre.lock().expect("linear cache").take() {
+                        Some(z) => z,
+                        None => with_data(b, "bias", |bs| Ok(Self::pre_activation(xs, ws, bs, m, n, k)))?,
+                    };
+                    g.par_chunks_mut(1 << 14).zip(z.par_chunks(1 << 14)).for_each(|(g, z)| gelu_backward_inplace(z, g));
+                }
+                let gm = MatRef::from_row_major_slice(&g, m, n);
+                let mut dx = vec![0f32; m * k];
+                gemm(MatMut::from_row_major_slice_mut(&mut dx, m, k), gm, MatRef::from_row_major_slice(ws, n, k));
+                let mut dw = vec![0f32; n * k];
+                gemm(MatMut::from_row_major_slice_mut(&mut dw, n, k), gm.transpose(), MatRef::from_row_major_slice(xs, m, k));
+                let db = col_sums(&g, n);
+                Ok((
+                    Some(cpu_tensor(dx, x.shape())?),
+                    Some(cpu_tensor(dw, (n, k))?),
+                    Some(cpu_tensor(db, n)?),
+                ))
+            })
+        })
+    }
+}
+
+fn tracked(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op())
+}
+
+/// `y = dropout(act(x·Wᵀ + b))` for `x [.., K]`, `w [N, K]`, `b [N]`, differentiable in all three.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, act: Act, dropout: Option<DropoutSpec>) -> Result<Tensor> {
+    let keep = tracked(&[x, w, b]);
+    let op = LinearOp { act, dropout, keep, pre: Mutex::new(None) };
+    x.contiguous()?.apply_op3_arc(&w.contiguous()?, &b.contiguous()?, std::sync::Arc::new(Box::new(op)))
+}
+
+struct AttentionOp {
+    spec: AttentionSpec,
+    keep: bool,
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "sprig-attention"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let a = &self.spec;
+        let want = [a.batch, a.seq, 3 * a.hidden()];
+        if l.shape().dims() != want {
+            candle_core::bail!("attention: qkv shape {:?}, expected {want:?}", l.shape().dims());
+        }
+        let qkv = slice(s, l, "qkv")?;
+        let mut ctx = vec![0f32; a.batch * a.seq * a.hidden()];
+        if self.keep {
+            let mut p = vec![0f32; a.probs_len()];
+            attention::forward(qkv, a, &mut ctx, Some(&mut p));
+            *self.probs.lock().expect("attention cache") = Some(p);
+        } else {
+            attention::forward(qkv, a, &mut ctx, None);
+        }
+        Ok((CpuStorage::F32(ctx), Shape::from((a.batch, a.seq, a.hidden()))))
+    }
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let probs = self.probs.lock().expect("attention cache").take();
+        let mut dqkv = vec![0f32; qkv.elem_count()];
+        with_data(qkv, "qkv", |q| {
+            with_data(grad, "grad", |g| {
+                attention::backward(q, &self.spec, probs.as_deref(), g, &mut dqkv);
+                Ok(())
+            })
+        })?;
+        Ok(Some(cpu_tensor(dqkv, qkv.shape())?))
+    }
+}
+
+/// Multi-head attention on `qkv [B, S, 3H]` (see [`crate::nn::attention`]), returning `[B, S, H]`.
+pub fn attention(qkv: &Tensor, spec: AttentionSpec) -> Result<Tensor> {
+    if spec.key_bias.len() != spec.batch * spec.seq {
+        candle_core::bail!("attention: key bias has {} entries, expected {}", spec.key_bias.len(), spec.batch * spec.seq);
+    }
+    let keep = qkv.track_op();
+    let op = AttentionOp { spec, keep, probs: Mutex::new(None) };
+    qkv.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))
+}
+
+struct AddLayerNormOp {
+    eps: f32,
+    dropout: Option<DropoutSpec>,
+}
+
+impl CustomOp3 for AddLayerNormOp {
+    fn name(&self) -> &'static str {
+        "sprig-add-layer-norm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("add_layer_norm: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        let gb = slice(s3, l3, "gamma_beta")?;
+        let h = gb.len() / 2;
+        if l1.shape().dims().last() != Some(&h) || gb.len() != 2 * h {
+            candle_core::bail!("add_layer_norm: gamma/beta [{}] do not fit input {:?}", gb.len(), l1.shape());
+        }
+        let mut y = vec![0f32; l1.shape().elem_count()];
+        layer_norm::forward(slice(s1, l1, "a")?, Some(slice(s2, l2, "r")?), &gb[..h], &gb[h..], self.eps, &mut y);
+        if let Some(d) = &self.dropout {
+            d.apply_par(&mut y);
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(&self, a: &Tensor, r: &Tensor, gb: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(d) = &self.dropout {
+            d.apply_par(&mut dy);
+        }
+        let mut dz = vec![0f32; a.elem_count()];
+        let h = gb.elem_count() / 2;
+        let mut dgb = vec![0f32; 2 * h];
+        with_data(a, "a", |av| {
+            with_data(r, "r", |rv| {
+                with_data(gb, "gamma_beta", |g| {
+                    let (dg, db) = dgb.split_at_mut(h);
+                    layer_norm::backward(av, Some(rv), &g[..h], self.eps, &dy, &mut dz, dg, db);
+                    Ok(())
+                })
+            })
+        })?;
+        let dz = cpu_tensor(dz, a.shape())?;
+        Ok((Some(dz.clone()), Some(dz), Some(cpu_tensor(dgb, 2 * h)?)))
+    }
+}
+
+/// `dropout(LayerNorm(a + r)·γ + β)` over the last dimension; `gamma_beta = [γ; β]` (length `2H`).
+pub fn add_layer_norm(a: &Tensor, r: &Tensor, gamma_beta: &Tensor, eps: f64, dropout: Option<DropoutSpec>) -> Result<Tensor> {
+    let op = AddLayerNormOp { eps: eps as f32, dropout };
+    a.contiguous()?.apply_op3_arc(&r.contiguous()?, &gamma_beta.contiguous()?, std::sync::Arc::new(Box::new(op)))
+}
+
+struct SoftmaxXentOp {
+    labels: Vec<u32>,
+}
+
+impl SoftmaxXentOp {
+    /// Row softmax of `[B, C]` logits.
+    fn softmax(z: &[f32], c: usize) -> Vec<f32> {
+        let mut p = z.to_vec();
+        for row in p.chunks_mut(c) {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = row.iter_mut().map(|v| {
+                *v = (*v - m).exp();
+                *v
+            }).sum();
+            row.iter_mut().for_each(|v| *v /= s);
+        }
+        p
+    }
+}
+
+impl CustomOp1 for SoftmaxXentOp {
+    fn name(&self) -> &'static str {
+        "sprig-softmax-cross-entropy"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c) = l.shape().dims2()?;
+        let z = slice(s, l, "logits")?;
+        let mut loss = 0f64;
+        for (row, &y) in z.chunks(c).zip(&self.labels) {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = m as f64 + row.iter().map(|v| ((v - m) as f64).exp()).sum::<f64>().ln();
+            loss += lse - row[y as usize] as f64;
+        }
+        Ok((CpuStorage::F32(vec![(loss / b as f64) as f32]), Shape::from(())))
+    }
+    fn bwd(&self, logits: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (b, c) = logits.dims2()?;
+        let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / b as f32;
+        let mut p = with_data(logits, "logits", |z| Ok(Self::softmax(z, c)))?;
+        for (row, &y) in p.chunks_mut(c).zip(&self.labels) {
+            row[y as usize] -= 1.0;
+            row.iter_mut().for_each(|v| *v *= g);
+        }
+        Ok(Some(cpu_tensor(p, (b, c))?))
+    }
+}
+
+/// Mean softmax cross-entropy of `logits [B, C]` against `labels` (`B` class indices `< C`).
+pub fn softmax_cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
+    let (b, c) = logits.dims2()?;
+    if labels.len() != b {
+        candle_core::bail!("cross-entropy: {} labels for {b} rows", labels.len());
+    }
+    if let Some(bad) = labels.iter().find(|&&y| y as usize >= c) {
+        candle_core::bail!("cross-entropy: label {bad} out of range for {c} classes");
+    }
+    logits.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxXentOp { labels: labels.to_vec() })))
+}

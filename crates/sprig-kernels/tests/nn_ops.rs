@@ -1,0 +1,204 @@
+//! The fused ops of `sprig_kernels::nn::ops` against candle's reference ops (outputs and every
+//! gradient) and against finite differences.
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sprig_kernels::nn::ops::{add_layer_norm, attention, linear, softmax_cross_entropy};
+use sprig_kernels::nn::{Act, AttentionSpec, DropoutSpec};
+
+fn rand_t(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn vars(ts: &[Tensor]) -> Vec<Var> {
+    ts.iter().map(|t| Var::from_tensor(t).unwrap()).collect()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Output and gradients of `Σ f(inputs) ⊙ r` for a fixed random `r`.
+fn eval(f: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], seed: u64) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let vs = vars(inputs);
+    let ts: Vec<Tensor> = vs.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts).unwrap();
+    let r = rand_t(y.dims(), &mut ChaCha8Rng::seed_from_u64(seed));
+    let loss = (y.clone() * r).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    (flat(&y), vs.iter().map(|v| flat(g.get(v).expect("gradient"))).collect())
+}
+
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst <= tol * scale, "{what}: max abs diff {worst} vs scale {scale}");
+}
+
+fn compare(what: &str, fused: &dyn Fn(&[Tensor]) -> Result<Tensor>, reference: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], tol: f32) {
+    let (ya, ga) = eval(fused, inputs, 99);
+    let (yb, gb) = eval(reference, inputs, 99);
+    assert_close(&format!("{what} output"), &ya, &yb, tol);
+    for (i, (a, b)) in ga.iter().zip(&gb).enumerate() {
+        assert_close(&format!("{what} grad of input {i}"), a, b, tol);
+    }
+}
+
+/// Central finite differences of `Σ f ⊙ r` at a few coordinates of each input (f64 accumulation).
+fn finite_diff(what: &str, f: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor]) {
+    let (_, grads) = eval(f, inputs, 7);
+    let loss = |ts: &[Tensor]| -> f64 {
+        let y = f(ts).unwrap();
+        let r = rand_t(y.dims(), &mut ChaCha8Rng::seed_from_u64(7));
+        flat(&y).iter().zip(flat(&r)).map(|(a, b)| *a as f64 * b as f64).sum()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (i, x) in inputs.iter().enumerate() {
+        let base = flat(x);
+        for _ in 0..4 {
+            let j = rng.random_range(0..base.len());
+            let h = 1e-2f32;
+            let mut plus = base.clone();
+            plus[j] += h;
+            let mut minus = base.clone();
+            minus[j] -= h;
+            let mut tp = inputs.to_vec();
+            tp[i] = Tensor::from_vec(plus, x.dims(), &Device::Cpu).unwrap();
+            let mut tm = inputs.to_vec();
+            tm[i] = Tensor::from_vec(minus, x.dims(), &Device::Cpu).unwrap();
+            let fd = (loss(&tp) - loss(&tm)) / (2.0 * h as f64);
+            let g = grads[i][j] as f64;
+            assert!((fd - g).abs() <= 2e-2 * (1.0 + g.abs()), "{what}: input {i}[{j}] analytic {g} vs finite difference {fd}");
+        }
+    }
+}
+
+fn ref_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let rows = x.elem_count() / k;
+    let mut od = x.dims().to_vec();
+    *od.last_mut().unwrap() = n;
+    x.reshape((rows, k))?.matmul(&w.t()?)?.broadcast_add(b)?.reshape(od)
+}
+
+/// A 0/scale mask tensor equal to what `d` applies to a buffer of `shape`.
+fn dropout_mask(d: &DropoutSpec, shape: &[usize]) -> Tensor {
+    let mut m = vec![1f32; shape.iter().product()];
+    d.apply(&mut m, 0);
+    Tensor::from_vec(m, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn linear_matches_reference_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for (m, k, n) in [(1, 5, 3), (7, 13, 11), (33, 24, 40)] {
+        let inputs = [rand_t(&[m, k], &mut rng), rand_t(&[n, k], &mut rng), rand_t(&[n], &mut rng)];
+        let d = DropoutSpec { p: 0.25, seed: 5 };
+        let drop = dropout_mask(&d, &[m, n]);
+        compare("linear", &|t| linear(&t[0], &t[1], &t[2], Act::Identity, None), &|t| ref_linear(&t[0], &t[1], &t[2]), &inputs, 1e-5);
+        compare("linear+gelu", &|t| linear(&t[0], &t[1], &t[2], Act::Gelu, None), &|t| ref_linear(&t[0], &t[1], &t[2])?.gelu_erf(), &inputs, 1e-5);
+        compare(
+            "linear+gelu+dropout",
+            &|t| linear(&t[0], &t[1], &t[2], Act::Gelu, Some(d)),
+            &|t| ref_linear(&t[0], &t[1], &t[2])?.gelu_erf()?.mul(&drop),
+            &inputs,
+            1e-5,
+        );
+        finite_diff("linear+gelu", &|t| linear(&t[0], &t[1], &t[2], Act::Gelu, None), &inputs);
+    }
+    // 3-d input
+    let inputs = [rand_t(&[2, 3, 8], &mut rng), rand_t(&[5, 8], &mut rng), rand_t(&[5], &mut rng)];
+    compare("linear 3d", &|t| linear(&t[0], &t[1], &t[2], Act::Identity, None), &|t| ref_linear(&t[0], &t[1], &t[2]), &inputs, 1e-5);
+}
+
+fn ref_layer_norm(z: &Tensor, gb: &Tensor, eps: f64) -> Result<Tensor> {
+    let h = gb.elem_count() / 2;
+    let mean = z.mean_keepdim(D::Minus1)?;
+    let zc = z.broadcast_sub(&mean)?;
+    let var = zc.sqr()?.mean_keepdim(D::Minus1)?;
+    let zn = zc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    zn.broadcast_mul(&gb.narrow(0, 0, h)?)?.broadcast_add(&gb.narrow(0, h, h)?)
+}
+
+#[test]
+fn add_layer_norm_matches_reference_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for (rows, h) in [(1, 4), (5, 17), (70, 32)] {
+        let inputs = [rand_t(&[rows, h], &mut rng), rand_t(&[rows, h], &mut rng), rand_t(&[2 * h], &mut rng)];
+        compare("add_layer_norm", &|t| add_layer_norm(&t[0], &t[1], &t[2], 1e-12, None), &|t| ref_layer_norm(&(&t[0] + &t[1])?, &t[2], 1e-12), &inputs, 2e-5);
+        let d = DropoutSpec { p: 0.1, seed: 9 };
+        let drop = dropout_mask(&d, &[rows, h]);
+        compare(
+            "add_layer_norm+dropout",
+            &|t| add_layer_norm(&t[0], &t[1], &t[2], 1e-5, Some(d)),
+            &|t| ref_layer_norm(&(&t[0] + &t[1])?, &t[2], 1e-5)?.mul(&drop),
+            &inputs,
+            2e-5,
+        );
+        finite_diff("add_layer_norm", &|t| add_layer_norm(&t[0], &t[1], &t[2], 1e-5, None), &inputs);
+    }
+}
+
+fn ref_attention(qkv: &Tensor, a: &AttentionSpec, drop: Option<&Tensor>) -> Result<Tensor> {
+    let (b, s, h, nh, d) = (a.batch, a.seq, a.hidden(), a.heads, a.head_dim);
+    let heads = |t: Tensor| t.reshape((b, s, nh, d))?.transpose(1, 2)?.contiguous();
+    let q = heads(qkv.narrow(2, 0, h)?)?;
+    let k = heads(qkv.narrow(2, h, h)?)?;
+    let v = heads(qkv.narrow(2, 2 * h, h)?)?;
+    let bias = Tensor::from_vec(a.key_bias.clone(), (b, 1, 1, s), &Device::Cpu)?;
+    let scores = (q.matmul(&k.t()?)? * a.scale as f64)?.broadcast_add(&bias)?;
+    let m = scores.max_keepdim(D::Minus1)?;
+    let e = scores.broadcast_sub(&m)?.exp()?;
+    let mut p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    if let Some(dm) = drop {
+        p = p.mul(dm)?;
+    }
+    p.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))
+}
+
+#[test]
+fn attention_matches_reference_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (b, s, nh, d) in [(1, 1, 1, 4), (2, 5, 3, 4), (3, 17, 2, 8)] {
+        let key_bias: Vec<f32> = (0..b * s).map(|i| if i % s >= s - (i / s) { -1e4 } else { 0.0 }).collect();
+        let mut spec = AttentionSpec { batch: b, seq: s, heads: nh, head_dim: d, scale: 1.0 / (d as f32).sqrt(), key_bias, dropout: None };
+        let inputs = [rand_t(&[b, s, 3 * nh * d], &mut rng)];
+        let sp = spec.clone();
+        compare("attention", &|t| attention(&t[0], sp.clone()), &|t| ref_attention(&t[0], &sp, None), &inputs, 2e-5);
+        finite_diff("attention", &|t| attention(&t[0], sp.clone()), &inputs);
+        spec.dropout = Some(DropoutSpec { p: 0.2, seed: 11 });
+        let drop = dropout_mask(spec.dropout.as_ref().unwrap(), &[b, nh, s, s]);
+        let sp = spec.clone();
+        compare("attention+dropout", &|t| attention(&t[0], sp.clone()), &|t| ref_attention(&t[0], &sp, Some(&drop)), &inputs, 2e-5);
+        // The backward without kept probabilities (recomputed) gives the same gradient.
+        let (_, g_kept) = eval(&|t| attention(&t[0], sp.clone()), &inputs, 5);
+        let mut out = vec![0f32; b * s * nh * d];
+        let q = flat(&inputs[0]);
+        sprig_kernels::nn::attention::forward(&q, &sp, &mut out, None);
+        let r = flat(&rand_t(&[b, s, nh * d], &mut ChaCha8Rng::seed_from_u64(5)));
+        let mut dq = vec![0f32; q.len()];
+        sprig_kernels::nn::attention::backward(&q, &sp, None, &r, &mut dq);
+        assert_close("attention recomputed backward", &dq, &g_kept[0], 1e-6);
+    }
+}
+
+#[test]
+fn softmax_cross_entropy_matches_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let logits = rand_t(&[6, 3], &mut rng).affine(4.0, 0.0).unwrap();
+    let labels = [0u32, 2, 1, 1, 0, 2];
+    let lt = Tensor::new(&labels, &Device::Cpu).unwrap();
+    let reference = |t: &[Tensor]| -> Result<Tensor> {
+        let m = t[0].max_keepdim(1)?;
+        let lse = t[0].broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()?.broadcast_add(&m)?;
+        let picked = t[0].gather(&lt.unsqueeze(1)?, 1)?;
+        (lse - picked)?.mean_all()
+    };
+    compare("cross-entropy", &|t| softmax_cross_entropy(&t[0], &labels), &reference, &[logits.clone()], 1e-5);
+    assert!(softmax_cross_entropy(&logits, &[0, 1]).is_err());
+    assert!(softmax_cross_entropy(&logits, &[0, 1, 2, 3, 0, 1]).is_err());
+    let _ = DType::F32;
+}
