@@ -41,6 +41,9 @@ pub struct FinetuneConfig {
     pub max_test: usize,
     /// Stop after this many optimizer steps (0 = run all epochs). For smoke tests.
     pub max_steps: usize,
+    /// Layer implementation: `fused` (sprig-kernels ops, default) or `stock` (candle's ops).
+    #[serde(default)]
+    pub ops: crate::Ops,
     /// Testing aid: make the loss NaN at this step to exercise the NaN guard.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debug_nan_at_step: Option<usize>,
@@ -66,6 +69,7 @@ impl Default for FinetuneConfig {
             max_dev: 0,
             max_test: 0,
             max_steps: 0,
+            ops: crate::Ops::default(),
             debug_nan_at_step: None,
         }
     }
@@ -210,6 +214,7 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
     let tok = BertTokenizer::from_file(&tok_path, cfg.max_seq_len.min(ckpt.config.max_position_embeddings))?;
     let mut encoder = ckpt.encoder(cfg.seed, &device)?;
     encoder.set_train_word_embeddings(cfg.train_word_embeddings);
+    encoder.set_ops(cfg.ops);
     let model = BertClassifier::new(encoder, data.classes.len(), cfg.pooling, None, cfg.seed)?;
     drop(ckpt);
 
@@ -262,9 +267,12 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
             let lr = schedule.lr(step);
             opt.set_learning_rate(lr);
             let (ids, types, mask) = batch_tensors(&train, &idx, tok.pad_id(), &device)?;
-            let labels = Tensor::from_vec(idx.iter().map(|&i| train.labels[i] as u32).collect::<Vec<_>>(), idx.len(), &device)?;
+            let label_ids: Vec<u32> = idx.iter().map(|&i| train.labels[i] as u32).collect();
             let logits = model.forward(&ids, &types, &mask, true)?;
-            let mut loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let mut loss = match model.encoder.ops() {
+                crate::Ops::Fused => sprig_kernels::nn::ops::softmax_cross_entropy(&logits, &label_ids)?,
+                crate::Ops::Stock => candle_nn::loss::cross_entropy(&logits, &Tensor::from_vec(label_ids, idx.len(), &device)?)?,
+            };
             if cfg.debug_nan_at_step == Some(step) {
                 loss = (loss * f64::NAN)?;
             }

@@ -62,6 +62,7 @@ impl Builder<'_> {
         Ok(Linear {
             weight: self.var(&format!("{prefix}.weight"), &[out, inp], Kind::Weight)?,
             bias: Some(self.var(&format!("{prefix}.bias"), &[out], Kind::Bias)?),
+            sparse: None,
         })
     }
     fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
@@ -212,6 +213,59 @@ impl BertEncoder {
         self.ops = ops;
     }
 
+    /// The encoder linears by Hugging Face weight name (`encoder.layer.{i}.….weight`).
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = vec![];
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            out.push((format!("{p}.attention.self.query.weight"), &mut l.query));
+            out.push((format!("{p}.attention.self.key.weight"), &mut l.key));
+            out.push((format!("{p}.attention.self.value.weight"), &mut l.value));
+            out.push((format!("{p}.attention.output.dense.weight"), &mut l.attn_out));
+            out.push((format!("{p}.intermediate.dense.weight"), &mut l.ffn_in));
+            out.push((format!("{p}.output.dense.weight"), &mut l.ffn_out));
+        }
+        out
+    }
+
+    /// Compile the encoder linears named in `keep` (weight name → keep mask, row-major) into
+    /// sparse layers of `format`. Their trainable parameter becomes the stored values, listed
+    /// by [`BertEncoder::named_params`] as `"<weight name>:values"` in place of the dense weight.
+    pub fn compile_sparse(&mut self, keep: &std::collections::BTreeMap<String, Vec<bool>>, format: sprig_kernels::candle::Format) -> Result<()> {
+        let mut replaced = HashMap::new();
+        for (name, lin) in self.linears_mut() {
+            if let Some(k) = keep.get(&name) {
+                if k.len() != lin.weight.elem_count() {
+                    return Err(BertError::Candle(candle_core::Error::Msg(format!(
+                        "mask for {name} has {} entries, the weight has {}",
+                        k.len(),
+                        lin.weight.elem_count()
+                    ))));
+                }
+                lin.compile(k, format)?;
+                replaced.insert(name, lin.sparse.as_ref().expect("compiled").values.clone());
+            }
+        }
+        if let Some(unknown) = keep.keys().find(|n| !replaced.contains_key(*n)) {
+            return Err(BertError::Candle(candle_core::Error::Msg(format!("{unknown} is not an encoder linear weight"))));
+        }
+        for (name, var) in self.params.iter_mut() {
+            if let Some(v) = replaced.remove(name.as_str()) {
+                *name = format!("{name}:values");
+                *var = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write every compiled layer's values back into its dense weight (for saving/exporting).
+    pub fn sync_dense(&mut self) -> Result<()> {
+        for (_, lin) in self.linears_mut() {
+            lin.sync_dense()?;
+        }
+        Ok(())
+    }
+
     /// The implementation that actually runs.
     pub fn ops(&self) -> Ops {
         if self.activation == Activation::GeluErf { self.ops } else { Ops::Stock }
@@ -258,16 +312,17 @@ impl BertEncoder {
     fn layer_forward_fused(&self, l: &Layer, x: &Tensor, key_bias: &[f32], train: bool) -> Result<Tensor> {
         let (bsz, seq, h) = x.dims3()?;
         let nh = self.config.num_attention_heads;
-        let cat3 = |a: &Var, b: &Var, c: &Var| Tensor::cat(&[a.as_tensor(), b.as_tensor(), c.as_tensor()], 0);
-        let bias = |lin: &Linear| -> Result<Tensor> {
-            Ok(match &lin.bias {
-                Some(b) => b.as_tensor().clone(),
-                None => Tensor::zeros(lin.weight.dim(0)?, DType::F32, &self.device)?,
-            })
+        let qkv = if l.query.sparse.is_none() && l.key.sparse.is_none() && l.value.sparse.is_none() {
+            let cat3 = |a: &Var, b: &Var, c: &Var| Tensor::cat(&[a.as_tensor(), b.as_tensor(), c.as_tensor()], 0);
+            let wqkv = cat3(&l.query.weight, &l.key.weight, &l.value.weight)?;
+            let bqkv = Tensor::cat(&[l.query.bias_or_zeros()?, l.key.bias_or_zeros()?, l.value.bias_or_zeros()?], 0)?;
+            ops::linear(x, &wqkv, &bqkv, Act::Identity, None)?
+        } else {
+            let q = l.query.forward_fused(x, Act::Identity, None)?;
+            let k = l.key.forward_fused(x, Act::Identity, None)?;
+            let v = l.value.forward_fused(x, Act::Identity, None)?;
+            Tensor::cat(&[q, k, v], 2)?
         };
-        let wqkv = cat3(&l.query.weight, &l.key.weight, &l.value.weight)?;
-        let bqkv = Tensor::cat(&[bias(&l.query)?, bias(&l.key)?, bias(&l.value)?], 0)?;
-        let qkv = ops::linear(x, &wqkv, &bqkv, Act::Identity, None)?;
         let spec = AttentionSpec {
             batch: bsz,
             seq,
@@ -278,10 +333,10 @@ impl BertEncoder {
             dropout: l.attn_dropout.spec(train),
         };
         let ctx = ops::attention(&qkv, spec)?;
-        let a = ops::linear(&ctx, l.attn_out.weight.as_tensor(), &bias(&l.attn_out)?, Act::Identity, l.hidden_dropout.spec(train))?;
+        let a = l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train))?;
         let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta()?, l.attn_norm.eps, None)?;
-        let ff = ops::linear(&x1, l.ffn_in.weight.as_tensor(), &bias(&l.ffn_in)?, Act::Gelu, None)?;
-        let f = ops::linear(&ff, l.ffn_out.weight.as_tensor(), &bias(&l.ffn_out)?, Act::Identity, l.hidden_dropout.spec(train))?;
+        let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None)?;
+        let f = l.ffn_out.forward_fused(&ff, Act::Identity, l.hidden_dropout.spec(train))?;
         Ok(ops::add_layer_norm(&f, &x1, &l.ffn_norm.gamma_beta()?, l.ffn_norm.eps, None)?)
     }
 

@@ -4,17 +4,78 @@
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::sync::Mutex;
+use sprig_kernels::candle::{sparse_matmul, Format, SparseLinear};
+use sprig_kernels::nn::{ops, Act, DropoutSpec};
+use sprig_kernels::SparseMatrix;
+use std::sync::{Arc, Mutex};
 
-/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch / Hugging Face.
+/// A compiled sparse weight: a fixed pattern (CSR, BSR or N:M from sprig-kernels) and its
+/// trainable stored values.
+#[derive(Clone)]
+pub struct SparseWeight {
+    pub pattern: Arc<dyn SparseMatrix>,
+    pub values: Var,
+}
+
+impl std::fmt::Debug for SparseWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SparseWeight({} {}x{}, nnz {})", self.pattern.format_name(), self.pattern.rows(), self.pattern.cols(), self.pattern.nnz())
+    }
+}
+
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch / Hugging Face; once compiled
+/// (`sparse` set) the product runs on sprig-kernels' sparse kernels and `weight` is stale until
+/// [`Linear::sync_dense`].
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Var,
     pub bias: Option<Var>,
+    pub sparse: Option<SparseWeight>,
 }
 
 impl Linear {
+    /// Compile to `format` keeping the positions where `keep` is true.
+    pub fn compile(&mut self, keep: &[bool], format: Format) -> Result<()> {
+        let sl = SparseLinear::from_dense(self.weight.as_tensor(), keep, None, format)?;
+        self.sparse = Some(SparseWeight { pattern: sl.pattern().clone(), values: sl.values().clone() });
+        Ok(())
+    }
+
+    /// Write the sparse values back into the dense `weight` (zeros off the pattern).
+    pub fn sync_dense(&self) -> Result<()> {
+        if let Some(s) = &self.sparse {
+            let vals = s.values.as_tensor().to_vec1::<f32>()?;
+            let d = s.pattern.to_dense_with(&vals).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            self.weight.set(&Tensor::from_vec(d, self.weight.shape(), self.weight.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// The bias, or zeros.
+    pub fn bias_or_zeros(&self) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => Ok(b.as_tensor().clone()),
+            None => Tensor::zeros(self.weight.dim(0)?, DType::F32, self.weight.device()),
+        }
+    }
+
+    /// The fused-op forward: `dropout(act(x Wᵀ + b))`, dense or sparse.
+    pub fn forward_fused(&self, x: &Tensor, act: Act, dropout: Option<DropoutSpec>) -> Result<Tensor> {
+        let b = self.bias_or_zeros()?;
+        match &self.sparse {
+            Some(s) => ops::sparse_linear(x, s.values.as_tensor(), &s.pattern, &b, act, dropout),
+            None => ops::linear(x, self.weight.as_tensor(), &b, act, dropout),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(s) = &self.sparse {
+            let y = sparse_matmul(x, s.values.as_tensor(), &s.pattern)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(b.as_tensor()),
+                None => Ok(y),
+            };
+        }
         let dims = x.dims().to_vec();
         let (k, n) = (dims[dims.len() - 1], self.weight.dim(0)?);
         let rows: usize = dims[..dims.len() - 1].iter().product();
@@ -67,12 +128,12 @@ impl Dropout {
 
     /// A fresh dropout draw for a fused op (`None` when inactive); each call advances the
     /// generator, so a run is reproducible for a seed.
-    pub fn spec(&self, train: bool) -> Option<sprig_kernels::nn::DropoutSpec> {
+    pub fn spec(&self, train: bool) -> Option<DropoutSpec> {
         if !train || self.p == 0.0 {
             return None;
         }
         let seed = self.rng.lock().expect("dropout rng poisoned").random::<u64>();
-        Some(sprig_kernels::nn::DropoutSpec { p: self.p, seed })
+        Some(DropoutSpec { p: self.p, seed })
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {

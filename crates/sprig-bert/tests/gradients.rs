@@ -77,3 +77,33 @@ fn fused_and_stock_paths_agree_on_outputs_and_every_gradient() {
         assert!(worst <= 1e-3 * scale + 1e-7, "{name}: max diff {worst}, scale {scale}");
     }
 }
+
+/// A compiled (truly sparse) encoder computes the same logits as the dense encoder with the
+/// masked weights, its trainable tensors are the stored values, and `sync_dense` writes them back.
+#[test]
+fn compiled_sparse_encoder_matches_masked_dense() {
+    use sprig_kernels::candle::Format;
+    use std::collections::BTreeMap;
+    let device = Device::Cpu;
+    let ckpt = Checkpoint::load(MINILM, &device).expect("run scripts/fetch-assets");
+    let (r, _) = reference();
+    let masked = ckpt.encoder(1, &device).unwrap();
+    let mut keep = BTreeMap::new();
+    for (i, (name, var)) in masked.named_params().iter().filter(|(n, _)| sprig_bert::is_encoder_linear_weight(n)).enumerate() {
+        let w = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let k: Vec<bool> = w.iter().enumerate().map(|(j, _)| (j * 7 + i) % 10 < 3).collect();
+        let wm: Vec<f32> = w.iter().zip(&k).map(|(v, &k)| if k { *v } else { 0.0 }).collect();
+        var.set(&Tensor::from_vec(wm, var.shape(), &device).unwrap()).unwrap();
+        keep.insert(name.clone(), k);
+    }
+    let mut sparse = ckpt.encoder(1, &device).unwrap();
+    sparse.compile_sparse(&keep, Format::Csr).unwrap();
+    assert_eq!(sparse.named_params().iter().filter(|(n, _)| n.ends_with(":values")).count(), 6 * ckpt.config.num_hidden_layers);
+    let a = masked.forward(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"], false).unwrap();
+    let b = sparse.forward(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"], false).unwrap();
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-4, "compiled vs masked dense: {diff}");
+    sparse.sync_dense().unwrap();
+    let bad: BTreeMap<String, Vec<bool>> = [("embeddings.word_embeddings.weight".to_string(), vec![true])].into();
+    assert!(ckpt.encoder(1, &device).unwrap().compile_sparse(&bad, Format::Csr).is_err());
+}

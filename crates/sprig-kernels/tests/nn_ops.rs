@@ -202,3 +202,34 @@ fn softmax_cross_entropy_matches_reference() {
     assert!(softmax_cross_entropy(&logits, &[0, 1, 2, 3, 0, 1]).is_err());
     let _ = DType::F32;
 }
+
+#[test]
+fn sparse_linear_matches_masked_dense() {
+    use sprig_kernels::candle::{Format, SparseLinear};
+    use sprig_kernels::nn::ops::sparse_linear;
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    // m = 1100 spans three row blocks of the sparse path (partial SDDMM sums are added).
+    for (m, k, n, density) in [(1, 8, 4, 0.5), (9, 16, 12, 0.1), (20, 32, 24, 0.3), (1100, 8, 12, 0.4)] {
+        let keep: Vec<bool> = (0..n * k).map(|_| rng.random::<f64>() < density).collect();
+        let w = rand_t(&[n, k], &mut rng);
+        let mask = Tensor::from_vec(keep.iter().map(|&b| b as u8 as f32).collect::<Vec<_>>(), (n, k), &Device::Cpu).unwrap();
+        let wm = w.mul(&mask).unwrap();
+        let (x, b) = (rand_t(&[m, k], &mut rng), rand_t(&[n], &mut rng));
+        for format in [Format::Csr, Format::Bsr(4, 1)] {
+            let sl = SparseLinear::from_dense(&w, &keep, None, format).unwrap();
+            let pattern = sl.pattern().clone();
+            let values = sl.values().as_tensor().clone();
+            let d = DropoutSpec { p: 0.2, seed: 1 };
+            let (ys, gs) = eval(&|t| sparse_linear(&t[0], &t[1], &pattern, &t[2], Act::Gelu, Some(d)), &[x.clone(), values, b.clone()], 4);
+            let drop = dropout_mask(&d, &[m, n]);
+            let (yd, gd) = eval(&|t| ref_linear(&t[0], &t[1], &t[2])?.gelu_erf()?.mul(&drop), &[x.clone(), wm.clone(), b.clone()], 4);
+            assert_close("sparse linear output", &ys, &yd, 1e-5);
+            assert_close("sparse linear dx", &gs[0], &gd[0], 1e-5);
+            assert_close("sparse linear db", &gs[2], &gd[2], 1e-5);
+            if format == Format::Csr {
+                let kept: Vec<f32> = gd[1].iter().zip(&keep).filter(|(_, &k)| k).map(|(g, _)| *g).collect();
+                assert_close("sparse linear d values", &gs[1], &kept, 1e-5);
+            }
+        }
+    }
+}

@@ -3,7 +3,9 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use sprig_bert::{BertClassifier, Checkpoint, Ops, Pooling};
+use sprig_bert::{is_encoder_linear_weight, BertClassifier, BertEncoder, Checkpoint, Ops, Pooling};
+use sprig_kernels::candle::Format;
+use sprig_prune::{criteria::magnitude, prune, Allocation, Granularity};
 use sprig_train::{AdamW, AdamWConfig, Optimizer};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,6 +25,13 @@ pub struct Args {
     /// Train the word embeddings too (PyTorch's default); off = sprig's fine-tuning default.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub train_word_embeddings: bool,
+    /// Prune every encoder linear to this sparsity (per-tensor magnitude) and compile it to
+    /// `--format`, so the step runs on sprig-kernels' sparse kernels (0 = dense).
+    #[arg(long, default_value_t = 0.0)]
+    pub sparsity: f64,
+    /// Sparse format for `--sparsity`: csr, bsr4x1, bsr1x4, bsr4x4, 2:4.
+    #[arg(long, default_value = "csr")]
+    pub format: String,
     /// Layer implementation: fused (sprig-kernels ops) or stock (candle's ops composed).
     #[arg(long, default_value = "fused")]
     pub ops: Ops,
@@ -52,12 +61,44 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Parse a format name of `bench train-step` / `compile`.
+pub fn parse_format(s: &str) -> Result<Format> {
+    Ok(match s {
+        "csr" => Format::Csr,
+        "2:4" => Format::Nm(2, 4),
+        "4:8" => Format::Nm(4, 8),
+        _ => match s.strip_prefix("bsr").and_then(|b| b.split_once('x')) {
+            Some((r, c)) => Format::Bsr(r.parse().context("block rows")?, c.parse().context("block cols")?),
+            None => anyhow::bail!("unknown sparse format {s:?} (csr, bsr4x1, bsr1x4, bsr4x4, 2:4, 4:8)"),
+        },
+    })
+}
+
+/// Magnitude-prune every encoder linear to `sparsity` (uniform per tensor) and compile it.
+fn compile(encoder: &mut BertEncoder, sparsity: f64, format: &str) -> Result<()> {
+    let format = parse_format(format)?;
+    let prunable: Vec<(String, candle_core::Var)> =
+        encoder.named_params().iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect();
+    let shapes: Vec<(String, Vec<usize>)> = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+    let granularity = match format {
+        Format::Nm(n, m) => Granularity::NM { n, m },
+        _ => Granularity::Unstructured,
+    };
+    let masks = prune(&magnitude(&prunable)?, &shapes, sparsity, granularity, &Allocation::uniform(), None)?;
+    let keep = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
+    encoder.compile_sparse(&keep, format)?;
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
     let device = Device::Cpu;
     let ckpt = Checkpoint::load(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
     let mut encoder = ckpt.encoder(0, &device)?;
     encoder.set_train_word_embeddings(a.train_word_embeddings);
     encoder.set_ops(a.ops);
+    if a.sparsity > 0.0 {
+        compile(&mut encoder, a.sparsity, &a.format)?;
+    }
     let model = BertClassifier::new(encoder, 2, Pooling::Mean, None, 0)?;
     let vocab = ckpt.config.vocab_size as u32;
     drop(ckpt);
@@ -71,7 +112,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut opt = AdamW::new(model.trainable_params(), AdamWConfig { lr: 2e-5, weight_decay: 0.01, ..Default::default() })?;
     let (mut fwd, mut tfwd, mut bwd, mut optim, mut step) = (vec![], vec![], vec![], vec![], vec![]);
     let threads = candle_core::utils::get_num_threads();
-    eprintln!("bench train-step: {} batch {} seq {} threads {threads} ops {:?}", a.model, a.batch, a.seq, a.ops);
+    eprintln!("bench train-step: {} batch {} seq {} threads {threads} ops {:?} sparsity {} ({})", a.model, a.batch, a.seq, a.ops, a.sparsity, a.format);
     for i in 0..a.warmup + a.runs {
         let t = Instant::now();
         let logits = model.forward(&ids, &types, &mask, false)?;
@@ -99,7 +140,7 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("  run {i}: forward {f:.0} ms, step {:.0} ms", (t3 - t0).as_secs_f64() * 1e3);
     }
     let out = serde_json::json!({
-        "impl": "sprig", "ops": a.ops, "model": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
+        "impl": "sprig", "ops": a.ops, "sparsity": a.sparsity, "format": a.format, "model": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
         "train_word_embeddings": a.train_word_embeddings,
         "forward_ms": timing(fwd), "train_forward_ms": timing(tfwd), "backward_ms": timing(bwd),
         "optimizer_ms": timing(optim), "step_ms": timing(step), "peak_rss_mb": peak_rss_mb(),

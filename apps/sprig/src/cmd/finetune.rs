@@ -49,6 +49,9 @@ pub struct Args {
     /// Stop after this many steps (0 = all epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Layer implementation: fused (default) or stock (candle's ops, the reference).
+    #[arg(long)]
+    pub ops: Option<sprig_bert::Ops>,
 }
 
 impl Args {
@@ -64,7 +67,7 @@ impl Args {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        set!(model, task, seed, epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, max_seq_len, pooling, train_word_embeddings, max_train, max_dev, max_test, max_steps);
+        set!(model, task, seed, epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, max_seq_len, pooling, train_word_embeddings, max_train, max_dev, max_test, max_steps, ops);
         c.validate()?;
         Ok(c)
     }

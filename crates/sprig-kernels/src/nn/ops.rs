@@ -17,7 +17,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use crate::SparseMatrix;
+use std::sync::{Arc, Mutex};
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let v = match s {
@@ -65,7 +66,21 @@ fn col_sums(g: &[f32], n: usize) -> Vec<f32> {
         })
 }
 
+/// The weight of a [`LinearOp`]: a dense `[N, K]` tensor, or the stored values `[nnz]` of a fixed
+/// sparse pattern (sprig-kernels' SpMM forward, `dX` by the transposed SpMM, and `d values` by
+/// SDDMM at the kept positions only).
+enum Weight {
+    Dense,
+    Sparse(Arc<dyn SparseMatrix>),
+}
+
+/// Rows (tokens) per call of a sparse kernel: blocking over M keeps a block of activations in
+/// cache while the whole pattern streams over it (measured: 1.6x faster forward and 1.5-3x faster
+/// backward at M = 4096 than one call, 90% CSR, MiniLM shapes).
+const ROW_BLOCK: usize = 512;
+
 struct LinearOp {
+    weight: Weight,
     act: Act,
     dropout: Option<DropoutSpec>,
     keep: bool,
@@ -73,28 +88,56 @@ struct LinearOp {
     pre: Mutex<Option<Vec<f32>>>,
 }
 
+fn kerr(e: crate::KernelError) -> candle_core::Error {
+    candle_core::Error::Msg(format!("sprig-kernels: {e}"))
+}
+
 impl LinearOp {
-    fn pre_activation(x: &[f32], w: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-        let mut z = vec![0f32; m * n];
-        gemm(
-            MatMut::from_row_major_slice_mut(&mut z, m, n),
-            MatRef::from_row_major_slice(x, m, k),
-            MatRef::from_row_major_slice(w, n, k).transpose(),
-        );
-        z.par_chunks_mut(n * 64).for_each(|c| {
-            for r in c.chunks_mut(n) {
-                r.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+    /// `(N, K)` of the weight whose data (dense weight or sparse values) has `len` elements.
+    fn nk(&self, w: &Layout) -> Result<(usize, usize)> {
+        match &self.weight {
+            Weight::Dense => match w.shape().dims() {
+                [n, k] => Ok((*n, *k)),
+                d => candle_core::bail!("linear: weight must be [out, in], got {d:?}"),
+            },
+            Weight::Sparse(p) => {
+                if w.shape().dims() != [p.nnz()] {
+                    candle_core::bail!("sparse linear: values shape {:?}, expected [{}]", w.shape().dims(), p.nnz());
+                }
+                Ok((p.rows(), p.cols()))
             }
-        });
-        z
+        }
+    }
+
+    /// `x·Wᵀ + b`.
+    #[allow(clippy::too_many_arguments)]
+    fn pre_activation(&self, x: &[f32], w: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+        let mut z = vec![0f32; m * n];
+        match &self.weight {
+            Weight::Dense => {
+                gemm(
+                    MatMut::from_row_major_slice_mut(&mut z, m, n),
+                    MatRef::from_row_major_slice(x, m, k),
+                    MatRef::from_row_major_slice(w, n, k).transpose(),
+                );
+                z.par_chunks_mut(n * 64).for_each(|c| {
+                    for r in c.chunks_mut(n) {
+                        r.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                    }
+                });
+            }
+            Weight::Sparse(p) => {
+                for (r0, zc) in (0..m).step_by(ROW_BLOCK).zip(z.chunks_mut(ROW_BLOCK * n)) {
+                    let mb = zc.len() / n;
+                    p.forward_with(w, &x[r0 * k..(r0 + mb) * k], mb, Some(b), zc).map_err(kerr)?;
+                }
+            }
+        }
+        Ok(z)
     }
 }
 
-fn linear_dims(x: &Layout, w: &Layout, b: &Layout) -> Result<(usize, usize, usize, Shape)> {
-    let (n, k) = match w.shape().dims() {
-        [n, k] => (*n, *k),
-        d => candle_core::bail!("linear: weight must be [out, in], got {d:?}"),
-    };
+fn linear_dims(x: &Layout, b: &Layout, n: usize, k: usize) -> Result<(usize, Shape)> {
     if b.shape().dims() != [n] {
         candle_core::bail!("linear: bias shape {:?}, expected [{n}]", b.shape().dims());
     }
@@ -104,7 +147,7 @@ fn linear_dims(x: &Layout, w: &Layout, b: &Layout) -> Result<(usize, usize, usiz
     }
     let mut od = xd.to_vec();
     *od.last_mut().expect("rank >= 1") = n;
-    Ok((x.shape().elem_count() / k.max(1), n, k, Shape::from(od)))
+    Ok((x.shape().elem_count() / k.max(1), Shape::from(od)))
 }
 
 impl CustomOp3 for LinearOp {
@@ -112,9 +155,10 @@ impl CustomOp3 for LinearOp {
         "sprig-linear"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, n, k, shape) = linear_dims(l1, l2, l3)?;
+        let (n, k) = self.nk(l2)?;
+        let (m, shape) = linear_dims(l1, l3, n, k)?;
         let (x, w, b) = (slice(s1, l1, "x")?, slice(s2, l2, "weight")?, slice(s3, l3, "bias")?);
-        let z = Self::pre_activation(x, w, b, m, n, k);
+        let z = self.pre_activation(x, w, b, m, n, k)?;
         let mut y = match self.act {
             Act::Identity => z,
             Act::Gelu => {
@@ -132,7 +176,7 @@ impl CustomOp3 for LinearOp {
         Ok((CpuStorage::F32(y), shape))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = w.dims2()?;
+        let (n, k) = self.nk(w.layout())?;
         let m = x.elem_count() / k.max(1);
         let mut g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         if let Some(d) = &self.dropout {
@@ -143,21 +187,38 @@ impl CustomOp3 for LinearOp {
                 if self.act == Act::Gelu {
                     let z = match self.pre.lock().expect("linear cache").take() {
                         Some(z) => z,
-                        None => with_data(b, "bias", |bs| Ok(Self::pre_activation(xs, ws, bs, m, n, k)))?,
+                        None => with_data(b, "bias", |bs| self.pre_activation(xs, ws, bs, m, n, k))?,
                     };
                     g.par_chunks_mut(1 << 14).zip(z.par_chunks(1 << 14)).for_each(|(g, z)| gelu_backward_inplace(z, g));
                 }
-                let gm = MatRef::from_row_major_slice(&g, m, n);
                 let mut dx = vec![0f32; m * k];
-                gemm(MatMut::from_row_major_slice_mut(&mut dx, m, k), gm, MatRef::from_row_major_slice(ws, n, k));
-                let mut dw = vec![0f32; n * k];
-                gemm(MatMut::from_row_major_slice_mut(&mut dw, n, k), gm.transpose(), MatRef::from_row_major_slice(xs, m, k));
+                let dw = match &self.weight {
+                    Weight::Dense => {
+                        let gm = MatRef::from_row_major_slice(&g, m, n);
+                        gemm(MatMut::from_row_major_slice_mut(&mut dx, m, k), gm, MatRef::from_row_major_slice(ws, n, k));
+                        let mut dw = vec![0f32; n * k];
+                        gemm(MatMut::from_row_major_slice_mut(&mut dw, n, k), gm.transpose(), MatRef::from_row_major_slice(xs, m, k));
+                        cpu_tensor(dw, (n, k))?
+                    }
+                    Weight::Sparse(p) => {
+                        let mut dv = vec![0f32; p.nnz()];
+                        let mut part = vec![0f32; if m > ROW_BLOCK { p.nnz() } else { 0 }];
+                        for (r0, dxc) in (0..m).step_by(ROW_BLOCK).zip(dx.chunks_mut(ROW_BLOCK * k)) {
+                            let mb = dxc.len() / k;
+                            let gc = &g[r0 * n..(r0 + mb) * n];
+                            p.backward_input_with(ws, gc, mb, dxc).map_err(kerr)?;
+                            if r0 == 0 {
+                                p.grad_values(gc, &xs[..mb * k], mb, &mut dv).map_err(kerr)?;
+                            } else {
+                                p.grad_values(gc, &xs[r0 * k..(r0 + mb) * k], mb, &mut part).map_err(kerr)?;
+                                dv.par_iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+                            }
+                        }
+                        cpu_tensor(dv, p.nnz())?
+                    }
+                };
                 let db = col_sums(&g, n);
-                Ok((
-                    Some(cpu_tensor(dx, x.shape())?),
-                    Some(cpu_tensor(dw, (n, k))?),
-                    Some(cpu_tensor(db, n)?),
-                ))
+                Ok((Some(cpu_tensor(dx, x.shape())?), Some(dw), Some(cpu_tensor(db, n)?)))
             })
         })
     }
@@ -167,11 +228,21 @@ fn tracked(ts: &[&Tensor]) -> bool {
     ts.iter().any(|t| t.track_op())
 }
 
+fn apply_linear(x: &Tensor, w: &Tensor, b: &Tensor, weight: Weight, act: Act, dropout: Option<DropoutSpec>) -> Result<Tensor> {
+    let keep = tracked(&[x, w, b]);
+    let op = LinearOp { weight, act, dropout, keep, pre: Mutex::new(None) };
+    x.contiguous()?.apply_op3_arc(&w.contiguous()?, &b.contiguous()?, Arc::new(Box::new(op)))
+}
+
 /// `y = dropout(act(x·Wᵀ + b))` for `x [.., K]`, `w [N, K]`, `b [N]`, differentiable in all three.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, act: Act, dropout: Option<DropoutSpec>) -> Result<Tensor> {
-    let keep = tracked(&[x, w, b]);
-    let op = LinearOp { act, dropout, keep, pre: Mutex::new(None) };
-    x.contiguous()?.apply_op3_arc(&w.contiguous()?, &b.contiguous()?, std::sync::Arc::new(Box::new(op)))
+    apply_linear(x, w, b, Weight::Dense, act, dropout)
+}
+
+/// [`linear`] with a sparse weight: the fixed `pattern` and its trainable stored `values [nnz]`
+/// (gradients reach only the kept weights).
+pub fn sparse_linear(x: &Tensor, values: &Tensor, pattern: &Arc<dyn SparseMatrix>, b: &Tensor, act: Act, dropout: Option<DropoutSpec>) -> Result<Tensor> {
+    apply_linear(x, values, b, Weight::Sparse(pattern.clone()), act, dropout)
 }
 
 struct AttentionOp {
@@ -221,7 +292,7 @@ pub fn attention(qkv: &Tensor, spec: AttentionSpec) -> Result<Tensor> {
     }
     let keep = qkv.track_op();
     let op = AttentionOp { spec, keep, probs: Mutex::new(None) };
-    qkv.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(op)))
+    qkv.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))
 }
 
 struct AddLayerNormOp {
@@ -274,7 +345,7 @@ impl CustomOp3 for AddLayerNormOp {
 /// `dropout(LayerNorm(a + r)·γ + β)` over the last dimension; `gamma_beta = [γ; β]` (length `2H`).
 pub fn add_layer_norm(a: &Tensor, r: &Tensor, gamma_beta: &Tensor, eps: f64, dropout: Option<DropoutSpec>) -> Result<Tensor> {
     let op = AddLayerNormOp { eps: eps as f32, dropout };
-    a.contiguous()?.apply_op3_arc(&r.contiguous()?, &gamma_beta.contiguous()?, std::sync::Arc::new(Box::new(op)))
+    a.contiguous()?.apply_op3_arc(&r.contiguous()?, &gamma_beta.contiguous()?, Arc::new(Box::new(op)))
 }
 
 struct SoftmaxXentOp {
@@ -333,5 +404,5 @@ pub fn softmax_cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> 
     if let Some(bad) = labels.iter().find(|&&y| y as usize >= c) {
         candle_core::bail!("cross-entropy: label {bad} out of range for {c} classes");
     }
-    logits.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(SoftmaxXentOp { labels: labels.to_vec() })))
+    logits.contiguous()?.apply_op1_arc(Arc::new(Box::new(SoftmaxXentOp { labels: labels.to_vec() })))
 }
