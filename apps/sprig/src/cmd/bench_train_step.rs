@@ -111,6 +111,8 @@ pub fn run(a: Args) -> Result<()> {
     let labels = Tensor::from_vec(label_ids.clone(), a.batch, &device)?;
     let mut opt = AdamW::new(model.trainable_params(), AdamWConfig { lr: 2e-5, weight_decay: 0.01, ..Default::default() })?;
     let (mut fwd, mut tfwd, mut bwd, mut optim, mut step) = (vec![], vec![], vec![], vec![], vec![]);
+    // Mean per-step time of each fused op in the training step (forward, backward).
+    let mut by_op: Vec<(String, f64, f64)> = vec![];
     let threads = candle_core::utils::get_num_threads();
     eprintln!("bench train-step: {} batch {} seq {} threads {threads} ops {:?} sparsity {} ({})", a.model, a.batch, a.seq, a.ops, a.sparsity, a.format);
     for i in 0..a.warmup + a.runs {
@@ -118,6 +120,7 @@ pub fn run(a: Args) -> Result<()> {
         let logits = model.forward(&ids, &types, &mask, false)?;
         logits.to_vec2::<f32>()?;
         let f = t.elapsed().as_secs_f64() * 1e3;
+        sprig_kernels::nn::ops::profile::enable(i >= a.warmup && a.ops == Ops::Fused);
         let t0 = Instant::now();
         let logits = model.forward(&ids, &types, &mask, true)?;
         let loss = match a.ops {
@@ -130,6 +133,17 @@ pub fn run(a: Args) -> Result<()> {
         let t2 = Instant::now();
         opt.step(&grads)?;
         let t3 = Instant::now();
+        sprig_kernels::nn::ops::profile::enable(false);
+        if i >= a.warmup && a.ops == Ops::Fused {
+            let totals = sprig_kernels::nn::ops::profile::totals();
+            if by_op.is_empty() {
+                by_op = totals.iter().map(|(n, _, _)| (n.to_string(), 0.0, 0.0)).collect();
+            }
+            for (acc, (_, f, b)) in by_op.iter_mut().zip(&totals) {
+                acc.1 += f / a.runs as f64;
+                acc.2 += b / a.runs as f64;
+            }
+        }
         if i >= a.warmup {
             fwd.push(f);
             tfwd.push((t1 - t0).as_secs_f64() * 1e3);
@@ -144,6 +158,7 @@ pub fn run(a: Args) -> Result<()> {
         "train_word_embeddings": a.train_word_embeddings,
         "forward_ms": timing(fwd), "train_forward_ms": timing(tfwd), "backward_ms": timing(bwd),
         "optimizer_ms": timing(optim), "step_ms": timing(step), "peak_rss_mb": peak_rss_mb(),
+        "by_op_ms": by_op.iter().map(|(n, f, b)| serde_json::json!({"op": n, "forward": f, "backward": b})).collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     if let Some(p) = &a.json {

@@ -20,6 +20,47 @@ use rayon::prelude::*;
 use crate::SparseMatrix;
 use std::sync::{Arc, Mutex};
 
+/// Per-op wall-clock totals (forward and backward), for the training-step profile.
+pub mod profile {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+
+    /// The timed ops, in report order.
+    pub const OPS: [&str; 6] = ["linear (dense)", "linear (sparse)", "linear epilogue (bias/GELU/dropout)", "attention", "add+LayerNorm", "cross-entropy"];
+    static ON: AtomicBool = AtomicBool::new(false);
+    static NANOS: [[AtomicU64; 2]; 6] = [const { [const { AtomicU64::new(0) }; 2] }; 6];
+
+    /// Start (or stop) accumulating; clears the totals when turned on.
+    pub fn enable(on: bool) {
+        if on {
+            NANOS.iter().flatten().for_each(|a| a.store(0, Ordering::Relaxed));
+        }
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    /// `(op, forward ms, backward ms)` accumulated since [`enable`].
+    pub fn totals() -> Vec<(&'static str, f64, f64)> {
+        OPS.iter()
+            .zip(&NANOS)
+            .map(|(n, t)| (*n, t[0].load(Ordering::Relaxed) as f64 / 1e6, t[1].load(Ordering::Relaxed) as f64 / 1e6))
+            .collect()
+    }
+
+    pub(super) struct Timer(Option<(Instant, usize, usize)>);
+    /// Times until dropped: op index into [`OPS`], 0 = forward, 1 = backward.
+    pub(super) fn timer(op: usize, dir: usize) -> Timer {
+        Timer(ON.load(Ordering::Relaxed).then(|| (Instant::now(), op, dir)))
+    }
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            if let Some((t, op, dir)) = self.0 {
+                NANOS[op][dir].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+use profile::timer;
+
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let v = match s {
         CpuStorage::F32(v) => v.as_slice(),
@@ -93,6 +134,13 @@ fn kerr(e: crate::KernelError) -> candle_core::Error {
 }
 
 impl LinearOp {
+    fn kind_index(&self) -> usize {
+        match self.weight {
+            Weight::Dense => 0,
+            Weight::Sparse(_) => 1,
+        }
+    }
+
     /// `(N, K)` of the weight whose data (dense weight or sparse values) has `len` elements.
     fn nk(&self, w: &Layout) -> Result<(usize, usize)> {
         match &self.weight {
@@ -158,7 +206,10 @@ impl CustomOp3 for LinearOp {
         let (n, k) = self.nk(l2)?;
         let (m, shape) = linear_dims(l1, l3, n, k)?;
         let (x, w, b) = (slice(s1, l1, "x")?, slice(s2, l2, "weight")?, slice(s3, l3, "bias")?);
+        let t = timer(self.kind_index(), 0);
         let z = self.pre_activation(x, w, b, m, n, k)?;
+        drop(t);
+        let _t = timer(2, 0);
         let mut y = match self.act {
             Act::Identity => z,
             Act::Gelu => {
@@ -178,12 +229,15 @@ impl CustomOp3 for LinearOp {
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, k) = self.nk(w.layout())?;
         let m = x.elem_count() / k.max(1);
+        let t = timer(2, 1);
         let mut g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         if let Some(d) = &self.dropout {
             d.apply_par(&mut g);
         }
+        drop(t);
         with_data(x, "x", |xs| {
             with_data(w, "weight", |ws| {
+                let t = timer(2, 1);
                 if self.act == Act::Gelu {
                     let z = match self.pre.lock().expect("linear cache").take() {
                         Some(z) => z,
@@ -191,6 +245,8 @@ impl CustomOp3 for LinearOp {
                     };
                     g.par_chunks_mut(1 << 14).zip(z.par_chunks(1 << 14)).for_each(|(g, z)| gelu_backward_inplace(z, g));
                 }
+                drop(t);
+                let _t = timer(self.kind_index(), 1);
                 let mut dx = vec![0f32; m * k];
                 let dw = match &self.weight {
                     Weight::Dense => {
@@ -262,6 +318,7 @@ impl CustomOp1 for AttentionOp {
             candle_core::bail!("attention: qkv shape {:?}, expected {want:?}", l.shape().dims());
         }
         let qkv = slice(s, l, "qkv")?;
+        let _t = timer(3, 0);
         let mut ctx = vec![0f32; a.batch * a.seq * a.hidden()];
         if self.keep {
             let mut p = vec![0f32; a.probs_len()];
@@ -273,6 +330,7 @@ impl CustomOp1 for AttentionOp {
         Ok((CpuStorage::F32(ctx), Shape::from((a.batch, a.seq, a.hidden()))))
     }
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _t = timer(3, 1);
         let probs = self.probs.lock().expect("attention cache").take();
         let mut dqkv = vec![0f32; qkv.elem_count()];
         with_data(qkv, "qkv", |q| {
@@ -313,6 +371,7 @@ impl CustomOp3 for AddLayerNormOp {
         if l1.shape().dims().last() != Some(&h) || gb.len() != 2 * h {
             candle_core::bail!("add_layer_norm: gamma/beta [{}] do not fit input {:?}", gb.len(), l1.shape());
         }
+        let _t = timer(4, 0);
         let mut y = vec![0f32; l1.shape().elem_count()];
         layer_norm::forward(slice(s1, l1, "a")?, Some(slice(s2, l2, "r")?), &gb[..h], &gb[h..], self.eps, &mut y);
         if let Some(d) = &self.dropout {
@@ -321,6 +380,7 @@ impl CustomOp3 for AddLayerNormOp {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(&self, a: &Tensor, r: &Tensor, gb: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _t = timer(4, 1);
         let mut dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         if let Some(d) = &self.dropout {
             d.apply_par(&mut dy);
@@ -375,6 +435,7 @@ impl CustomOp1 for SoftmaxXentOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c) = l.shape().dims2()?;
         let z = slice(s, l, "logits")?;
+        let _t = timer(5, 0);
         let mut loss = 0f64;
         for (row, &y) in z.chunks(c).zip(&self.labels) {
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -385,6 +446,7 @@ impl CustomOp1 for SoftmaxXentOp {
     }
     fn bwd(&self, logits: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (b, c) = logits.dims2()?;
+        let _t = timer(5, 1);
         let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / b as f32;
         let mut p = with_data(logits, "logits", |z| Ok(Self::softmax(z, c)))?;
         for (row, &y) in p.chunks_mut(c).zip(&self.labels) {
