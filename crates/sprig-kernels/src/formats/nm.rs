@@ -135,9 +135,10 @@ impl NmSparse {
 }
 
 impl NmSparse {
-    /// The offsets, natural and lane-interleaved (1 byte per value each).
+    /// The kernels' in-group offsets (1 byte per value), on top of the CSR index of the pattern
+    /// (which the input gradient uses).
     fn extra_bytes(&self) -> usize {
-        self.lay.off.len() + self.lay.ctrl.len()
+        self.lay.tail_off.len() + self.lay.ctrl.len()
     }
     fn forward_impl(
         &self,

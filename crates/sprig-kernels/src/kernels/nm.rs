@@ -33,8 +33,8 @@ pub(crate) struct NmLayout {
     /// Kept per group (N) and group size (G).
     pub n: usize,
     pub g: usize,
-    /// Natural in-group offsets, `rows * slots` of them.
-    pub off: Vec<u8>,
+    /// Natural in-group offsets of the rows past the last full 8-row block.
+    pub tail_off: Vec<u8>,
     /// Lane-interleaved offsets of the full 8-row blocks.
     pub ctrl: Vec<u8>,
 }
@@ -51,7 +51,8 @@ impl NmLayout {
                 }
             }
         }
-        Self { rows, cols, n, g, off, ctrl }
+        let tail_off = off[nb * 8 * s..].to_vec();
+        Self { rows, cols, n, g, tail_off, ctrl }
     }
     pub(crate) fn slots(&self) -> usize {
         self.cols / self.g * self.n
@@ -60,10 +61,11 @@ impl NmLayout {
     pub(crate) fn vectorised(&self) -> bool {
         self.g == 4 || self.g == 8
     }
-    /// Column of slot `s` of row `r`.
+    /// Column of slot `s` of row `r` (a row past the last full 8-row block).
     #[inline(always)]
     pub(crate) fn col(&self, r: usize, s: usize) -> usize {
-        (s / self.n) * self.g + self.off[r * self.slots() + s] as usize
+        let r0 = self.rows / 8 * 8;
+        (s / self.n) * self.g + self.tail_off[(r - r0) * self.slots() + s] as usize
     }
 }
 
