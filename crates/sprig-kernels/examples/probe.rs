@@ -1,19 +1,21 @@
 //! Times forward, dX and SDDMM separately for one shape: `--example probe K N M SPARSITY [R]`.
-use sprig_kernels::bench::{median_ms, random_block_mask};
+use sprig_kernels::bench::{median_ms, random_block_mask, random_nm_mask};
 use sprig_kernels::dense::dense_linear;
-use sprig_kernels::{Bsr, Csr, SparseMatrix};
+use sprig_kernels::{Bsr, Csr, NmSparse, SparseMatrix};
 
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let p = |i: usize, d: &str| a.get(i).cloned().unwrap_or(d.into());
     let (k, n, m): (usize, usize, usize) = (p(0, "384").parse().unwrap(), p(1, "1536").parse().unwrap(), p(2, "512").parse().unwrap());
     let s: f64 = p(3, "0.9").parse().unwrap();
-    let r: usize = p(4, "1").parse().unwrap();
+    // R = block height (1 = CSR), or "nm" for 2:4 (SPARSITY ignored).
+    let nm = p(4, "1") == "nm";
+    let r: usize = if nm { 1 } else { p(4, "1").parse().unwrap() };
     let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
     let dy: Vec<f32> = (0..m * n).map(|i| ((i * 13) % 1000) as f32 / 1000.0 - 0.5).collect();
     let mask = random_block_mask(n, k, r, s, 5);
-    let f: Box<dyn SparseMatrix> = if r == 1 { Box::new(Csr::from_dense(&w, n, k, &mask).unwrap()) } else { Box::new(Bsr::from_dense(&w, n, k, (r, 1), &mask).unwrap()) };
+    let f: Box<dyn SparseMatrix> = if nm { Box::new(NmSparse::from_dense(&w, n, k, (2, 4), &random_nm_mask(n, k, 7)).unwrap()) } else if r == 1 { Box::new(Csr::from_dense(&w, n, k, &mask).unwrap()) } else { Box::new(Bsr::from_dense(&w, n, k, (r, 1), &mask).unwrap()) };
     let mut y = vec![0f32; m * n];
     let mut dx = vec![0f32; m * k];
     let mut g = vec![0f32; f.nnz()];

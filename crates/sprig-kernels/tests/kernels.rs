@@ -1,6 +1,7 @@
 //! Kernels (forward, dX, SDDMM) against scalar masked-dense references.
 mod common;
 use common::*;
+use rand::Rng;
 use proptest::prelude::*;
 use sprig_kernels::{Bsr, Csr, NmSparse, SparseMatrix};
 
@@ -97,4 +98,55 @@ fn wrong_lengths_are_errors() {
     assert!(w.forward_with(&[1.0], &[1.0, 2.0], 1, None, &mut y).is_err());
     let mut g = vec![0.0; 2];
     assert!(w.grad_values(&[1.0, 1.0], &[1.0, 1.0], 1, &mut g).is_err());
+}
+
+/// The dedicated N:M kernels (groups of 4 and 8) at their edges: rows not a multiple of the
+/// 8-row block (scalar tail), batches that are not a multiple of the 4-row tile or cross the
+/// 64-row chunk, N = 1, 2, 3, 4, and groups of other sizes (CSR fallback).
+#[test]
+fn nm_kernel_edges() {
+    for &(rows, groups, (nn, mm)) in &[
+        (8usize, 3usize, (2usize, 4usize)),
+        (21, 5, (2, 4)),
+        (16, 4, (1, 4)),
+        (19, 3, (3, 4)),
+        (24, 2, (4, 8)),
+        (13, 3, (2, 8)),
+        (10, 2, (2, 6)),
+    ] {
+        let k = groups * mm;
+        let mut r = rng((rows * 100 + k) as u64);
+        let w = randn(&mut r, rows * k);
+        let mut keep = vec![false; rows * k];
+        for g in 0..rows * groups {
+            let mut idx: Vec<usize> = (0..mm).collect();
+            for i in (1..mm).rev() {
+                idx.swap(i, (r.random_range(0..=i as u32)) as usize);
+            }
+            for &i in &idx[..nn] {
+                keep[g * mm + i] = true;
+            }
+        }
+        let mask = sprig_kernels::Bitmask::from_bools(rows, k, &keep).unwrap();
+        let s = NmSparse::from_dense(&w, rows, k, (nn, mm), &mask).unwrap();
+        for m in [1usize, 3, 4, 7, 64, 67, 130] {
+            check_against_reference(&s, m, (m * 7 + rows) as u64)
+                .unwrap_or_else(|e| panic!("{nn}:{mm} rows {rows} groups {groups} m {m}: {e}"));
+        }
+    }
+}
+
+/// CSR/BSR forward at shapes where the transposed 8x8 flush has ragged rows and lanes, and the
+/// batch spans several panels (vector stores plus scalar edges into Y, with bias).
+#[test]
+fn forward_flush_edges() {
+    for &(m, n, k) in &[(8usize, 8usize, 16usize), (70, 19, 33), (129, 136, 40), (33, 7, 9)] {
+        let mut r = rng((m * n + k) as u64);
+        let w = randn(&mut r, n * k);
+        let mask = random_mask(&mut r, n, k, 0.4, true);
+        check_against_reference(&Csr::from_dense(&w, n, k, &mask).unwrap(), m, 11).unwrap();
+        if n % 4 == 0 {
+            check_against_reference(&Bsr::from_dense(&w, n, k, (4, 1), &mask).unwrap(), m, 12).unwrap();
+        }
+    }
 }

@@ -21,5 +21,11 @@ fn portable_kernels_match_reference() {
             let mk = sprig_kernels::Bitmask::from_bools(n, k, &keep).unwrap();
             check_against_reference(&NmSparse::from_dense(&w, n, k, (2, 4), &mk).unwrap(), m, 3).unwrap();
         }
+        if k % 8 == 0 {
+            let mut keep = vec![false; n * k];
+            for g in 0..n * k / 8 { for o in [1, 2, 5, 7] { keep[g * 8 + o] = true; } }
+            let mk = sprig_kernels::Bitmask::from_bools(n, k, &keep).unwrap();
+            check_against_reference(&NmSparse::from_dense(&w, n, k, (4, 8), &mk).unwrap(), m, 4).unwrap();
+        }
     }
 }

@@ -16,6 +16,12 @@ pub struct Args {
     /// Only these M values (comma-separated), overriding the grid's.
     #[arg(long, value_delimiter = ',')]
     pub m: Option<Vec<usize>>,
+    /// Only these weight shapes `KxN` (comma-separated, W is `[N, K]`), overriding the grid's.
+    #[arg(long, value_delimiter = ',')]
+    pub shape: Option<Vec<String>>,
+    /// Target seconds of timing per cell (default: 0.3, or 0.15 with --quick).
+    #[arg(long)]
+    pub seconds: Option<f64>,
     /// Only these sparsities (comma-separated), overriding the grid's.
     #[arg(long, value_delimiter = ',')]
     pub sparsity: Option<Vec<f64>>,
@@ -45,6 +51,24 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(m) = args.m {
         anyhow::ensure!(m.iter().all(|&v| v > 0), "--m values must be positive, got {m:?}");
         cfg.ms = m;
+    }
+    if let Some(shapes) = args.shape {
+        cfg.shapes = shapes
+            .iter()
+            .map(|v| {
+                let (k, n) = v
+                    .split_once('x')
+                    .with_context(|| format!("--shape {v:?}: expected KxN, e.g. 384x1536"))?;
+                let k: usize = k.parse().with_context(|| format!("--shape {v:?}: bad K"))?;
+                let n: usize = n.parse().with_context(|| format!("--shape {v:?}: bad N"))?;
+                anyhow::ensure!(k > 0 && n > 0, "--shape {v:?}: K and N must be positive");
+                Ok((k, n))
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(sec) = args.seconds {
+        anyhow::ensure!(sec > 0.0 && sec.is_finite(), "--seconds must be positive, got {sec}");
+        cfg.seconds_per_cell = sec;
     }
     if let Some(s) = args.sparsity {
         anyhow::ensure!(

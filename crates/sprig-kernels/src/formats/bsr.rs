@@ -101,6 +101,7 @@ impl Bsr {
     }
 }
 
+super::plain_kernels!(Bsr);
 super::impl_sparse_matrix!(Bsr, |s: &Bsr| {
     let (r, c) = s.block_shape();
     format!("bsr{r}x{c}")

@@ -86,4 +86,5 @@ impl Csr {
     }
 }
 
+super::plain_kernels!(Csr);
 super::impl_sparse_matrix!(Csr, |s: &Csr| format!("csr-u{}", s.index_width() * 8));

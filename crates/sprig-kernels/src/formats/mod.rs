@@ -252,6 +252,31 @@ pub(crate) fn check_block_shape(rows: usize, cols: usize, r: usize, c: usize) ->
     Ok(())
 }
 
+/// The kernel entry points of a format that uses the shared block kernels unchanged.
+macro_rules! plain_kernels {
+    ($t:ty) => {
+        impl $t {
+            fn extra_bytes(&self) -> usize {
+                0
+            }
+            fn forward_impl(
+                &self,
+                values: &[f32],
+                x: &[f32],
+                m: usize,
+                bias: Option<&[f32]>,
+                y: &mut [f32],
+            ) -> $crate::Result<()> {
+                self.eng.forward(values, x, m, bias, y)
+            }
+            fn grad_impl(&self, dy: &[f32], x: &[f32], m: usize, out: &mut [f32]) -> $crate::Result<()> {
+                self.eng.grad_values(dy, x, m, out)
+            }
+        }
+    };
+}
+pub(crate) use plain_kernels;
+
 /// Implements [`crate::SparseMatrix`] for a format holding `eng: Engine` and `values: Vec<f32>`.
 macro_rules! impl_sparse_matrix {
     ($t:ty, $name:expr) => {
@@ -272,7 +297,7 @@ macro_rules! impl_sparse_matrix {
                 &mut self.values
             }
             fn memory_bytes(&self) -> usize {
-                self.values.len() * 4 + self.eng.pat.index_bytes()
+                self.values.len() * 4 + self.eng.pat.index_bytes() + self.extra_bytes()
             }
             fn format_name(&self) -> String {
                 ($name)(self)
@@ -291,7 +316,7 @@ macro_rules! impl_sparse_matrix {
                 bias: Option<&[f32]>,
                 y: &mut [f32],
             ) -> $crate::Result<()> {
-                self.eng.forward(values, x, m, bias, y)
+                self.forward_impl(values, x, m, bias, y)
             }
             fn backward_input_with(
                 &self,
@@ -309,7 +334,7 @@ macro_rules! impl_sparse_matrix {
                 m: usize,
                 out: &mut [f32],
             ) -> $crate::Result<()> {
-                self.eng.grad_values(dy, x, m, out)
+                self.grad_impl(dy, x, m, out)
             }
         }
     };

@@ -1,9 +1,11 @@
 //! N:M semi-structured sparsity (e.g. 2:4, 4:8): in every group of `m` consecutive weights of a
-//! row exactly `n` are stored. Values are stored group by group; the kernels read them through a
-//! CSR index (u16 where it fits), so the compact in-group offsets are derived on demand.
+//! row exactly `n` are stored. Values are stored group by group. For groups of 4 or 8 the forward
+//! and the weight gradient use dedicated kernels (`kernels::nm`: one byte of in-group offset per
+//! value, lanes over 8 output rows, a permute per FMA); the input gradient and other group sizes
+//! go through a CSR index of the same pattern (u16 where it fits).
 use super::{with_pattern, AnyPattern, Idx};
 use crate::error::{check_len, KernelError, Result};
-use crate::kernels::Engine;
+use crate::kernels::{Engine, NmLayout};
 use crate::Bitmask;
 
 /// N:M weight matrix `[rows, cols]` (`cols` a multiple of `m`).
@@ -13,6 +15,7 @@ pub struct NmSparse {
     pub(crate) values: Vec<f32>,
     n: usize,
     m: usize,
+    lay: NmLayout,
 }
 
 fn check_nm(rows: usize, cols: usize, n: usize, m: usize) -> Result<()> {
@@ -44,6 +47,7 @@ impl NmSparse {
         check_len("N:M values", values.len(), total)?;
         check_len("N:M offsets", offsets.len(), total)?;
         let mut col = Vec::with_capacity(total);
+        let lay_off = offsets.clone();
         for (g, chunk) in offsets.chunks(n).enumerate() {
             let base = (g % (cols / m)) * m;
             for (t, &o) in chunk.iter().enumerate() {
@@ -63,6 +67,7 @@ impl NmSparse {
             values,
             n,
             m,
+            lay: NmLayout::new(rows, cols, n, m, lay_off),
         })
     }
 
@@ -126,6 +131,27 @@ impl NmSparse {
     pub fn offsets(&self) -> Vec<u8> {
         let m = self.m;
         with_pattern!(&self.eng.pat, p => p.col.iter().map(|c| (c.get() % m) as u8).collect())
+    }
+}
+
+impl NmSparse {
+    /// The kernels' in-group offsets (1 byte per value), on top of the CSR index of the pattern
+    /// (which the input gradient uses).
+    fn extra_bytes(&self) -> usize {
+        self.lay.tail_off.len() + self.lay.ctrl.len()
+    }
+    fn forward_impl(
+        &self,
+        values: &[f32],
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<()> {
+        crate::kernels::nm_forward(&self.lay, &self.eng, values, x, m, bias, y)
+    }
+    fn grad_impl(&self, dy: &[f32], x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        crate::kernels::nm_grad(&self.lay, &self.eng, dy, x, m, out)
     }
 }
 

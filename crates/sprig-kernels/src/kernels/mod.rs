@@ -83,6 +83,9 @@ macro_rules! dispatch {
     }};
 }
 
+mod nm;
+pub(crate) use nm::NmLayout;
+
 /// Raw pointer that rayon tasks share; each task writes disjoint elements.
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
@@ -106,16 +109,7 @@ fn pack_panels(src: &[f32], m: usize, k: usize, pw: usize) -> Vec<f32> {
     out.par_chunks_mut(k * pw).enumerate().for_each(|(pi, pan)| {
         let m0 = pi * pw;
         let lanes = pw.min(m - m0);
-        // 8 rows at a time so each destination write is a short contiguous run.
-        for l0 in (0..lanes).step_by(8) {
-            let l1 = (l0 + 8).min(lanes);
-            for kk in 0..k {
-                let d = &mut pan[kk * pw + l0..kk * pw + l1];
-                for (l, dv) in d.iter_mut().enumerate() {
-                    *dv = src[(m0 + l0 + l) * k + kk];
-                }
-            }
-        }
+        dispatch!(|S| tasks::pack_panel::<S>(src, k, m0, lanes, pw, pan));
     });
     out
 }
@@ -359,6 +353,97 @@ impl Engine {
         with_pattern!(&self.pat, p => sddmm(p, dy, x, m, out));
         Ok(())
     }
+}
+
+/// N:M forward (see [`nm`]); groups other than 4 or 8 use the CSR kernels of `eng`.
+pub(crate) fn nm_forward(
+    lay: &NmLayout,
+    eng: &Engine,
+    values: &[f32],
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    // Below SMALL_M the per-call interleaving of the values costs as much as the product; the
+    // CSR path's scalar dot products are used there.
+    if !lay.vectorised() || m < SMALL_M {
+        return eng.forward(values, x, m, bias, y);
+    }
+    let (n_out, k) = (lay.rows, lay.cols);
+    check_len("values", values.len(), n_out * lay.slots())?;
+    check_len("x (m*cols)", x.len(), m * k)?;
+    check_len("y (m*rows)", y.len(), m * n_out)?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), n_out)?;
+    }
+    let s_per = lay.slots();
+    let nb = n_out / 8;
+    let mut wl = vec![0f32; nb * s_per * 8];
+    if s_per > 0 {
+        let vp = SyncPtr(values.as_ptr() as *mut f32);
+        wl.par_chunks_mut(s_per * 8).enumerate().for_each(|(b, c)| {
+            // SAFETY: reads row block b of `values` only (back = false never writes `nat`).
+            let nat = unsafe { vp.get().add(8 * b * s_per) };
+            dispatch!(|S| nm::interleave_block::<S>(nat, c.as_mut_ptr(), s_per, false));
+        });
+    }
+    let mc = 64;
+    let bchunk = (nb / 8).clamp(1, 32);
+    let nbc = nb.div_ceil(bchunk);
+    let nmc = m.div_ceil(mc);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let wlp = SyncPtr(wl.as_ptr() as *mut f32);
+    (0..nmc * nbc).into_par_iter().for_each(|t| {
+        let (mi, bi) = (t / nbc, t % nbc);
+        let ms = (mi * mc, ((mi + 1) * mc).min(m));
+        let bs = (bi * bchunk, ((bi + 1) * bchunk).min(nb));
+        dispatch!(|S| nm::fwd_task::<S>(lay, wlp.get(), x, ms, bs, bias, yp.get()));
+    });
+    if nb * 8 < n_out {
+        nm::fwd_rows_scalar(lay, values, x, m, nb * 8, bias, y);
+    }
+    Ok(())
+}
+
+/// N:M weight gradient at the kept positions (SDDMM), in the natural value order.
+pub(crate) fn nm_grad(
+    lay: &NmLayout,
+    eng: &Engine,
+    dy: &[f32],
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    if !lay.vectorised() || m < SMALL_M {
+        return eng.grad_values(dy, x, m, out);
+    }
+    let (n_out, k) = (lay.rows, lay.cols);
+    check_len("dy (m*rows)", dy.len(), m * n_out)?;
+    check_len("x (m*cols)", x.len(), m * k)?;
+    check_len("grad values", out.len(), n_out * lay.slots())?;
+    let s_per = lay.slots();
+    let nb = n_out / 8;
+    if s_per == 0 {
+        return Ok(());
+    }
+    let mut gl = vec![0f32; nb * s_per * 8];
+    let bchunk = (nb / 16).max(1);
+    gl.par_chunks_mut(bchunk * s_per * 8).enumerate().for_each(|(ci, g)| {
+        let b0 = ci * bchunk;
+        let b1 = (b0 + bchunk).min(nb);
+        dispatch!(|S| nm::sddmm_task::<S>(lay, dy, x, m, (b0, b1), g));
+    });
+    out[..nb * 8 * s_per]
+        .par_chunks_mut(8 * s_per)
+        .zip(gl.par_chunks_mut(8 * s_per))
+        .for_each(|(o, g)| {
+            dispatch!(|S| nm::interleave_block::<S>(o.as_mut_ptr(), g.as_mut_ptr(), s_per, true));
+        });
+    if nb * 8 < n_out {
+        nm::sddmm_rows_scalar(lay, dy, x, m, nb * 8, out);
+    }
+    Ok(())
 }
 
 #[allow(dead_code)]

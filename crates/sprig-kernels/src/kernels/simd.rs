@@ -17,8 +17,18 @@ pub(crate) trait Simd {
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
-    /// `base[idx[l]]` for the 8 lanes.
-    unsafe fn gather(base: *const f32, idx: &[i32; 8]) -> Self::V;
+    /// In-place 8x8 transpose: afterwards `r[j][i]` is the old `r[i][j]`.
+    unsafe fn transpose8(r: &mut [Self::V; 8]);
+    /// 8 lane indices (`i32`), the control of [`Simd::perm4`] / [`Simd::perm8`].
+    type I: Copy;
+    /// Widens 8 bytes at `p` to 8 lane indices.
+    unsafe fn load_idx_u8(p: *const u8) -> Self::I;
+    /// The 4 floats at `p` repeated in both halves (`vbroadcastf128`).
+    unsafe fn bcast4(p: *const f32) -> Self::V;
+    /// Lane `l` = `v[(l & !3) + (idx[l] & 3)]` (`vpermilps`, within 128-bit halves).
+    unsafe fn perm4(v: Self::V, idx: Self::I) -> Self::V;
+    /// Lane `l` = `v[idx[l] & 7]` (`vpermps`).
+    unsafe fn perm8(v: Self::V, idx: Self::I) -> Self::V;
 }
 
 /// Plain arrays; the compiler vectorises them.
@@ -63,10 +73,38 @@ impl Simd for Portable {
         ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
     }
     #[inline(always)]
-    unsafe fn gather(base: *const f32, idx: &[i32; 8]) -> Self::V {
+    unsafe fn transpose8(r: &mut [Self::V; 8]) {
+        let o = *r;
+        for i in 0..8 {
+            for j in 0..8 {
+                r[j][i] = o[i][j];
+            }
+        }
+    }
+    type I = [i32; 8];
+    #[inline(always)]
+    unsafe fn load_idx_u8(p: *const u8) -> Self::I {
+        let b = unsafe { (p as *const [u8; 8]).read_unaligned() };
+        b.map(|x| x as i32)
+    }
+    #[inline(always)]
+    unsafe fn bcast4(p: *const f32) -> Self::V {
+        let a = unsafe { (p as *const [f32; 4]).read_unaligned() };
+        [a[0], a[1], a[2], a[3], a[0], a[1], a[2], a[3]]
+    }
+    #[inline(always)]
+    unsafe fn perm4(v: Self::V, idx: Self::I) -> Self::V {
         let mut r = [0.0; 8];
         for l in 0..8 {
-            r[l] = unsafe { *base.add(idx[l] as usize) };
+            r[l] = v[(l & !3) + (idx[l] & 3) as usize];
+        }
+        r
+    }
+    #[inline(always)]
+    unsafe fn perm8(v: Self::V, idx: Self::I) -> Self::V {
+        let mut r = [0.0; 8];
+        for l in 0..8 {
+            r[l] = v[(idx[l] & 7) as usize];
         }
         r
     }
@@ -122,11 +160,50 @@ mod x86 {
             }
         }
         #[inline(always)]
-        unsafe fn gather(base: *const f32, idx: &[i32; 8]) -> Self::V {
+        unsafe fn transpose8(r: &mut [Self::V; 8]) {
             unsafe {
-                let i = _mm256_loadu_si256(idx.as_ptr() as *const __m256i);
-                _mm256_i32gather_ps::<4>(base, i)
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                r[0] = _mm256_permute2f128_ps::<0x20>(u0, u4);
+                r[1] = _mm256_permute2f128_ps::<0x20>(u1, u5);
+                r[2] = _mm256_permute2f128_ps::<0x20>(u2, u6);
+                r[3] = _mm256_permute2f128_ps::<0x20>(u3, u7);
+                r[4] = _mm256_permute2f128_ps::<0x31>(u0, u4);
+                r[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
+                r[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
+                r[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
             }
+        }
+        type I = __m256i;
+        #[inline(always)]
+        unsafe fn load_idx_u8(p: *const u8) -> Self::I {
+            unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)) }
+        }
+        #[inline(always)]
+        unsafe fn bcast4(p: *const f32) -> Self::V {
+            unsafe { _mm256_broadcast_ps(&*(p as *const __m128)) }
+        }
+        #[inline(always)]
+        unsafe fn perm4(v: Self::V, idx: Self::I) -> Self::V {
+            unsafe { _mm256_permutevar_ps(v, idx) }
+        }
+        #[inline(always)]
+        unsafe fn perm8(v: Self::V, idx: Self::I) -> Self::V {
+            unsafe { _mm256_permutevar8x32_ps(v, idx) }
         }
     }
 }

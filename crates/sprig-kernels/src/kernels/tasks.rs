@@ -5,10 +5,23 @@
 //! `X[m0..m0+pw, k]`. A stored weight `w = W[n, k]` then contributes `w · panel[k]` to the `pw`
 //! outputs `Y[m0.., n]`: one broadcast and `V` FMAs, accumulated in registers across the whole
 //! sparse row. Blocks of `R` output rows (BSR 4x1, 8x1, ...) reuse each panel load `R` times.
+//!
+//! Why this layout and how Y is written: the kernel naturally produces a tile of Yᵀ (output row
+//! `n` x `pw` batch rows); Y is `[M, N]` row-major. Writing the tile element by element (stride
+//! `N`) was ~55% of the forward at M=512. Now each 8x8 square of the tile is transposed in
+//! registers and stored as 8 contiguous 8-float pieces of Y rows, lane blocks outer so every Y row
+//! is written front to back ([`flush`]); packing X uses the same 8x8 transposes ([`pack_panel`]).
+//! Alternatives measured and rejected on this Zen 3 (single-thread CPU time, K=384 N=1536
+//! M=512, 90%): K-blocking the panel into 16 KiB L1 pieces (10-20% slower: ~6 weights per row per
+//! block do not amortise the tile reload and the loop-exit mispredict); panel widths 16/32/64
+//! (within noise of each other). The activation-stationary alternative (lanes over output rows,
+//! Y written directly) needs a gather per FMA for unstructured rows; it is used for N:M instead,
+//! where the gather becomes an in-register permute ([`super::nm`]).
 use super::simd::Simd;
 use crate::formats::{BlockPattern, Idx};
 
-/// One sparse row (CSR) against one panel: `tile[0..pw] = Σ_t vals[t] · panel[cols[t]]`.
+/// One sparse row (CSR) against one panel: `tile[0..pw] = Σ_t vals[t] · panel[cols[t]]`
+/// (`+=` unless `first`).
 /// `U` independent accumulator sets hide FMA latency when `V` is small.
 #[inline(always)]
 pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
@@ -17,10 +30,16 @@ pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
     xp: *const f32,
     pw: usize,
     tile: *mut f32,
+    first: bool,
 ) {
     unsafe {
         let z = S::zero();
         let mut acc = [[z; V]; U];
+        if !first {
+            for v in 0..V {
+                acc[0][v] = S::load(tile.add(8 * v));
+            }
+        }
         let n = cols.len();
         let mut t = 0;
         while t + U <= n {
@@ -119,29 +138,81 @@ pub(crate) enum Plan {
     Block { r: usize, v: usize },
 }
 
-/// Writes the chunk buffer (`rows x pw`, row `i` = output row `row0 + i`) into Y, adding the
-/// bias. Stores run along Y's rows (contiguous), not down its columns: a strided scatter of single
-/// floats (stride N) was a third of the forward's time.
+/// Writes the chunk buffer (`rows x pw`, row `i` = output row `row0 + i`, i.e. a tile of Yᵀ)
+/// into Y (`[m, n_out]`), adding the bias. Each 8 rows x 8 lanes square is transposed in registers
+/// ([`Simd::transpose8`]) and written as 8 contiguous 8-float stores, so every Y element is written
+/// once, by a vector store. (Before: element-by-element copies, ~55% of the forward at M=512.)
 #[inline(always)]
-unsafe fn flush(job: &PanelJob<'_, impl Idx>, buf: &[f32], row0: usize, rows: usize) {
+unsafe fn flush<S: Simd>(job: &PanelJob<'_, impl Idx>, buf: &[f32], row0: usize, rows: usize) {
     let n_out = job.p.rows;
-    for l in 0..job.lanes {
-        let dst = unsafe { std::slice::from_raw_parts_mut(job.y.add((job.m0 + l) * n_out + row0), rows) };
-        match job.bias {
-            Some(b) => {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = buf[i * job.pw + l] + b[row0 + i];
+    let (pw, lanes) = (job.pw, job.lanes);
+    let bias = |i: usize| job.bias.map_or(0.0, |b| b[i]);
+    let rows8 = rows / 8 * 8;
+    let lanes8 = lanes / 8 * 8;
+    unsafe {
+        // Lane blocks outer, row groups inner: 8 Y rows are each written front to back, so the
+        // stores form 8 sequential streams the prefetcher follows (row groups outer made 64
+        // interleaved half-line streams whose read-for-ownership misses dominated the flush).
+        for l0 in (0..lanes8).step_by(8) {
+            for i0 in (0..rows8).step_by(8) {
+                let bv = match job.bias {
+                    Some(b) => S::load(b.as_ptr().add(row0 + i0)),
+                    None => S::zero(),
+                };
+                let mut r = [S::zero(); 8];
+                for (i, rv) in r.iter_mut().enumerate() {
+                    *rv = S::load(buf.as_ptr().add((i0 + i) * pw + l0));
+                }
+                S::transpose8(&mut r);
+                for (j, rv) in r.iter().enumerate() {
+                    S::store(job.y.add((job.m0 + l0 + j) * n_out + row0 + i0), S::add(*rv, bv));
                 }
             }
-            None => {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = buf[i * job.pw + l];
-                }
+        }
+        // Ragged edges: the last lanes of a partial panel, the last rows of a chunk.
+        for l in 0..lanes {
+            let (i_from, i_to) = if l < lanes8 { (rows8, rows) } else { (0, rows) };
+            let dst = job.y.add((job.m0 + l) * n_out + row0);
+            for i in i_from..i_to {
+                *dst.add(i) = buf[i * pw + l] + bias(row0 + i);
             }
         }
     }
 }
 
+/// Packs rows `m0..m0+lanes` of row-major `src [m, k]` into one panel `pan [k, pw]`
+/// (`pan[kk*pw + l] = src[(m0+l)*k + kk]`), zero-padded past `lanes`, with 8x8 register transposes.
+#[inline(always)]
+pub(crate) unsafe fn pack_panel<S: Simd>(src: &[f32], k: usize, m0: usize, lanes: usize, pw: usize, pan: &mut [f32]) {
+    let lanes8 = lanes / 8 * 8;
+    let k8 = k / 8 * 8;
+    unsafe {
+        for l0 in (0..lanes8).step_by(8) {
+            for kk0 in (0..k8).step_by(8) {
+                let mut r = [S::zero(); 8];
+                for (j, rv) in r.iter_mut().enumerate() {
+                    *rv = S::load(src.as_ptr().add((m0 + l0 + j) * k + kk0));
+                }
+                S::transpose8(&mut r);
+                for (i, rv) in r.iter().enumerate() {
+                    S::store(pan.as_mut_ptr().add((kk0 + i) * pw + l0), *rv);
+                }
+            }
+        }
+    }
+    for kk in 0..k {
+        let (l_from, l_to) = if kk < k8 { (lanes8, lanes) } else { (0, lanes) };
+        for l in l_from..l_to {
+            pan[kk * pw + l] = src[(m0 + l) * k + kk];
+        }
+        pan[kk * pw + lanes..kk * pw + pw].fill(0.0);
+    }
+}
+
+/// CSR rows `br0..br1` against one panel. (Tried: K blocks of 16 KiB of panel so the X rows
+/// come from L1 with partial sums in the tile; 10-20% slower at 90% sparsity, K=384, because a
+/// row then has only ~6 weights per block and each block costs a tile load/store and a
+/// mispredicted loop exit.)
 macro_rules! csr_v {
     ($S:ty, $job:expr, $tile:expr, $V:literal, $U:literal) => {{
         let job = $job;
@@ -155,6 +226,7 @@ macro_rules! csr_v {
                     job.xp,
                     job.pw,
                     $tile.as_mut_ptr().add((br - job.br0) * job.pw),
+                    true,
                 );
             }
         }
@@ -186,11 +258,20 @@ macro_rules! block_rv {
     }};
 }
 
+thread_local! {
+    /// Per-thread tile buffer of the forward (reused across calls; every element read is written
+    /// by the kernel first).
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One forward task: block rows `br0..br1` against one panel.
 #[inline(always)]
 pub(crate) unsafe fn panel_task<S: Simd, I: Idx>(job: &PanelJob<'_, I>, plan: Plan) {
     let rows = (job.br1 - job.br0) * job.p.r;
-    let mut tile = vec![0f32; rows * job.pw];
+    // Taken out of the thread-local (not used inside a closure, which would not inherit the
+    // caller's `#[target_feature]`s and would leave the intrinsics un-inlined).
+    let mut tile = TILE.take();
+    tile.resize(rows * job.pw, 0.0);
     match plan {
         Plan::Csr { v: 8 } => csr_v!(S, job, tile, 8, 1),
         Plan::Csr { v: 4 } => csr_v!(S, job, tile, 4, 2),
@@ -206,7 +287,8 @@ pub(crate) unsafe fn panel_task<S: Simd, I: Idx>(job: &PanelJob<'_, I>, plan: Pl
         Plan::Block { v: 2, .. } => block_rv!(S, job, tile, 1, 2),
         Plan::Block { .. } => block_rv!(S, job, tile, 1, 1),
     }
-    unsafe { flush(job, &tile, job.br0 * job.p.r, rows) };
+    unsafe { flush::<S>(job, &tile, job.br0 * job.p.r, rows) };
+    TILE.set(tile);
 }
 
 /// Small batches (M < 4): for each output row and each activation row, a gathered dot product
@@ -234,22 +316,20 @@ pub(crate) unsafe fn small_m_task<S: Simd, I: Idx>(
                 let n = cols.len();
                 let mut t = 0;
                 let mut acc = 0f32;
+                // Four independent scalar chains. (AVX2 gathers, indices widened as vectors:
+                // 25% slower on Zen 3, whose vgatherdps delivers about one element per cycle.)
                 unsafe {
-                    let (mut a0, mut a1) = (S::zero(), S::zero());
-                    let mut idx = [[0i32; 8]; 2];
-                    while t + 16 <= n {
-                        for h in 0..2 {
-                            for l in 0..8 {
-                                idx[h][l] = cols.get_unchecked(t + 8 * h + l).get() as i32;
-                            }
-                        }
-                        let g0 = S::gather(xrow.as_ptr(), &idx[0]);
-                        let g1 = S::gather(xrow.as_ptr(), &idx[1]);
-                        a0 = S::fma(S::load(w.as_ptr().add(t)), g0, a0);
-                        a1 = S::fma(S::load(w.as_ptr().add(t + 8)), g1, a1);
-                        t += 16;
+                    let (mut s0, mut s1, mut s2, mut s3) = (0f32, 0f32, 0f32, 0f32);
+                    let xp = xrow.as_ptr();
+                    let wp = w.as_ptr();
+                    while t + 4 <= n {
+                        s0 += *wp.add(t) * *xp.add(cols.get_unchecked(t).get());
+                        s1 += *wp.add(t + 1) * *xp.add(cols.get_unchecked(t + 1).get());
+                        s2 += *wp.add(t + 2) * *xp.add(cols.get_unchecked(t + 2).get());
+                        s3 += *wp.add(t + 3) * *xp.add(cols.get_unchecked(t + 3).get());
+                        t += 4;
                     }
-                    acc += S::hsum(S::add(a0, a1));
+                    acc += (s0 + s1) + (s2 + s3);
                 }
                 while t < n {
                     acc += w[t] * xrow[cols[t].get()];
@@ -297,8 +377,36 @@ unsafe fn dot<S: Simd>(a: *const f32, b: *const f32, len: usize) -> f32 {
     }
 }
 
+/// Eight SDDMM dot products sharing one row of dY: `acc[q] = Σ_l dr[l]·X_panel[cols[q]][l]`,
+/// reduced with one 8x8 transpose; the 8 sums are added to `out[oi[q]]`. One dY load serves 8
+/// FMAs, so the loop issues 9 loads per 8 FMAs instead of 2 per FMA.
+#[inline(always)]
+unsafe fn dot8<S: Simd>(dr: *const f32, xpan: *const f32, pw: usize, cols: &[usize; 8], oi: &[usize; 8], out: &mut [f32]) {
+    unsafe {
+        let mut acc = [S::zero(); 8];
+        let xr: [*const f32; 8] = std::array::from_fn(|q| xpan.add(cols[q] * pw));
+        for v in (0..pw).step_by(8) {
+            let d = S::load(dr.add(v));
+            for q in 0..8 {
+                acc[q] = S::fma(d, S::load(xr[q].add(v)), acc[q]);
+            }
+        }
+        S::transpose8(&mut acc);
+        let s = S::add(
+            S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])),
+            S::add(S::add(acc[4], acc[5]), S::add(acc[6], acc[7])),
+        );
+        let mut t = [0f32; 8];
+        S::store(t.as_mut_ptr(), s);
+        for q in 0..8 {
+            *out.get_unchecked_mut(oi[q]) += t[q];
+        }
+    }
+}
+
 /// SDDMM for block rows `br0..br1` over all panels: `out` holds the values of blocks
 /// `row_ptr[br0]..row_ptr[br1]`. `dyp` / `xp` are dY / X packed into `np` panels of width `pw`.
+/// Stored positions of one weight row are taken 8 at a time ([`dot8`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sddmm_task<S: Simd, I: Idx>(
@@ -315,18 +423,30 @@ pub(crate) unsafe fn sddmm_task<S: Simd, I: Idx>(
     let rc = r * c;
     let b0 = p.row_ptr[br0];
     out.fill(0.0);
+    let mut cols = [0usize; 8];
+    let mut oi = [0usize; 8];
     for pi in 0..np {
         let dpan = unsafe { dyp.as_ptr().add(pi * n_out * pw) };
         let xpan = unsafe { xp.as_ptr().add(pi * k * pw) };
         for br in br0..br1 {
-            for b in p.row_ptr[br]..p.row_ptr[br + 1] {
-                let k0 = p.col[b].get();
-                for i in 0..r {
-                    let dr = unsafe { dpan.add((br * r + i) * pw) };
+            for i in 0..r {
+                let dr = unsafe { dpan.add((br * r + i) * pw) };
+                let mut q = 0;
+                for b in p.row_ptr[br]..p.row_ptr[br + 1] {
+                    let k0 = p.col[b].get();
                     for j in 0..c {
-                        let xr = unsafe { xpan.add((k0 + j) * pw) };
-                        out[(b - b0) * rc + i * c + j] += unsafe { dot::<S>(dr, xr, pw) };
+                        cols[q] = k0 + j;
+                        oi[q] = (b - b0) * rc + i * c + j;
+                        q += 1;
+                        if q == 8 {
+                            unsafe { dot8::<S>(dr, xpan, pw, &cols, &oi, out) };
+                            q = 0;
+                        }
                     }
+                }
+                for t in 0..q {
+                    let xr = unsafe { xpan.add(cols[t] * pw) };
+                    out[oi[t]] += unsafe { dot::<S>(dr, xr, pw) };
                 }
             }
         }
