@@ -68,7 +68,7 @@ fn bad_arguments_get_clear_errors() {
 fn dst_smoke_writes_summary_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rigl");
-    let args = ["dst", "--method", "rigl", "--sparsity", "0.9", "--model", "lenet300", "--dataset", "fashion-mnist", "--seeds", "2", "--epochs", "1", "--batch-size", "64", "--max-train", "640", "--delta-t", "3"];
+    let args = ["dst", "--method", "rigl", "--sparsity", "0.9", "--model", "lenet300", "--dataset", "fashion-mnist", "--seeds", "2", "--epochs", "1", "--batch-size", "64", "--max-train", "1920", "--delta-t", "5", "--lr", "3e-3"];
     let stdout = run_ok(sprig().args(args).arg("--out").arg(&out));
     assert!(stdout.contains("Rigl"), "{stdout}");
     let s = json(&out.join("summary.json"));
