@@ -32,6 +32,12 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Prune at init (magnitude, random, SNIP, GraSP, SynFlow), then train: a table.
     PruneAtInit(cmd::prune_at_init::Args),
+    /// Dynamic sparse training (static, SET, RigL, GraNet; dense and GMP baselines), sparse compute.
+    Dst(cmd::dst::Args),
+    /// Table and plot of a directory of `sprig dst` runs.
+    DstReport(cmd::dst::ReportArgs),
+    /// Wall-clock of dense vs sparse training, same epochs and batch size, medians of repeats.
+    DstTiming(cmd::dst::TimingArgs),
 }
 
 fn main() {
@@ -49,6 +55,9 @@ fn main() {
         Command::Lottery(a) => cmd::lottery::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::PruneAtInit(a) => cmd::prune_at_init::run(a),
+        Command::Dst(a) => cmd::dst::run(a),
+        Command::DstReport(a) => cmd::dst::report(a),
+        Command::DstTiming(a) => cmd::dst::timing(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

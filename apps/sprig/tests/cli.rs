@@ -63,3 +63,30 @@ fn bad_arguments_get_clear_errors() {
     let e = run_err(sprig().arg("finetune").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("w")));
     assert!(e.contains("bad.toml") && e.contains("bogus_field"), "{e}");
 }
+
+#[test]
+fn dst_smoke_writes_summary_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rigl");
+    let args = ["dst", "--method", "rigl", "--sparsity", "0.9", "--model", "lenet300", "--dataset", "fashion-mnist", "--seeds", "2", "--epochs", "1", "--batch-size", "64", "--max-train", "1920", "--delta-t", "5", "--lr", "3e-3"];
+    let stdout = run_ok(sprig().args(args).arg("--out").arg(&out));
+    assert!(stdout.contains("Rigl"), "{stdout}");
+    let s = json(&out.join("summary.json"));
+    for k in ["test_acc_mean", "test_acc_std", "itop_rate", "train_seconds", "final_sparsity"] {
+        assert!(s[k].is_number(), "summary lacks {k}: {s}");
+    }
+    assert!((s["final_sparsity"].as_f64().unwrap() - 0.9).abs() < 2e-3, "{s}");
+    assert!(s["itop_rate"].as_f64().unwrap() > 0.1 + 1e-3, "RigL explored nothing: {s}");
+    assert!(s["test_acc_mean"].as_f64().unwrap() > 0.2, "{s}"); // chance is 0.1
+    assert_eq!(s["runs"].as_array().unwrap().len(), 2);
+    // A rerun resumes from the per-seed results and reproduces the summary.
+    run_ok(sprig().args(args).arg("--out").arg(&out));
+    assert_eq!(json(&out.join("summary.json"))["test_acc_mean"], s["test_acc_mean"]);
+    // A different experiment in the same directory is refused; bad names are named.
+    let e = run_err(sprig().args(["dst", "--method", "set", "--max-train", "64", "--out"]).arg(&out));
+    assert!(e.contains("different experiment"), "{e}");
+    let e = run_err(sprig().args(["dst", "--method", "magic", "--out"]).arg(dir.path().join("x")));
+    assert!(e.contains("magic") && e.contains("rigl"), "{e}");
+    let e = run_err(sprig().args(["dst", "--method", "rigl", "--sparsity", "1.5", "--max-train", "64", "--out"]).arg(dir.path().join("y")));
+    assert!(e.contains("1.5"), "{e}");
+}

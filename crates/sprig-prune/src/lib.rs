@@ -10,6 +10,7 @@
 pub mod allocation;
 pub mod checkpoint;
 pub mod criteria;
+pub mod dst;
 pub mod error;
 pub mod granularity;
 pub mod mask;

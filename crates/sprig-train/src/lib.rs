@@ -7,6 +7,8 @@ pub mod sgd;
 pub mod vision;
 pub mod lottery;
 pub mod pai;
+pub mod dst;
+pub mod dst_run;
 
 pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, Optimizer};
 pub use run::{progress_bar, write_atomic, write_json, MetricsLog};

@@ -20,6 +20,33 @@ pub trait Optimizer {
     fn set_mask(&mut self, name: &str, keep: Option<&[bool]>) -> Result<()>;
     /// Forget all optimizer state (moments), e.g. after rewinding.
     fn reset_state(&mut self);
+    /// Replace parameter `name` by `var`, which may have another length (a sparse layer's stored
+    /// values after a dynamic-sparse-training mask update), carrying the state over by position:
+    /// new entry `i` takes old entry `from[i]`, or fresh zero state where `None` (grown weights).
+    /// The parameter's keep-mask is removed (every stored value is active).
+    fn remap_param(&mut self, name: &str, var: Var, from: &[Option<usize>]) -> Result<()>;
+}
+
+/// `old` carried to a new length by position (see [`Optimizer::remap_param`]).
+pub(crate) fn remap_state(name: &str, old: &[f32], from: &[Option<usize>]) -> Result<Vec<f32>> {
+    from.iter()
+        .map(|f| match f {
+            None => Ok(0.0),
+            Some(j) => old.get(*j).copied().ok_or_else(|| {
+                candle_core::Error::Msg(format!("remap of {name:?}: source position {j} is past its {} entries", old.len()))
+            }),
+        })
+        .collect()
+}
+
+pub(crate) fn check_remap(name: &str, var: &Var, from: &[Option<usize>]) -> Result<()> {
+    if var.elem_count() != from.len() {
+        candle_core::bail!("remap of {name:?}: {} positions for a parameter of {} entries", from.len(), var.elem_count());
+    }
+    if var.dtype() != candle_core::DType::F32 {
+        candle_core::bail!("remap of {name:?}: parameter is {:?}, only f32 is supported", var.dtype());
+    }
+    Ok(())
 }
 
 /// Hyper-parameters of AdamW (Loshchilov & Hutter 2019, Algorithm 2: decoupled weight decay).
@@ -264,6 +291,16 @@ impl Optimizer for AdamW {
         install_mask(name, &p.var, &mut p.keep, &mut [&mut p.m, &mut p.v], keep)
     }
 
+    fn remap_param(&mut self, name: &str, var: Var, from: &[Option<usize>]) -> Result<()> {
+        check_remap(name, &var, from)?;
+        let p = find_param(&mut self.params, name, |p| &p.name)?;
+        p.m = remap_state(name, &p.m, from)?;
+        p.v = remap_state(name, &p.v, from)?;
+        p.var = var;
+        p.keep = None;
+        Ok(())
+    }
+
     fn reset_state(&mut self) {
         self.t = 0;
         for p in self.params.iter_mut() {
@@ -361,6 +398,29 @@ mod tests {
         assert!(opt.params[0].m.iter().zip(&keep).all(|(m, &k)| k || *m == 0.0));
         assert!(opt.set_mask("nope", Some(&keep)).is_err());
         assert!(opt.set_mask("w", Some(&keep[..5])).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn remap_carries_state_by_position_and_zeroes_new_entries() -> Result<()> {
+        let dev = Device::Cpu;
+        let var = Var::from_tensor(&Tensor::new(&[1f32, 2.0, 3.0], &dev)?)?;
+        let mut opt = AdamW::new(vec![("v".into(), var.clone())], AdamWConfig::default())?;
+        let grads = var.as_tensor().sqr()?.sum_all()?.backward()?;
+        opt.step(&grads)?;
+        let (m0, v0) = (opt.params[0].m.clone(), opt.params[0].v.clone());
+        assert!(m0.iter().all(|&x| x != 0.0));
+        // New layout: old entry 2, a grown entry, old entry 0, another grown one.
+        let new = Var::from_tensor(&Tensor::new(&[3f32, 0.0, 1.0, 0.0], &dev)?)?;
+        opt.remap_param("v", new.clone(), &[Some(2), None, Some(0), None])?;
+        assert_eq!(opt.params[0].m, vec![m0[2], 0.0, m0[0], 0.0]);
+        assert_eq!(opt.params[0].v, vec![v0[2], 0.0, v0[0], 0.0]);
+        // The optimizer now updates the new Var.
+        let g = new.as_tensor().sum_all()?.backward()?;
+        opt.step(&g)?;
+        assert!(new.as_tensor().to_vec1::<f32>()?[1] != 0.0);
+        assert!(opt.remap_param("v", new.clone(), &[Some(9), None, None, None]).is_err());
+        assert!(opt.remap_param("v", new, &[None]).is_err());
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Var};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
-use crate::optim::{contiguous_f32, contiguous_f32_mut, find_param, install_mask, Optimizer};
+use crate::optim::{check_remap, contiguous_f32, contiguous_f32_mut, find_param, install_mask, remap_state, Optimizer};
 
 /// Hyper-parameters of SGD as PyTorch defines it (Sutskever et al. 2013 momentum; dampening 0):
 /// g ← g + λw; b ← μb + g; g ← g + μb (Nesterov) or b; w ← w − ηg.
@@ -124,6 +124,14 @@ impl Optimizer for Sgd {
     }
     fn reset_state(&mut self) {
         self.params.iter_mut().for_each(|p| p.buf.iter_mut().for_each(|b| *b = 0.0));
+    }
+    fn remap_param(&mut self, name: &str, var: Var, from: &[Option<usize>]) -> Result<()> {
+        check_remap(name, &var, from)?;
+        let p = find_param(&mut self.params, name, |p| &p.name)?;
+        p.buf = remap_state(name, &p.buf, from)?;
+        p.var = var;
+        p.keep = None;
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod bench_kernels;
 pub mod bench_train_step;
 pub mod demo;
+pub mod dst;
 pub mod eval;
 pub mod finetune;
 pub mod inspect;

@@ -1,0 +1,491 @@
+//! Dynamic sparse training with truly sparse compute: the model and one training run.
+//!
+//! Between mask updates every sparse layer is a compiled CSR pattern from `sprig-kernels` whose
+//! stored values are the trainable [`Var`]: the forward is an SpMM, the input gradient a transposed
+//! SpMM and the weight gradient an SDDMM at the kept positions only (no dense `W`, no dense `dW`).
+//! At a mask update (every ΔT steps, rules in [`sprig_prune::dst`]) the dense weights are
+//! materialised, RigL/GraNet compute one dense gradient with a masked-dense forward/backward on the
+//! current batch, the mask changes, the pattern is recompiled and the optimizer state is carried
+//! over by position ([`Optimizer::remap_param`]): kept weights keep their Adam moments, grown
+//! weights start at 0 with zero state.
+//!
+//! Dense and GMP (Zhu & Gupta 2017, prune from dense) runs use dense weights (masked for GMP).
+//! For the `conv` model (LeNet-5) only the three linear layers are sparse; the two small conv layers
+//! (2,550 weights of 44k) stay dense, and reported sparsity is over the linear layers.
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use sprig_data::ImageSplit;
+use sprig_kernels::candle::sparse_matmul;
+use sprig_kernels::{Bitmask, Csr, SparseMatrix};
+use sprig_prune::dst::{drop_and_grow, granet_update, kept_counts, magnitude_prune_to, random_masks, Grow, ItopTracker, UpdateSchedule};
+use sprig_prune::{Allocation, Mask, MaskSet, Schedule};
+
+use crate::optim::{AdamW, AdamWConfig, Optimizer};
+use crate::vision::batch_tensor;
+
+/// Models for DST experiments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DstArch {
+    /// LeNet-300-100 (784-300-100-10).
+    Lenet300,
+    /// A wide MLP, 784-1024-1024-10 (for the wall-clock comparison).
+    MlpWide,
+    /// LeNet-5 with dense convs and sparse 400-120-84-10 linears.
+    Conv,
+}
+
+impl std::str::FromStr for DstArch {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lenet300" => Ok(Self::Lenet300),
+            "mlp-wide" => Ok(Self::MlpWide),
+            "conv" | "lenet5" => Ok(Self::Conv),
+            _ => bail!("unknown model {s:?}: expected lenet300, mlp-wide or conv"),
+        }
+    }
+}
+
+/// Training methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Dense,
+    Static,
+    Set,
+    Rigl,
+    Granet,
+    /// Gradual magnitude pruning from dense (Zhu & Gupta 2017), masked dense compute.
+    Gmp,
+}
+
+impl std::str::FromStr for Method {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "dense" => Self::Dense,
+            "static" => Self::Static,
+            "set" => Self::Set,
+            "rigl" => Self::Rigl,
+            "granet" => Self::Granet,
+            "gmp" => Self::Gmp,
+            _ => bail!("unknown method {s:?}: expected dense, static, set, rigl, granet or gmp"),
+        })
+    }
+}
+
+/// One DST run's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DstConfig {
+    pub arch: DstArch,
+    pub method: Method,
+    /// Target sparsity over the sparse (linear) layers, ERK-allocated.
+    pub sparsity: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Adam learning rate (constant, no weight decay).
+    pub lr: f64,
+    /// ΔT: steps between mask updates.
+    pub delta_t: usize,
+    /// α: initial drop fraction (cosine-decayed).
+    pub alpha: f64,
+    /// Updates (and GMP/GraNet pruning) stop at this fraction of training (RigL: 0.75).
+    pub end_fraction: f64,
+    /// GraNet's starting sparsity (denser than the target).
+    pub granet_initial: f64,
+}
+
+impl DstConfig {
+    /// Checks every value before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        sprig_prune::error::check_sparsity(self.sparsity).with_context(|| format!("--sparsity {}", self.sparsity))?;
+        sprig_prune::error::check_sparsity(self.granet_initial).with_context(|| format!("--granet-initial {}", self.granet_initial))?;
+        ensure!(self.epochs > 0 && self.batch_size > 0, "epochs ({}) and batch size ({}) must be >= 1", self.epochs, self.batch_size);
+        ensure!(self.lr > 0.0 && self.lr.is_finite(), "learning rate {} must be positive", self.lr);
+        ensure!(self.end_fraction > 0.0 && self.end_fraction <= 1.0, "end fraction {} must be in (0, 1]", self.end_fraction);
+        UpdateSchedule { delta_t: self.delta_t, t_end: 1, alpha: self.alpha }.validate()?;
+        Ok(())
+    }
+}
+
+/// A linear layer: dense weight or compiled sparse pattern + stored values; `mask` is the keep-mask.
+pub struct Fc {
+    pub name: String,
+    pub n: usize,
+    pub k: usize,
+    pub mask: Mask,
+    pub weight: FcWeight,
+    pub bias: Var,
+}
+
+/// How a linear layer's weight is held.
+pub enum FcWeight {
+    /// Dense `[n, k]` (dense and GMP runs; GMP's mask is enforced by the optimizer).
+    Dense(Var),
+    /// CSR pattern and its stored values `[nnz]`.
+    Sparse { pattern: Arc<dyn SparseMatrix>, values: Var },
+}
+
+impl Fc {
+    /// Dense `[n, k]` weights (zeros off the pattern).
+    pub fn dense_weight(&self) -> Result<Vec<f32>> {
+        match &self.weight {
+            FcWeight::Dense(w) => Ok(w.as_tensor().flatten_all()?.to_vec1()?),
+            FcWeight::Sparse { pattern, values } => Ok(pattern.to_dense_with(&values.as_tensor().to_vec1::<f32>()?)?),
+        }
+    }
+    fn param_name(&self) -> String {
+        match self.weight {
+            FcWeight::Dense(_) => format!("{}.weight", self.name),
+            FcWeight::Sparse { .. } => format!("{}.values", self.name),
+        }
+    }
+}
+
+/// The model: optional dense convs, then linear layers.
+pub struct DstModel {
+    pub arch: DstArch,
+    pub conv: Vec<(Var, Var)>,
+    pub fcs: Vec<Fc>,
+    pub height: usize,
+    pub width: usize,
+}
+
+fn uniform(rng: &mut ChaCha8Rng, n: usize, fan_in: usize) -> Vec<f32> {
+    let b = 1.0 / (fan_in as f32).sqrt();
+    (0..n).map(|_| rng.random_range(-b..b)).collect()
+}
+
+impl DstModel {
+    /// Linear shapes `(name, [out, in])`.
+    pub fn fc_shapes(arch: DstArch, height: usize, width: usize, classes: usize) -> Vec<(String, Vec<usize>)> {
+        let dims = match arch {
+            DstArch::Lenet300 => vec![height * width, 300, 100, classes],
+            DstArch::MlpWide => vec![height * width, 1024, 1024, classes],
+            DstArch::Conv => vec![16 * ((height / 2 - 4) / 2) * ((width / 2 - 4) / 2), 120, 84, classes],
+        };
+        dims.windows(2).enumerate().map(|(i, w)| (format!("fc{}.weight", i + 1), vec![w[1], w[0]])).collect()
+    }
+
+    /// PyTorch-default uniform init (seeded ChaCha8) masked by `masks` (`None`: dense); sparse
+    /// layers are compiled to CSR when `sparse` is set.
+    pub fn new(arch: DstArch, height: usize, width: usize, classes: usize, seed: u64, masks: Option<&MaskSet>, sparse: bool, dev: &Device) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut conv = Vec::new();
+        if arch == DstArch::Conv {
+            for (o, i) in [(6usize, 1usize), (16, 6)] {
+                let w = uniform(&mut rng, o * i * 25, i * 25);
+                let b = uniform(&mut rng, o, i * 25);
+                conv.push((Var::from_vec(w, (o, i, 5, 5), dev)?, Var::from_vec(b, o, dev)?));
+            }
+        }
+        let mut fcs = Vec::new();
+        for (name, shape) in Self::fc_shapes(arch, height, width, classes) {
+            let (n, k) = (shape[0], shape[1]);
+            let mut w = uniform(&mut rng, n * k, k);
+            let b = uniform(&mut rng, n, k);
+            let mask = match masks {
+                Some(m) => m.get(&name).with_context(|| format!("no mask for {name}"))?.clone(),
+                None => Mask::ones(&shape),
+            };
+            w.iter_mut().enumerate().for_each(|(i, x)| if !mask.get(i) { *x = 0.0 });
+            let weight = if sparse { compile(&w, n, k, &mask, dev)?.0 } else { FcWeight::Dense(Var::from_vec(w, (n, k), dev)?) };
+            let base = name.trim_end_matches(".weight").to_string();
+            fcs.push(Fc { name: base, n, k, mask, weight, bias: Var::from_vec(b, n, dev)? });
+        }
+        Ok(Self { arch, conv, fcs, height, width })
+    }
+
+    /// `(name, Var)` of every trainable tensor.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let mut p = Vec::new();
+        for (i, (w, b)) in self.conv.iter().enumerate() {
+            p.push((format!("conv{}.weight", i + 1), w.clone()));
+            p.push((format!("conv{}.bias", i + 1), b.clone()));
+        }
+        for fc in &self.fcs {
+            let w = match &fc.weight {
+                FcWeight::Dense(w) => w.clone(),
+                FcWeight::Sparse { values, .. } => values.clone(),
+            };
+            p.push((fc.param_name(), w));
+            p.push((format!("{}.bias", fc.name), fc.bias.clone()));
+        }
+        p
+    }
+
+    /// Logits; with `dense_w`, the linear layers use these dense weights instead (RigL's gradient pass).
+    pub fn forward(&self, x: &Tensor, dense_w: Option<&[Var]>) -> candle_core::Result<Tensor> {
+        let mut h = x.clone();
+        if self.arch == DstArch::Conv {
+            let b = x.dim(0)?;
+            h = h.reshape((b, 1, self.height, self.width))?;
+            for (i, (w, bias)) in self.conv.iter().enumerate() {
+                let pad = if i == 0 { 2 } else { 0 };
+                h = h.conv2d(w, pad, 1, 1, 1)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.relu()?.max_pool2d(2)?;
+            }
+            h = h.flatten_from(1)?;
+        }
+        let last = self.fcs.len() - 1;
+        for (i, fc) in self.fcs.iter().enumerate() {
+            h = match (dense_w, &fc.weight) {
+                (Some(ws), _) => h.matmul(&ws[i].as_tensor().t()?)?,
+                (None, FcWeight::Dense(w)) => h.matmul(&w.as_tensor().t()?)?,
+                (None, FcWeight::Sparse { pattern, values }) => sparse_matmul(&h, values.as_tensor(), pattern)?,
+            };
+            h = h.broadcast_add(fc.bias.as_tensor())?;
+            if i < last {
+                h = h.relu()?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// Sparsity of the linear layers by their masks.
+    pub fn sparsity(&self) -> f64 {
+        let (kept, total) = self.fcs.iter().fold((0, 0), |(a, b), f| (a + f.mask.count_kept(), b + f.mask.len()));
+        1.0 - kept as f64 / total as f64
+    }
+
+    /// The linear layers' masks.
+    pub fn masks(&self) -> MaskSet {
+        let mut m = MaskSet::new();
+        for f in &self.fcs {
+            m.insert(format!("{}.weight", f.name), f.mask.clone());
+        }
+        m
+    }
+}
+
+/// Compiles `w [n, k]` (row-major) at `mask` to CSR; returns the layer weight and its values Var.
+fn compile(w: &[f32], n: usize, k: usize, mask: &Mask, dev: &Device) -> Result<(FcWeight, Var)> {
+    let bm = Bitmask::from_bools(n, k, &mask.to_bools())?;
+    let csr = Csr::from_dense(w, n, k, &bm)?;
+    let values = Var::from_slice(csr.values(), csr.nnz(), dev)?;
+    let pattern: Arc<dyn SparseMatrix> = Arc::new(csr);
+    Ok((FcWeight::Sparse { pattern, values: values.clone() }, values))
+}
+
+/// Installs `new` as `fc`'s mask: grown weights are 0, kept ones keep value and optimizer state
+/// (remapped by position), the CSR pattern is rebuilt.
+pub fn recompile(fc: &mut Fc, new: Mask, opt: &mut dyn Optimizer, dev: &Device) -> Result<()> {
+    let w = fc.dense_weight()?;
+    let mut dense = vec![0f32; w.len()];
+    let mut from = Vec::with_capacity(new.count_kept());
+    let mut rank = 0usize;
+    for i in 0..w.len() {
+        let (was, is) = (fc.mask.get(i), new.get(i));
+        if is {
+            from.push(was.then_some(rank));
+            if was {
+                dense[i] = w[i];
+            }
+        }
+        rank += was as usize;
+    }
+    let name = fc.param_name();
+    match fc.weight {
+        FcWeight::Sparse { .. } => {
+            let (weight, values) = compile(&dense, fc.n, fc.k, &new, dev)?;
+            opt.remap_param(&name, values, &from)?;
+            fc.weight = weight;
+        }
+        FcWeight::Dense(_) => opt.set_mask(&name, Some(&new.to_bools()))?,
+    }
+    fc.mask = new;
+    Ok(())
+}
+
+/// What one run produced.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    pub seed: u64,
+    pub test_acc: f64,
+    pub dev_acc: f64,
+    /// ITOP's R_s at the end of training.
+    pub itop_rate: f64,
+    pub train_seconds: f64,
+    /// Wall seconds of each epoch (training only).
+    pub epoch_seconds: Vec<f64>,
+    pub final_sparsity: f64,
+    pub steps: usize,
+    pub mask_updates: usize,
+    pub final_train_loss: f64,
+}
+
+/// Total optimizer steps of a config on `n` training examples.
+pub fn total_steps(cfg: &DstConfig, n: usize) -> usize {
+    cfg.epochs * n.div_ceil(cfg.batch_size)
+}
+
+/// The DST state machine around a model: schedules, tracker, optimizer.
+pub struct DstTrainer {
+    pub cfg: DstConfig,
+    pub model: DstModel,
+    pub opt: AdamW,
+    pub itop: ItopTracker,
+    updates: UpdateSchedule,
+    prune_sched: Schedule,
+    shapes: Vec<(String, Vec<usize>)>,
+    seed: u64,
+    pub mask_updates: usize,
+    dev: Device,
+}
+
+impl DstTrainer {
+    /// Builds the starting model: dense (dense, GMP), random ERK at the target (static, SET, RigL)
+    /// or at `granet_initial` (GraNet).
+    pub fn new(cfg: &DstConfig, height: usize, width: usize, classes: usize, n_train: usize, seed: u64, dev: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let total = total_steps(cfg, n_train);
+        let t_end = ((total as f64 * cfg.end_fraction) as usize).max(1);
+        let updates = UpdateSchedule { delta_t: cfg.delta_t, t_end, alpha: cfg.alpha };
+        updates.validate()?;
+        let last_update = (t_end - 1) / cfg.delta_t * cfg.delta_t;
+        let initial = match cfg.method {
+            Method::Granet => cfg.granet_initial,
+            _ => 0.0,
+        };
+        let prune_sched = Schedule::Gradual { initial, final_sparsity: cfg.sparsity, start: 0, end: last_update.max(1), frequency: cfg.delta_t };
+        if matches!(cfg.method, Method::Granet | Method::Gmp) {
+            ensure!(last_update > 0, "{:?} needs at least one mask update: ΔT = {} but updates stop at step {t_end}", cfg.method, cfg.delta_t);
+            ensure!(initial <= cfg.sparsity, "GraNet's initial sparsity {initial} is above the target {}", cfg.sparsity);
+            prune_sched.validate()?;
+        }
+        let shapes = DstModel::fc_shapes(cfg.arch, height, width, classes);
+        let start = match cfg.method {
+            Method::Dense | Method::Gmp => None,
+            Method::Granet => Some(random_masks(&shapes, initial, &Allocation::erk(), seed)?),
+            _ => Some(random_masks(&shapes, cfg.sparsity, &Allocation::erk(), seed)?),
+        };
+        let sparse = start.is_some();
+        let model = DstModel::new(cfg.arch, height, width, classes, seed, start.as_ref(), sparse, dev)?;
+        let opt = AdamW::new(model.params(), AdamWConfig { lr: cfg.lr, weight_decay: 0.0, ..Default::default() })?;
+        let itop = ItopTracker::new(&model.masks());
+        Ok(Self { cfg: cfg.clone(), model, opt, itop, updates, prune_sched, shapes, seed, mask_updates: 0, dev: dev.clone() })
+    }
+
+    /// One dense gradient of the loss w.r.t. every linear weight, with a masked-dense pass.
+    pub fn dense_grads(&self, x: &Tensor, y: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let ws: Vec<Var> = self.model.fcs.iter().map(|f| Ok(Var::from_vec(f.dense_weight()?, (f.n, f.k), &self.dev)?)).collect::<Result<_>>()?;
+        let loss = candle_nn::loss::cross_entropy(&self.model.forward(x, Some(&ws))?, y)?;
+        let g = loss.backward()?;
+        ws.iter().map(|w| Ok(g.get(w).context("no gradient for a linear weight")?.flatten_all()?.to_vec1()?)).collect()
+    }
+
+    /// Mask update after `step` finished steps (a no-op off the schedule); `x, y` is the current batch.
+    pub fn maybe_update(&mut self, step: usize, x: &Tensor, y: &Tensor) -> Result<bool> {
+        let m = self.cfg.method;
+        if matches!(m, Method::Dense | Method::Static) || !self.updates.is_update_step(step) {
+            return Ok(false);
+        }
+        let frac = self.updates.drop_fraction(step);
+        let grads = if matches!(m, Method::Rigl | Method::Granet) { Some(self.dense_grads(x, y)?) } else { None };
+        let target = match m {
+            Method::Granet | Method::Gmp => Some(kept_counts(&self.shapes, self.prune_sched.sparsity_at(step), &Allocation::erk())?),
+            _ => None,
+        };
+        for (li, fc) in self.model.fcs.iter_mut().enumerate() {
+            let w = fc.dense_weight()?;
+            let name = format!("{}.weight", fc.name);
+            let kept = fc.mask.count_kept();
+            let new = match m {
+                Method::Set | Method::Rigl => {
+                    let n = (frac * kept as f64).round() as usize;
+                    let grow = match &grads {
+                        Some(g) => Grow::Gradient(&g[li]),
+                        None => Grow::Random { seed: self.seed.wrapping_mul(1_000_003).wrapping_add((step * 64 + li) as u64) },
+                    };
+                    drop_and_grow(&name, &w, &fc.mask, n, grow, None)?.mask
+                }
+                Method::Granet => {
+                    let n_keep = target.as_ref().expect("set for GraNet")[&name].min(kept);
+                    let regrow = (frac * n_keep as f64).round() as usize;
+                    granet_update(&name, &w, &grads.as_ref().expect("set for GraNet")[li], &fc.mask, n_keep, regrow)?.mask
+                }
+                Method::Gmp => magnitude_prune_to(&name, &w, &fc.mask, target.as_ref().expect("set for GMP")[&name].min(kept))?,
+                Method::Dense | Method::Static => unreachable!("returned above"),
+            };
+            recompile(fc, new, &mut self.opt, &self.dev)?;
+            self.itop.observe(&name, &fc.mask)?;
+        }
+        self.mask_updates += 1;
+        Ok(true)
+    }
+
+    /// Checks the invariants: every layer holds exactly its mask's count and nothing off the mask.
+    pub fn check_exact(&self) -> Result<()> {
+        for fc in &self.model.fcs {
+            let w = fc.dense_weight()?;
+            let off = (0..w.len()).filter(|&i| !fc.mask.get(i) && w[i] != 0.0).count();
+            ensure!(off == 0, "{}: {off} weights off the mask are non-zero", fc.name);
+            if let FcWeight::Sparse { pattern, values } = &fc.weight {
+                ensure!(pattern.nnz() == fc.mask.count_kept() && values.elem_count() == pattern.nnz(), "{}: pattern holds {} values for {} kept", fc.name, pattern.nnz(), fc.mask.count_kept());
+            }
+        }
+        Ok(())
+    }
+
+    /// Trains for the configured epochs; `data_seed` orders the batches.
+    pub fn train(&mut self, split: &ImageSplit, data_seed: u64) -> Result<(usize, f64, Vec<f64>)> {
+        ensure!(!split.is_empty(), "training split is empty");
+        let hw = self.model.height * self.model.width;
+        let (mut step, mut last, mut epoch_s) = (0usize, f64::NAN, Vec::new());
+        for epoch in 0..self.cfg.epochs {
+            let t0 = std::time::Instant::now();
+            for idx in sprig_data::batch::batch_indices(split.len(), self.cfg.batch_size, true, data_seed, epoch as u64) {
+                let (x, y) = batch_tensor(split, &idx, hw, &self.dev)?;
+                let loss = candle_nn::loss::cross_entropy(&self.model.forward(&x, None)?, &y)?;
+                let grads = loss.backward()?;
+                self.opt.step(&grads)?;
+                step += 1;
+                self.maybe_update(step, &x, &y)?;
+                last = loss.to_scalar::<f32>()? as f64;
+            }
+            epoch_s.push(t0.elapsed().as_secs_f64());
+            tracing::debug!("epoch {epoch}: loss {last:.4}, sparsity {:.4}, R_s {:.4}", self.model.sparsity(), self.itop.rate());
+        }
+        ensure!(last.is_finite(), "training diverged (final loss {last})");
+        Ok((step, last, epoch_s))
+    }
+
+    /// Accuracy on `split`.
+    pub fn evaluate(&self, split: &ImageSplit) -> Result<f64> {
+        let hw = self.model.height * self.model.width;
+        let all: Vec<usize> = (0..split.len()).collect();
+        let mut pred = Vec::with_capacity(split.len());
+        for idx in all.chunks(1000) {
+            let (x, _) = batch_tensor(split, idx, hw, &self.dev)?;
+            let p = self.model.forward(&x, None)?.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            pred.extend(p.into_iter().map(|v| v as usize));
+        }
+        Ok(sprig_data::metrics::accuracy(&pred, &split.labels))
+    }
+}
+
+/// Trains one seed end to end and evaluates it.
+pub fn run_one(cfg: &DstConfig, data: &sprig_data::ImageDataset, seed: u64, dev: &Device) -> Result<RunResult> {
+    let mut t = DstTrainer::new(cfg, data.height, data.width, data.classes.len(), data.train.len(), seed, dev)?;
+    let t0 = std::time::Instant::now();
+    let (steps, loss, epoch_seconds) = t.train(&data.train, seed.wrapping_mul(7919).wrapping_add(1))?;
+    let train_seconds = t0.elapsed().as_secs_f64();
+    t.check_exact()?;
+    Ok(RunResult {
+        seed,
+        test_acc: t.evaluate(&data.test)?,
+        dev_acc: t.evaluate(&data.dev)?,
+        itop_rate: t.itop.rate(),
+        train_seconds,
+        epoch_seconds,
+        final_sparsity: t.model.sparsity(),
+        steps,
+        mask_updates: t.mask_updates,
+        final_train_loss: loss,
+    })
+}
