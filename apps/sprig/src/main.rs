@@ -32,6 +32,12 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Prune at init (magnitude, random, SNIP, GraSP, SynFlow), then train: a table.
     PruneAtInit(cmd::prune_at_init::Args),
+    /// BERT lottery tickets (Chen et al. 2020): IMP on the encoder linears with controls, resumable.
+    Ticket(cmd::ticket::Args),
+    /// Export a ticket checkpoint as a Hugging Face-loadable directory (+ masks, manifest, logits to verify).
+    Export(cmd::export::Args),
+    /// Sparse transfer: fine-tune a ticket on another task with its mask fixed.
+    Transfer(cmd::transfer::Args),
 }
 
 fn main() {
@@ -49,6 +55,9 @@ fn main() {
         Command::Lottery(a) => cmd::lottery::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::PruneAtInit(a) => cmd::prune_at_init::run(a),
+        Command::Ticket(a) => cmd::ticket::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Transfer(a) => cmd::transfer::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
