@@ -38,6 +38,8 @@ enum Command {
     Export(cmd::export::Args),
     /// Sparse transfer: fine-tune a ticket on another task with its mask fixed.
     Transfer(cmd::transfer::Args),
+    /// Source x target matrix (ticket - dense) of several transfer runs, with a heat-map.
+    TransferMatrix(cmd::transfer_matrix::Args),
 }
 
 fn main() {
@@ -58,6 +60,7 @@ fn main() {
         Command::Ticket(a) => cmd::ticket::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Transfer(a) => cmd::transfer::run(a),
+        Command::TransferMatrix(a) => cmd::transfer_matrix::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

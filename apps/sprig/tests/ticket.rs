@@ -64,7 +64,9 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     let mut child = ticket(&b).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
     while !b.join("round-01/seed-0/sprig.json").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "round 1 never finished");
+        // A generous bound: on a quiet machine round 1 is done in seconds; under heavy load
+        // (other jobs on the 2 cores) it took minutes.
+        assert!(t0.elapsed() < Duration::from_secs(1800), "round 1 never finished");
         assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -14,6 +14,7 @@ pub mod ticket;
 pub mod ticket_summary;
 pub mod tokenizer;
 pub mod transfer;
+pub mod transfer_matrix;
 pub mod weights;
 
 pub use checkpoint::{save_classifier, Checkpoint};

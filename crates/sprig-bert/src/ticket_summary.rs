@@ -174,3 +174,75 @@ pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
     }
     sprig_train::write_atomic(path, svg.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masked::RunMetrics;
+    use crate::ticket::{Control, Metric, RoundResult, TicketConfig};
+    use std::collections::HashMap;
+
+    fn m(acc: f64) -> RunMetrics {
+        RunMetrics { test_accuracy: acc, test_macro_f1: acc, test_mcc: acc, dev_accuracy: acc, dev_macro_f1: acc, steps: 1, train_seconds: 1.0, sparsity: 0.0 }
+    }
+
+    fn res(round: usize, seed: u64, acc: f64, random: Option<f64>) -> RoundResult {
+        let mut controls = HashMap::new();
+        if let Some(r) = random {
+            controls.insert(Control::RandomMask.name().to_string(), m(r));
+        }
+        RoundResult { round, seed, sparsity: 0.1 * round as f64, ticket: m(acc), controls }
+    }
+
+    fn cfg(seeds: usize) -> TicketConfig {
+        TicketConfig {
+            finetune: crate::FinetuneConfig::default(),
+            rounds: 9,
+            rate: 0.1,
+            rewind: sprig_prune::Rewind::Init,
+            seeds: (0..seeds as u64).collect(),
+            controls: vec![Control::RandomMask],
+            metric: Metric::Accuracy,
+        }
+    }
+
+    #[test]
+    fn matching_is_within_one_std_of_full_finetuning_over_complete_rounds() {
+        // Full fine-tuning 0.80 and 0.84: mean 0.82, sample std 0.0283 → matching ≥ 0.7917.
+        let r = vec![
+            res(0, 0, 0.80, None),
+            res(0, 1, 0.84, None),
+            res(1, 0, 0.80, Some(0.78)),
+            res(1, 1, 0.79, Some(0.76)),
+            res(2, 0, 0.78, Some(0.70)),
+            res(2, 1, 0.79, Some(0.70)), // mean 0.785 < 0.7917: not matching
+            res(3, 0, 0.83, Some(0.60)), // one seed of two: does not count
+        ];
+        let s = summarize(&cfg(2), "t", &r);
+        assert_eq!(s.rounds.len(), 4);
+        assert!((s.full_finetune_mean.unwrap() - 0.82).abs() < 1e-12);
+        assert!((s.full_finetune_std.unwrap() - 0.02828427).abs() < 1e-6);
+        assert!(s.rounds[1].matching && !s.rounds[2].matching && s.rounds[3].matching);
+        assert_eq!(s.highest_matching_sparsity, Some(0.1));
+        assert!((s.rounds[1].random_mask_mean.unwrap() - 0.77).abs() < 1e-12);
+        assert!(s.rounds[1].reinit_mean.is_none());
+        let none = summarize(&cfg(2), "t", &r[..2]);
+        assert_eq!(none.highest_matching_sparsity, None);
+    }
+
+    #[test]
+    fn shuffled_weights_are_a_permutation_and_seeded() {
+        let t = candle_core::Tensor::arange(0f32, 600.0, &candle_core::Device::Cpu).unwrap().reshape((20, 30)).unwrap();
+        let base: HashMap<String, candle_core::Tensor> = [("w".to_string(), t)].into();
+        let shapes = vec![("w".to_string(), vec![20, 30])];
+        let a = crate::ticket::shuffled_tensors(&base, &shapes, 1).unwrap()["w"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = crate::ticket::shuffled_tensors(&base, &shapes, 1).unwrap()["w"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let c = crate::ticket::shuffled_tensors(&base, &shapes, 2).unwrap()["w"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mut s = a.clone();
+        s.sort_by(f32::total_cmp);
+        assert_eq!(s, (0..600).map(|i| i as f32).collect::<Vec<_>>());
+        assert!(a.iter().enumerate().filter(|(i, &x)| *i as f32 == x).count() < 60, "hardly shuffled");
+    }
+}

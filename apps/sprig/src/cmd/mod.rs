@@ -11,3 +11,4 @@ pub mod lottery;
 pub mod prune_at_init;
 pub mod ticket;
 pub mod transfer;
+pub mod transfer_matrix;
