@@ -38,6 +38,14 @@ enum Command {
     DstReport(cmd::dst::ReportArgs),
     /// Wall-clock of dense vs sparse training, same epochs and batch size, medians of repeats.
     DstTiming(cmd::dst::TimingArgs),
+    /// BERT lottery tickets (Chen et al. 2020): IMP on the encoder linears with controls, resumable.
+    Ticket(cmd::ticket::Args),
+    /// Export a ticket checkpoint as a Hugging Face-loadable directory (+ masks, manifest, logits to verify).
+    Export(cmd::export::Args),
+    /// Sparse transfer: fine-tune a ticket on another task with its mask fixed.
+    Transfer(cmd::transfer::Args),
+    /// Source x target matrix (ticket - dense) of several transfer runs, with a heat-map.
+    TransferMatrix(cmd::transfer_matrix::Args),
 }
 
 fn main() {
@@ -58,6 +66,10 @@ fn main() {
         Command::Dst(a) => cmd::dst::run(a),
         Command::DstReport(a) => cmd::dst::report(a),
         Command::DstTiming(a) => cmd::dst::timing(a),
+        Command::Ticket(a) => cmd::ticket::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Transfer(a) => cmd::transfer::run(a),
+        Command::TransferMatrix(a) => cmd::transfer_matrix::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

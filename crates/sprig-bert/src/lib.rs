@@ -4,11 +4,17 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod finetune;
+pub mod masked;
 pub mod model;
 pub mod nn;
 pub mod source;
+pub mod ticket;
+pub mod ticket_summary;
 pub mod tokenizer;
+pub mod transfer;
+pub mod transfer_matrix;
 pub mod weights;
 
 pub use checkpoint::{save_classifier, Checkpoint};

@@ -57,13 +57,18 @@ pub struct Args {
 impl Args {
     /// The resolved config: defaults, then the config file, then the flags.
     pub fn resolve(&self) -> Result<FinetuneConfig> {
-        let mut c = match &self.config {
+        let c = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
             }
             None => FinetuneConfig::default(),
         };
+        self.apply(c)
+    }
+
+    /// `c` with every given flag applied, validated.
+    pub fn apply(&self, mut c: FinetuneConfig) -> Result<FinetuneConfig> {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }

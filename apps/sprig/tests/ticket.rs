@@ -1,0 +1,131 @@
+//! `sprig ticket` / `transfer` / `export` end to end on the real MiniLM-L6 and a tiny real subset:
+//! a run killed mid-way and resumed ends with the same results (and the same ticket weights and
+//! masks, bit for bit) as an uninterrupted one; transfer and export read its tickets.
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn sprig() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sprig"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn sprig");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+/// The value without wall-clock fields (they differ between runs by nature).
+fn strip_time(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|k, _| !k.contains("seconds"));
+            m.values_mut().for_each(strip_time);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_time),
+        _ => {}
+    }
+}
+
+const TINY: [&str; 24] = [
+    "--task", "rt-sentiment", "--max-train", "32", "--max-dev", "16", "--max-test", "24", "--batch-size", "16", "--epochs", "1",
+    "--max-seq-len", "32", "--rounds", "2", "--rate", "0.3", "--seeds", "1", "--controls", "random-mask,oneshot", "--lr", "1e-4",
+];
+
+fn ticket(out: &Path) -> Command {
+    let mut c = sprig();
+    c.arg("ticket").args(TINY).arg("--out").arg(out);
+    c
+}
+
+fn manifest_hashes(run: &Path) -> Vec<(String, String)> {
+    (0..=2)
+        .map(|r| {
+            let m = json(&run.join(format!("round-{r:02}/seed-0/sprig.json")));
+            (m["weights_sha256"].as_str().unwrap().to_string(), m["masks_sha256"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let out = run_ok(&mut ticket(&a));
+    assert!(out.contains("highest matching sparsity"), "{out}");
+
+    // Kill the second run with SIGKILL as soon as round 1's ticket is on disk (its controls are
+    // then running or about to), then resume it.
+    let mut child = ticket(&b).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !b.join("round-01/seed-0/sprig.json").exists() {
+        // A generous bound: on a quiet machine round 1 is done in seconds; under heavy load
+        // (other jobs on the 2 cores) it took minutes.
+        assert!(t0.elapsed() < Duration::from_secs(1800), "round 1 never finished");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!b.join("round-02/seed-0/sprig.json").exists(), "killed too late to test resuming");
+    run_ok(&mut ticket(&b));
+
+    let (mut sa, mut sb) = (json(&a.join("summary.json")), json(&b.join("summary.json")));
+    strip_time(&mut sa);
+    strip_time(&mut sb);
+    assert_eq!(sa, sb, "resumed summary differs from the uninterrupted one");
+    let (mut ra, mut rb) = (json(&a.join("results.json")), json(&b.join("results.json")));
+    strip_time(&mut ra);
+    strip_time(&mut rb);
+    assert_eq!(ra, rb);
+    assert_eq!(manifest_hashes(&a), manifest_hashes(&b), "ticket weights or masks differ");
+
+    // summary.json has the fields, the sparsities of the schedule and every control.
+    let rounds = sa["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    for (r, row) in rounds.iter().enumerate() {
+        assert!((row["sparsity"].as_f64().unwrap() - 0.3 * r as f64).abs() < 1e-9);
+        let m = row["metric_mean"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&m));
+        if r > 0 {
+            for k in ["random_mask_mean", "oneshot_mean"] {
+                assert!(row[k].is_number(), "round {r} lacks {k}");
+            }
+            assert!(row["reinit_mean"].is_null(), "reinit was not asked for");
+        }
+    }
+    assert!(sa.get("highest_matching_sparsity").is_some());
+    // The stored masks have the schedule's sparsity over the prunable set.
+    let man = json(&a.join("round-02/seed-0/sprig.json"));
+    assert!((man["prunable_sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{}", man["prunable_sparsity"]);
+
+    // Another --out with a different recipe is refused on resume.
+    let bad = sprig().arg("ticket").args(&TINY[..22]).args(["--lr", "2e-4", "--out"]).arg(&a).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("different experiment"));
+
+    // Transfer the 60% ticket to sms-spam with its mask fixed, against dense fine-tuning.
+    let t = dir.path().join("t");
+    run_ok(sprig().args(["transfer", "--ticket"]).arg(a.join("round-02")).args(["--task", "sms-spam", "--out"]).arg(&t));
+    let ts = json(&t.join("summary.json"));
+    assert_eq!(ts["source_task"], "rt-sentiment");
+    assert_eq!(ts["target_task"], "sms-spam");
+    assert!((ts["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4);
+    assert!(ts["diff"].is_number());
+
+    // Export: a new directory with HF files, masks and the verification logits.
+    let e = dir.path().join("export");
+    run_ok(sprig().args(["export", "--ticket"]).arg(a.join("round-02/seed-0")).arg("--out").arg(&e).args(["--examples", "3"]));
+    for f in ["model.safetensors", "masks.safetensors", "sprig.json", "config.json", "tokenizer.json", "sprig-logits.json"] {
+        assert!(e.join(f).exists(), "export lacks {f}");
+    }
+    assert_eq!(json(&e.join("sprig-logits.json"))["examples"].as_array().unwrap().len(), 3);
+    assert_eq!(json(&e.join("config.json"))["architectures"][0], "BertForSequenceClassification");
+    let again = sprig().args(["export", "--ticket"]).arg(a.join("round-02/seed-0")).arg("--out").arg(&e).output().unwrap();
+    assert!(!again.status.success(), "export over an existing directory must fail");
+}

@@ -1,0 +1,235 @@
+//! Fine-tuning a BERT classifier from given starting weights with a fixed keep-mask on the encoder
+//! linears: the inner loop of BERT-Tickets (Chen et al., NeurIPS 2020, §3: "train the subnetwork
+//! f(x; m ⊙ θ₀) with the task's recipe") and of sparse transfer (§5). The mask is installed in the
+//! optimizer (`Optimizer::set_mask`), so pruned weights are zero after every step and never regrow.
+//!
+//! The data are tokenized once ([`TaskData`]) and the pretrained tensors loaded once ([`Base`]), so
+//! that an experiment with dozens of fine-tunes pays for neither more than once.
+use crate::checkpoint::Checkpoint;
+use crate::config::BertConfig;
+use crate::finetune::{batch_tensors, evaluate, tokenize, FinetuneConfig, Tokenized};
+use crate::model::{is_encoder_linear_weight, BertClassifier, BertEncoder, Init};
+use crate::tokenizer::BertTokenizer;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use sprig_data::batch::bucketed_batch_indices;
+use sprig_data::metrics::Report;
+use sprig_prune::MaskSet;
+use sprig_train::{clip_grad_norm, AdamW, AdamWConfig, LinearWarmupDecay, Optimizer};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A pretrained checkpoint loaded once: config, tensors by canonical name, tokenizer file.
+pub struct Base {
+    pub spec: String,
+    pub config: BertConfig,
+    pub tensors: HashMap<String, Tensor>,
+    pub origin: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl Base {
+    pub fn load(spec: &str) -> Result<Self> {
+        let ck = Checkpoint::load(spec, &Device::Cpu).with_context(|| format!("loading model {spec}"))?;
+        let tokenizer = ck.files.tokenizer()?.to_path_buf();
+        let origin = ck.files.weights[0].clone();
+        Ok(Self { spec: spec.to_string(), config: ck.config, tensors: ck.tensors, origin, tokenizer })
+    }
+
+    /// The prunable tensors (BERT-Tickets' set, [`is_encoder_linear_weight`]) in checkpoint order.
+    pub fn prunable_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let enc = BertEncoder::new(&self.config, Init::Pretrained { tensors: &self.tensors, origin: self.origin.clone() }, 0, &Device::Cpu)?;
+        Ok(enc.named_params().iter().filter(|(n, _)| is_encoder_linear_weight(n)).map(|(n, v)| (n.clone(), v.dims().to_vec())).collect())
+    }
+}
+
+/// A task's splits, subsampled as the config says and tokenized once.
+pub struct TaskData {
+    pub task: String,
+    pub classes: Vec<String>,
+    pub train: Tokenized,
+    pub dev: Tokenized,
+    pub test: Tokenized,
+    pub pad_id: u32,
+    pub split: sprig_data::SplitInfo,
+}
+
+impl TaskData {
+    /// Loads `cfg.task` from `home`, split and subsampled with `cfg.seed` (the data seed), and
+    /// tokenizes it with `base`'s tokenizer at `cfg.max_seq_len`.
+    pub fn load(cfg: &FinetuneConfig, base: &Base, home: &Path) -> Result<Self> {
+        let data = sprig_data::load_text_task(&cfg.task, home, cfg.seed).with_context(|| format!("loading task {}", cfg.task))?;
+        let cap = |n: usize| if n == 0 { usize::MAX } else { n };
+        let data = data.subsample(cap(cfg.max_train), cap(cfg.max_dev), cap(cfg.max_test), cfg.seed);
+        for (name, split) in [("train", &data.train), ("dev", &data.dev), ("test", &data.test)] {
+            if split.is_empty() {
+                bail!("task {}: the {name} split is empty", data.task);
+            }
+        }
+        let tok = BertTokenizer::from_file(&base.tokenizer, cfg.max_seq_len.min(base.config.max_position_embeddings))?;
+        Ok(Self {
+            task: data.task.clone(),
+            classes: data.classes.clone(),
+            train: tokenize(&tok, &data.train)?,
+            dev: tokenize(&tok, &data.dev)?,
+            test: tokenize(&tok, &data.test)?,
+            pad_id: tok.pad_id(),
+            split: data.split.clone(),
+        })
+    }
+}
+
+/// What one masked fine-tune measured (final weights, no best-epoch selection).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunMetrics {
+    pub test_accuracy: f64,
+    pub test_macro_f1: f64,
+    pub test_mcc: f64,
+    pub dev_accuracy: f64,
+    pub dev_macro_f1: f64,
+    pub steps: usize,
+    pub train_seconds: f64,
+    /// Sparsity of the prunable tensors during training.
+    pub sparsity: f64,
+}
+
+impl RunMetrics {
+    fn from(dev: &Report, test: &Report, steps: usize, secs: f64, sparsity: f64) -> Self {
+        Self {
+            test_accuracy: test.accuracy,
+            test_macro_f1: test.macro_f1,
+            test_mcc: test.mcc,
+            dev_accuracy: dev.accuracy,
+            dev_macro_f1: dev.macro_f1,
+            steps,
+            train_seconds: secs,
+            sparsity,
+        }
+    }
+}
+
+/// Where a fine-tune starts: encoder tensors by canonical name (any missing one comes from the
+/// base) and optionally a classification head (`classifier.weight`/`bias`); without one the head
+/// is fresh, normal(0, 0.02) seeded by the run's seed.
+pub struct Start<'a> {
+    pub tensors: &'a HashMap<String, Tensor>,
+    pub head: bool,
+}
+
+/// A finished masked fine-tune: metrics, the trained model, and the weights at `snapshot_step`.
+pub struct MaskedRun {
+    pub metrics: RunMetrics,
+    pub model: BertClassifier,
+    pub snapshot: Option<HashMap<String, Tensor>>,
+}
+
+/// Copies every parameter's current value, by name.
+pub fn snapshot(params: &[(String, Var)]) -> Result<HashMap<String, Tensor>> {
+    params.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect()
+}
+
+/// Fine-tune from `start` with `masks` fixed on the encoder linears (`None` = dense), seed `seed`
+/// (head init, dropout, batch order). `cfg` gives the recipe; its `seed` is the data seed and is
+/// not used here. Deterministic: same inputs, same result bit for bit.
+pub fn finetune_masked(
+    base: &Base,
+    data: &TaskData,
+    cfg: &FinetuneConfig,
+    seed: u64,
+    start: Start,
+    masks: Option<&MaskSet>,
+    snapshot_step: Option<usize>,
+) -> Result<MaskedRun> {
+    cfg.validate()?;
+    let device = Device::Cpu;
+    let mut merged: HashMap<String, Tensor> = base.tensors.clone();
+    for (n, t) in start.tensors {
+        merged.insert(n.clone(), t.clone());
+    }
+    let mut encoder = BertEncoder::new(&base.config, Init::Pretrained { tensors: &merged, origin: base.origin.clone() }, seed, &device)?;
+    encoder.set_train_word_embeddings(cfg.train_word_embeddings);
+    let head = if start.head { Some((&merged, base.origin.clone())) } else { None };
+    let model = BertClassifier::new(encoder, data.classes.len(), cfg.pooling, head, seed)?;
+    let params = model.trainable_params();
+    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, eps: 1e-8, ..AdamWConfig::default() })?;
+    let mut sparsity = 0.0;
+    if let Some(m) = masks {
+        let all = model.named_params();
+        m.check_against(&all)?;
+        for (name, mask) in m.iter() {
+            if !is_encoder_linear_weight(name) {
+                bail!("mask for `{name}`: only the encoder linears are prunable");
+            }
+            if params.iter().any(|(n, _)| n == name) {
+                opt.set_mask(name, Some(&mask.to_bools()))?;
+            } else {
+                mask.apply(name, &all.iter().find(|(n, _)| n == name).context("masked parameter not in model")?.1)?;
+            }
+        }
+        sparsity = m.sparsity();
+    }
+    let lengths: Vec<usize> = data.train.encoded.iter().map(|e| e.ids.len()).collect();
+    let steps_per_epoch = data.train.labels.len().div_ceil(cfg.batch_size);
+    let mut total = steps_per_epoch * cfg.epochs;
+    if cfg.max_steps > 0 {
+        total = total.min(cfg.max_steps);
+    }
+    if let Some(k) = snapshot_step {
+        if k > total {
+            bail!("rewind step {k} is past the end of training ({total} steps)");
+        }
+    }
+    let schedule = LinearWarmupDecay { base_lr: cfg.lr, warmup: (cfg.warmup_ratio * total as f64).round() as usize, total };
+    let all_params = model.named_params();
+    let mut snap = if snapshot_step == Some(0) { Some(snapshot(&all_params)?) } else { None };
+    let t0 = Instant::now();
+    let mut step = 0usize;
+    'epochs: for epoch in 0..cfg.epochs {
+        for idx in bucketed_batch_indices(&lengths, cfg.batch_size, seed, epoch as u64) {
+            if step >= total {
+                break 'epochs;
+            }
+            opt.set_learning_rate(schedule.lr(step));
+            let (ids, types, mask) = batch_tensors(&data.train, &idx, data.pad_id, &device)?;
+            let labels = Tensor::from_vec(idx.iter().map(|&i| data.train.labels[i] as u32).collect::<Vec<_>>(), idx.len(), &device)?;
+            let logits = model.forward(&ids, &types, &mask, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let lv = loss.to_scalar::<f32>()?;
+            if !lv.is_finite() {
+                bail!("loss became {lv} at step {step} (task {}, seed {seed}, sparsity {sparsity:.3})", data.task);
+            }
+            let mut grads = loss.backward()?;
+            clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm)?;
+            opt.step(&grads)?;
+            step += 1;
+            if snapshot_step == Some(step) {
+                snap = Some(snapshot(&all_params)?);
+            }
+            if step % 10 == 0 {
+                tracing::debug!(step, total, loss = lv, "masked finetune");
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if let Some(m) = masks {
+        check_masked_zero(&all_params, m)?;
+    }
+    let dev = evaluate(&model, &data.dev, cfg.eval_batch_size, data.pad_id)?;
+    let test = evaluate(&model, &data.test, cfg.eval_batch_size, data.pad_id)?;
+    Ok(MaskedRun { metrics: RunMetrics::from(&dev, &test, step, secs, sparsity), model, snapshot: snap })
+}
+
+/// Errors unless every pruned weight is exactly zero (the mask invariant).
+pub fn check_masked_zero(params: &[(String, Var)], masks: &MaskSet) -> Result<()> {
+    for (name, mask) in masks.iter() {
+        let v = &params.iter().find(|(n, _)| n == name).with_context(|| format!("mask names unknown parameter {name}"))?.1;
+        let w = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = (0..w.len()).find(|&i| !mask.get(i) && w[i] != 0.0) {
+            bail!("mask invariant broken: {name}[{i}] = {} is pruned but non-zero", w[i]);
+        }
+    }
+    Ok(())
+}
