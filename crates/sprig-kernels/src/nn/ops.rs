@@ -250,10 +250,8 @@ impl CustomOp3 for LinearOp {
                 let mut dx = vec![0f32; m * k];
                 let dw = match &self.weight {
                     Weight::Dense => {
-                        let gm = MatRef::from_row_major_slice(&g, m, n);
-                        gemm(MatMut::from_row_major_slice_mut(&mut dx, m, k), gm, MatRef::from_row_major_slice(ws, n, k));
                         let mut dw = vec![0f32; n * k];
-                        gemm(MatMut::from_row_major_slice_mut(&mut dw, n, k), gm.transpose(), MatRef::from_row_major_slice(xs, m, k));
+                        crate::dense::dense_linear_backward(xs, ws, &g, m, n, k, &mut dx, &mut dw).map_err(kerr)?;
                         cpu_tensor(dw, (n, k))?
                     }
                     Weight::Sparse(p) => {
