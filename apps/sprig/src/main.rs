@@ -40,6 +40,8 @@ enum Command {
     DstTiming(cmd::dst::TimingArgs),
     /// BERT lottery tickets (Chen et al. 2020): IMP on the encoder linears with controls, resumable.
     Ticket(cmd::ticket::Args),
+    /// Compile a ticket's masked encoder to sparse kernels; check it and time it against masked-dense.
+    Compile(cmd::compile::Args),
     /// Export a ticket checkpoint as a Hugging Face-loadable directory (+ masks, manifest, logits to verify).
     Export(cmd::export::Args),
     /// Sparse transfer: fine-tune a ticket on another task with its mask fixed.
@@ -67,6 +69,7 @@ fn main() {
         Command::DstReport(a) => cmd::dst::report(a),
         Command::DstTiming(a) => cmd::dst::timing(a),
         Command::Ticket(a) => cmd::ticket::run(a),
+        Command::Compile(a) => cmd::compile::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Transfer(a) => cmd::transfer::run(a),
         Command::TransferMatrix(a) => cmd::transfer_matrix::run(a),

@@ -1,4 +1,4 @@
-//! `sprig ticket` / `transfer` / `export` end to end on the real MiniLM-L6 and a tiny real subset:
+//! `sprig ticket` / `transfer` / `export` / `compile` end to end on the real MiniLM-L6 and a tiny real subset:
 //! a run killed mid-way and resumed ends with the same results (and the same ticket weights and
 //! masks, bit for bit) as an uninterrupted one; transfer and export read its tickets.
 use std::path::Path;
@@ -128,4 +128,13 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     assert_eq!(json(&e.join("config.json"))["architectures"][0], "BertForSequenceClassification");
     let again = sprig().args(["export", "--ticket"]).arg(a.join("round-02/seed-0")).arg("--out").arg(&e).output().unwrap();
     assert!(!again.status.success(), "export over an existing directory must fail");
+
+    // Compile: the 60% ticket on CSR computes what the masked-dense model computes, in less memory.
+    let cj = dir.path().join("compile.json");
+    run_ok(sprig().args(["compile", "--ticket"]).arg(a.join("round-02")).args(["--batch", "2", "--seq", "16", "--runs", "1", "--warmup", "0", "--json"]).arg(&cj));
+    let c = &json(&cj)[0];
+    assert!((c["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{c}");
+    assert!(c["max_abs_logit_diff"].as_f64().unwrap() <= 1e-4, "compiled logits differ: {c}");
+    assert!(c["linear_sparse_bytes"].as_u64().unwrap() < c["linear_dense_bytes"].as_u64().unwrap(), "{c}");
+    assert!(c["dense_ms"].as_f64().unwrap() > 0.0 && c["sparse_ms"].as_f64().unwrap() > 0.0);
 }

@@ -2,6 +2,7 @@
 //! any linear), Hugging Face checkpoint loading (local directory or hub cache), tokenization,
 //! pooling, a sequence-classification head and fine-tuning.
 pub mod checkpoint;
+pub mod compile;
 pub mod config;
 pub mod error;
 pub mod export;

@@ -228,6 +228,15 @@ impl BertEncoder {
         out
     }
 
+    /// Bytes of the encoder linears' weights: `(as dense f32, as stored now)`; the two differ for
+    /// linears compiled by [`BertEncoder::compile_sparse`] (values + indices of their format).
+    pub fn linear_weight_bytes(&mut self) -> (usize, usize) {
+        self.linears_mut().iter().fold((0, 0), |(d, s), (_, l)| {
+            let dense = l.weight.elem_count() * std::mem::size_of::<f32>();
+            (d + dense, s + l.sparse.as_ref().map_or(dense, |sw| sw.pattern.memory_bytes()))
+        })
+    }
+
     /// Compile the encoder linears named in `keep` (weight name → keep mask, row-major) into
     /// sparse layers of `format`. Their trainable parameter becomes the stored values, listed
     /// by [`BertEncoder::named_params`] as `"<weight name>:values"` in place of the dense weight.

@@ -105,6 +105,10 @@ pub struct TicketConfig {
     /// Training seeds (head init, dropout, batch order).
     pub seeds: Vec<u64>,
     pub controls: Vec<Control>,
+    /// Rounds in which `controls` run (empty = every round ≥ 1). Results of controls already on
+    /// disk are reported whatever this says, so a resumed run can add controls at chosen rounds.
+    #[serde(default)]
+    pub control_rounds: Vec<usize>,
     pub metric: Metric,
 }
 
@@ -302,7 +306,7 @@ pub fn run_tickets(cfg: &TicketConfig, out: &Path, home: &Path) -> Result<crate:
     let cfg_path = out.join("config.json");
     if cfg_path.exists() {
         let old: TicketConfig = serde_json::from_slice(&std::fs::read(&cfg_path)?).with_context(|| format!("reading {}", cfg_path.display()))?;
-        let same = TicketConfig { rounds: cfg.rounds, seeds: cfg.seeds.clone(), controls: cfg.controls.clone(), ..old.clone() };
+        let same = TicketConfig { rounds: cfg.rounds, seeds: cfg.seeds.clone(), controls: cfg.controls.clone(), control_rounds: cfg.control_rounds.clone(), ..old.clone() };
         if &same != cfg {
             bail!("{} holds a different experiment (see its config.json); use another --out", out.display());
         }
@@ -318,9 +322,12 @@ pub fn run_tickets(cfg: &TicketConfig, out: &Path, home: &Path) -> Result<crate:
             let (ticket, mask) = ctx.ticket(r, seed)?;
             let mut res = RoundResult { round: r, seed, sparsity: cfg.schedule().round_sparsity(r)?, ticket, controls: HashMap::new() };
             if r > 0 {
-                for &c in &cfg.controls {
-                    let m = ctx.control(c, r, seed, &mask)?;
-                    res.controls.insert(c.name().to_string(), m);
+                let run_here = cfg.control_rounds.is_empty() || cfg.control_rounds.contains(&r);
+                for c in Control::ALL {
+                    if (run_here && cfg.controls.contains(&c)) || control_file(out, r, seed, c).exists() {
+                        let m = ctx.control(c, r, seed, &mask)?;
+                        res.controls.insert(c.name().to_string(), m);
+                    }
                 }
             }
             results.push(res);

@@ -202,6 +202,7 @@ mod tests {
             rewind: sprig_prune::Rewind::Init,
             seeds: (0..seeds as u64).collect(),
             controls: vec![Control::RandomMask],
+            control_rounds: vec![],
             metric: Metric::Accuracy,
         }
     }

@@ -5,6 +5,7 @@ pub mod bench_train_step;
 pub mod demo;
 pub mod dst;
 pub mod eval;
+pub mod compile;
 pub mod export;
 pub mod finetune;
 pub mod inspect;

@@ -24,6 +24,11 @@ pub struct Args {
     /// Comma-separated controls: random-mask, reinit, shuffled, oneshot; "none" for none.
     #[arg(long, default_value = "random-mask,reinit,shuffled,oneshot")]
     pub controls: String,
+    /// Comma-separated rounds in which `--controls` run (default: every round). Controls already
+    /// on disk from an earlier invocation are always reported, so e.g. `--controls reinit,shuffled
+    /// --control-rounds 5` adds those controls at 50% to a finished run.
+    #[arg(long, value_delimiter = ',')]
+    pub control_rounds: Vec<usize>,
     /// accuracy, macro-f1 or mcc (test metric that decides "matching").
     #[arg(long, default_value = "accuracy")]
     pub metric: String,
@@ -41,7 +46,7 @@ pub fn run(a: Args) -> Result<()> {
     let rewind: Rewind = a.rewind.parse().with_context(|| format!("--rewind {}", a.rewind))?;
     let metric: Metric = serde_json::from_value(serde_json::Value::String(a.metric.replace('-', "_")))
         .map_err(|_| anyhow::anyhow!("--metric {}: expected accuracy, macro-f1 or mcc", a.metric))?;
-    let cfg = TicketConfig { finetune, rounds: a.rounds, rate: a.rate, rewind, seeds: (0..a.seeds).collect(), controls: parse_controls(&a.controls)?, metric };
+    let cfg = TicketConfig { finetune, rounds: a.rounds, rate: a.rate, rewind, seeds: (0..a.seeds).collect(), controls: parse_controls(&a.controls)?, control_rounds: a.control_rounds.clone(), metric };
     let out: PathBuf = a.ft.out.clone();
     let s = run_tickets(&cfg, &out, &sprig_data::sprig_home())?;
     let f = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{:.2}", 100.0 * m));

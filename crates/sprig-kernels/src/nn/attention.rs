@@ -2,14 +2,15 @@
 //! buffer (columns `0..H` = Q, `H..2H` = K, `2H..3H` = V; head `h` owns columns `h·d..(h+1)·d` of
 //! each): scores, additive key mask, softmax, dropout on the probabilities and the context
 //! `ctx [B, S, H]`, one (batch, head) pair per task. No transposes or copies of Q/K/V are made:
-//! the small products run on strided views (faer, sequential inside a task; rayon across tasks).
+//! the small products run on strided views with the register-tiled kernel of [`super::small_gemm`]
+//! (sequential inside a task; rayon across tasks).
 //!
 //! Backward (for `P = softmax(s·QKᵀ + mask)`, `P' = dropout(P)`, `C = P'V`):
 //! `dV = P'ᵀdC`, `dP = dropout(dC·Vᵀ)`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = s·dS·K`,
 //! `dK = s·dSᵀ·Q`.
 use super::dropout::DropoutSpec;
-use super::math::scaled_softmax_row;
-use faer::{Accum, MatMut, MatRef, Par};
+use super::math::{scaled_softmax_row, softmax_backward_row};
+use super::small_gemm::{gemm, pack, Strided};
 use rayon::prelude::*;
 
 /// Shapes and options of one attention call.
@@ -42,27 +43,29 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// Strided `[S, d]` view of head `h`'s block `part` (0 = Q, 1 = K, 2 = V) of batch row `b`.
-fn view<'a>(qkv: &'a [f32], a: &AttentionSpec, b: usize, h: usize, part: usize) -> MatRef<'a, f32> {
+/// Strided `[S, d]` view of head `h`'s block `part` (0 = Q, 1 = K, 2 = V) of batch row `b`
+/// (`transposed`: its transpose `[d, S]`).
+fn view<'a>(qkv: &'a [f32], a: &AttentionSpec, b: usize, h: usize, part: usize, transposed: bool) -> Strided<'a> {
     let h3 = 3 * a.hidden();
     let off = b * a.seq * h3 + part * a.hidden() + h * a.head_dim;
-    MatRef::from_row_major_slice_with_stride(&qkv[off..], a.seq, a.head_dim, h3)
+    let data = &qkv[off..off + (a.seq - 1) * h3 + a.head_dim];
+    if transposed { Strided { data, rs: 1, cs: h3 } } else { Strided { data, rs: h3, cs: 1 } }
 }
 
-/// Strided mutable `[S, d]` view at `off` with row stride `stride` inside a shared buffer.
-///
-/// # Safety
-/// The caller guarantees that concurrent views are disjoint and inside the buffer.
-unsafe fn view_mut<'a>(p: SendPtr, off: usize, rows: usize, cols: usize, stride: usize) -> MatMut<'a, f32> {
-    // SAFETY: forwarded to the caller.
-    unsafe { MatMut::from_raw_parts_mut(p.0.add(off), rows, cols, stride as isize, 1) }
+/// Per-thread packing buffers.
+#[derive(Default)]
+struct Panels {
+    b: Vec<f32>,
+    p: Vec<f32>,
+    d: Vec<f32>,
 }
 
-/// Softmax probabilities of task `(b, h)` into `p [S, S]`.
-fn probs_into(qkv: &[f32], a: &AttentionSpec, b: usize, h: usize, p: &mut [f32]) {
-    let s = a.seq;
-    let pm = MatMut::from_row_major_slice_mut(p, s, s);
-    faer::linalg::matmul::matmul(pm, Accum::Replace, view(qkv, a, b, h, 0), view(qkv, a, b, h, 1).transpose(), 1.0f32, Par::Seq);
+/// Softmax probabilities of task `(b, h)` into `p [S, S]`; `panel` is scratch.
+fn probs_into(qkv: &[f32], a: &AttentionSpec, b: usize, h: usize, p: &mut [f32], panel: &mut Vec<f32>) {
+    let (s, d) = (a.seq, a.head_dim);
+    pack(view(qkv, a, b, h, 1, true), d, s, panel);
+    // SAFETY: p is [S, S], row stride S; the views cover S x d.
+    unsafe { gemm(s, s, d, 1.0, view(qkv, a, b, h, 0, false), panel, p.as_mut_ptr(), s, false) };
     let bias = &a.key_bias[b * s..(b + 1) * s];
     for row in p.chunks_mut(s) {
         scaled_softmax_row(row, a.scale, bias);
@@ -76,28 +79,33 @@ pub fn forward(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32], probs: Option<&m
     assert_eq!(qkv.len(), a.batch * s * 3 * hid, "attention: qkv length");
     assert_eq!(ctx.len(), a.batch * s * hid, "attention: ctx length");
     let out = SendPtr(ctx.as_mut_ptr());
-    let task = |t: usize, p: &mut [f32]| {
+    let task = |t: usize, p: &mut [f32], w: &mut Panels| {
         let (b, h) = (t / a.heads, t % a.heads);
-        probs_into(qkv, a, b, h, p);
-        let mut dropped;
+        probs_into(qkv, a, b, h, p, &mut w.b);
         let pd: &[f32] = match &a.dropout {
             Some(dr) => {
-                dropped = p.to_vec();
-                dr.apply(&mut dropped, (t * s * s) as u64);
-                &dropped
+                w.d.resize(s * s, 0.0);
+                dr.apply_to(p, &mut w.d, (t * s * s) as u64);
+                &w.d
             }
             None => p,
         };
-        // SAFETY: task t writes only rows of batch b, columns h·d..(h+1)·d of ctx.
-        let c = unsafe { view_mut(out, b * s * hid + h * d, s, d, hid) };
-        faer::linalg::matmul::matmul(c, Accum::Replace, MatRef::from_row_major_slice(pd, s, s), view(qkv, a, b, h, 2), 1.0f32, Par::Seq);
+        pack(view(qkv, a, b, h, 2, false), s, d, &mut w.b);
+        let out = out;
+        // SAFETY: task t writes only rows of batch b, columns h·d..(h+1)·d of ctx (row stride H).
+        unsafe { gemm(s, d, s, 1.0, Strided { data: pd, rs: s, cs: 1 }, &w.b, out.0.add(b * s * hid + h * d), hid, false) };
     };
     match probs {
         Some(pr) => {
             assert_eq!(pr.len(), a.probs_len(), "attention: probs length");
-            pr.par_chunks_mut(s * s).enumerate().for_each(|(t, p)| task(t, p));
+            pr.par_chunks_mut(s * s).enumerate().for_each_init(Panels::default, |w, (t, p)| task(t, p, w));
         }
-        None => (0..a.batch * a.heads).into_par_iter().for_each(|t| task(t, &mut vec![0f32; s * s])),
+        None => (0..a.batch * a.heads).into_par_iter().for_each_init(Panels::default, |w, t| {
+            let mut p = std::mem::take(&mut w.p);
+            p.resize(s * s, 0.0);
+            task(t, &mut p, w);
+            w.p = p;
+        }),
     }
 }
 
@@ -109,42 +117,51 @@ pub fn backward(qkv: &[f32], a: &AttentionSpec, probs: Option<&[f32]>, dctx: &[f
     assert_eq!(dctx.len(), a.batch * s * hid, "attention: dctx length");
     let out = SendPtr(dqkv.as_mut_ptr());
     let h3 = 3 * hid;
-    (0..a.batch * a.heads).into_par_iter().for_each(|t| {
+    (0..a.batch * a.heads).into_par_iter().for_each_init(Panels::default, |w, t| {
+        let out = out;
         let (b, h) = (t / a.heads, t % a.heads);
-        let mut own;
+        let mut own = std::mem::take(&mut w.p);
         let p: &[f32] = match probs {
             Some(pr) => &pr[t * s * s..(t + 1) * s * s],
             None => {
-                own = vec![0f32; s * s];
-                probs_into(qkv, a, b, h, &mut own);
+                own.resize(s * s, 0.0);
+                probs_into(qkv, a, b, h, &mut own, &mut w.b);
                 &own
             }
         };
-        let dc = MatRef::from_row_major_slice_with_stride(&dctx[b * s * hid + h * d..], s, d, hid);
+        let dc_off = b * s * hid + h * d;
+        let dc = Strided { data: &dctx[dc_off..dc_off + (s - 1) * hid + d], rs: hid, cs: 1 };
         let base = b * s * h3 + h * d;
+        // P' = dropout(P) (into the scratch that later holds dP)
+        let pd = &mut w.d;
+        pd.resize(s * s, 0.0);
+        let pdrop: &[f32] = match &a.dropout {
+            Some(dr) => {
+                dr.apply_to(p, pd, (t * s * s) as u64);
+                pd
+            }
+            None => p,
+        };
+        // SAFETY (all gemm calls below): task t writes only rows of batch b, columns h·d..(h+1)·d
+        // of each of Q, K, V in dqkv (row stride 3H), and its own scratch buffers.
         // dV = P'ᵀ dC
-        let mut pd = p.to_vec();
+        pack(dc, s, d, &mut w.b);
+        unsafe { gemm(s, d, s, 1.0, Strided { data: pdrop, rs: 1, cs: s }, &w.b, out.0.add(base + 2 * hid), h3, false) };
+        // dP = dropout(dC Vᵀ), in P''s buffer
+        pack(view(qkv, a, b, h, 2, true), d, s, &mut w.b);
+        unsafe { gemm(s, s, d, 1.0, dc, &w.b, pd.as_mut_ptr(), s, false) };
         if let Some(dr) = &a.dropout {
-            dr.apply(&mut pd, (t * s * s) as u64);
-        }
-        // SAFETY: task t writes only rows of batch b, columns h·d..(h+1)·d of each of Q, K, V.
-        let dv = unsafe { view_mut(out, base + 2 * hid, s, d, h3) };
-        faer::linalg::matmul::matmul(dv, Accum::Replace, MatRef::from_row_major_slice(&pd, s, s).transpose(), dc, 1.0f32, Par::Seq);
-        // dP = dropout(dC Vᵀ), reusing pd's buffer
-        let dp = &mut pd;
-        faer::linalg::matmul::matmul(MatMut::from_row_major_slice_mut(dp, s, s), Accum::Replace, dc, view(qkv, a, b, h, 2).transpose(), 1.0f32, Par::Seq);
-        if let Some(dr) = &a.dropout {
-            dr.apply(dp, (t * s * s) as u64);
+            dr.apply(pd, (t * s * s) as u64);
         }
         // dS = P ⊙ (dP − rowsum(dP ⊙ P))
-        for (dr, pr) in dp.chunks_mut(s).zip(p.chunks(s)) {
-            let dot: f32 = dr.iter().zip(pr).map(|(x, y)| x * y).sum();
-            dr.iter_mut().zip(pr).for_each(|(x, y)| *x = y * (*x - dot));
+        for (dr, pr) in pd.chunks_mut(s).zip(p.chunks(s)) {
+            softmax_backward_row(dr, pr);
         }
-        let ds = MatRef::from_row_major_slice(dp, s, s);
-        let dq = unsafe { view_mut(out, base, s, d, h3) };
-        faer::linalg::matmul::matmul(dq, Accum::Replace, ds, view(qkv, a, b, h, 1), a.scale, Par::Seq);
-        let dk = unsafe { view_mut(out, base + hid, s, d, h3) };
-        faer::linalg::matmul::matmul(dk, Accum::Replace, ds.transpose(), view(qkv, a, b, h, 0), a.scale, Par::Seq);
+        // dQ = s·dS K, dK = s·dSᵀ Q
+        pack(view(qkv, a, b, h, 1, false), s, d, &mut w.b);
+        unsafe { gemm(s, d, s, a.scale, Strided { data: pd, rs: s, cs: 1 }, &w.b, out.0.add(base), h3, false) };
+        pack(view(qkv, a, b, h, 0, false), s, d, &mut w.b);
+        unsafe { gemm(s, d, s, a.scale, Strided { data: pd, rs: 1, cs: s }, &w.b, out.0.add(base + hid), h3, false) };
+        w.p = own;
     });
 }

@@ -32,6 +32,13 @@ impl DropoutSpec {
             *v = if hash(self.seed, offset + j as u64) >= t { *v * s } else { 0.0 };
         }
     }
+    /// `dst = dropout(src)`: [`DropoutSpec::apply`] without a separate copy.
+    pub fn apply_to(&self, src: &[f32], dst: &mut [f32], offset: u64) {
+        let (t, s) = (self.threshold(), self.scale());
+        for (j, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
+            *d = if hash(self.seed, offset + j as u64) >= t { v * s } else { 0.0 };
+        }
+    }
     /// [`DropoutSpec::apply`] over a whole buffer, in parallel.
     pub fn apply_par(&self, v: &mut [f32]) {
         const CHUNK: usize = 1 << 14;

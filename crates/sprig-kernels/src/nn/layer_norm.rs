@@ -1,6 +1,7 @@
 //! LayerNorm (Ba et al. 2016) of a residual sum, `y = LN(a + r)·γ + β` over rows of length `h`,
 //! forward and backward, parallel over rows. The backward recomputes the row statistics from
 //! `a + r` instead of keeping them.
+use super::math::{dot8, simd_dispatch, sum8};
 use rayon::prelude::*;
 
 const ROWS_PER_TASK: usize = 32;
@@ -8,9 +9,49 @@ const ROWS_PER_TASK: usize = 32;
 #[inline(always)]
 fn row_stats(z: &[f32], eps: f32) -> (f32, f32) {
     let h = z.len() as f32;
-    let mean = z.iter().sum::<f32>() / h;
-    let var = z.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
+    let mean = sum8(z) / h;
+    // E[z²] − mean² loses digits when |mean| ≫ std; the centred form costs one more pass.
+    let mut c = [0f32; 8];
+    let mut it = z.chunks_exact(8);
+    for ch in &mut it {
+        for l in 0..8 {
+            let d = ch[l] - mean;
+            c[l] = d.mul_add(d, c[l]);
+        }
+    }
+    let var = (c.iter().sum::<f32>() + it.remainder().iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / h;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+simd_dispatch! {
+    /// One row of the forward, in place on `y` (holding `a + r` on entry).
+    fn forward_row(y: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let (mean, rstd) = row_stats(y, eps);
+        for ((y, g), b) in y.iter_mut().zip(gamma).zip(beta) {
+            *y = (*y - mean) * rstd * g + b;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// One row of the backward: `xhat` holds `a + r` on entry; accumulates `dg`, `db`.
+    fn backward_row(xhat: &mut [f32], dy: &[f32], gamma: &[f32], eps: f32, dz: &mut [f32], dg: &mut [f32], db: &mut [f32]) {
+        let h = gamma.len();
+        let (mean, rstd) = row_stats(xhat, eps);
+        for x in xhat.iter_mut() {
+            *x = (*x - mean) * rstd;
+        }
+        // dz uses Σ dy·γ and Σ dy·γ·x̂; dz is scratch for dy·γ until the last loop.
+        for ((z, &d), &g) in dz.iter_mut().zip(dy).zip(gamma) {
+            *z = d * g;
+        }
+        let (m1, m2) = (sum8(dz) / h as f32, dot8(dz, xhat) / h as f32);
+        for j in 0..h {
+            dg[j] = dy[j].mul_add(xhat[j], dg[j]);
+            db[j] += dy[j];
+            dz[j] = rstd * (dz[j] - m1 - xhat[j] * m2);
+        }
+    }
 }
 
 /// Forward: `y [rows, h]`; `r` may be absent (plain LayerNorm of `a`).
@@ -25,10 +66,7 @@ pub fn forward(a: &[f32], r: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f
                 Some(r) => yr.iter_mut().zip(ar.iter().zip(&r[off..off + h])).for_each(|(y, (a, r))| *y = a + r),
                 None => yr.copy_from_slice(ar),
             }
-            let (mean, rstd) = row_stats(yr, eps);
-            for ((y, g), b) in yr.iter_mut().zip(gamma).zip(beta) {
-                *y = (*y - mean) * rstd * g + b;
-            }
+            forward_row(yr, gamma, beta, eps);
         }
     });
 }
@@ -60,21 +98,7 @@ pub fn backward(
                     Some(r) => xhat.iter_mut().zip(ar.iter().zip(&r[off..off + h])).for_each(|(x, (a, r))| *x = a + r),
                     None => xhat.copy_from_slice(ar),
                 }
-                let (mean, rstd) = row_stats(&xhat, eps);
-                let dyr = &dy[off..off + h];
-                let (mut s1, mut s2) = (0f32, 0f32);
-                for j in 0..h {
-                    xhat[j] = (xhat[j] - mean) * rstd;
-                    let g = dyr[j] * gamma[j];
-                    s1 += g;
-                    s2 += g * xhat[j];
-                    dg[j] += dyr[j] * xhat[j];
-                    db[j] += dyr[j];
-                }
-                let (m1, m2) = (s1 / h as f32, s2 / h as f32);
-                for j in 0..h {
-                    dzr[j] = rstd * (dyr[j] * gamma[j] - m1 - xhat[j] * m2);
-                }
+                backward_row(&mut xhat, &dy[off..off + h], gamma, eps, dzr, &mut dg, &mut db);
             }
             (dg, db)
         })

@@ -112,22 +112,74 @@ simd_dispatch! {
     }
 }
 
+/// Lanes of the partial reductions below: one AVX2 vector, so LLVM keeps them in a register.
+const LANES: usize = 8;
+
+/// Sum with [`LANES`] partial sums (the order differs from a sequential sum, so LLVM may
+/// vectorise it).
+#[inline(always)]
+pub fn sum8(v: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut it = v.chunks_exact(LANES);
+    for c in &mut it {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
+}
+
+/// Dot product with [`LANES`] partial sums.
+#[inline(always)]
+pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; LANES];
+    let (mut ia, mut ib) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+    for (x, y) in (&mut ia).zip(&mut ib) {
+        for l in 0..LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + ia.remainder().iter().zip(ib.remainder()).map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// Maximum (NaN-ignoring like `f32::max`) with [`LANES`] partial maxima.
+#[inline(always)]
+pub fn max8(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut it = v.chunks_exact(LANES);
+    for c in &mut it {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    acc.iter().chain(it.remainder()).copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 simd_dispatch! {
     /// In place softmax of one row, with `v[i] = scale·v[i] + bias[i]` applied first.
     pub fn scaled_softmax_row(v: &mut [f32], scale: f32, bias: &[f32]) {
-        let mut max = f32::NEG_INFINITY;
         for (v, &b) in v.iter_mut().zip(bias) {
             *v = v.mul_add(scale, b);
-            max = max.max(*v);
         }
-        let mut sum = 0.0f32;
+        let max = max8(v);
         for v in v.iter_mut() {
             *v = exp(*v - max);
-            sum += *v;
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / sum8(v);
         for v in v.iter_mut() {
             *v *= inv;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// Backward through a softmax row in place: `g ← p ⊙ (g − ⟨g, p⟩)` (`g` = d loss / d p on
+    /// entry, d loss / d logits on exit).
+    pub fn softmax_backward_row(g: &mut [f32], p: &[f32]) {
+        let dot = dot8(g, p);
+        for (g, &p) in g.iter_mut().zip(p) {
+            *g = p * (*g - dot);
         }
     }
 }
@@ -135,6 +187,18 @@ simd_dispatch! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lane_reductions_match_sequential() {
+        for n in [0usize, 1, 7, 8, 9, 33, 384] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 31 % 17) as f32 - 8.0) / 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) / 2.0).collect();
+            let (s, d) = (a.iter().sum::<f32>(), a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>());
+            assert!((sum8(&a) - s).abs() < 1e-4 * (1.0 + s.abs()), "sum n={n}");
+            assert!((dot8(&a, &b) - d).abs() < 1e-4 * (1.0 + d.abs()), "dot n={n}");
+            assert_eq!(max8(&a), a.iter().copied().fold(f32::NEG_INFINITY, f32::max), "max n={n}");
+        }
+    }
 
     #[test]
     fn exp_matches_std() {

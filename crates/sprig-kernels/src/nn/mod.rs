@@ -9,6 +9,7 @@ pub mod attention;
 pub mod dropout;
 pub mod layer_norm;
 pub mod math;
+pub mod small_gemm;
 #[cfg(feature = "candle")]
 pub mod ops;
 
