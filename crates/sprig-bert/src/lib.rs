@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod finetune;
+pub mod gradual;
 pub mod masked;
 pub mod model;
 pub mod nn;

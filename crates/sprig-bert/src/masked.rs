@@ -7,6 +7,7 @@
 //! that an experiment with dozens of fine-tunes pays for neither more than once.
 use crate::checkpoint::Checkpoint;
 use crate::config::BertConfig;
+use crate::gradual::{Gradual, GradualState};
 use crate::finetune::{batch_tensors, evaluate, tokenize, FinetuneConfig, Tokenized};
 use crate::model::{is_encoder_linear_weight, BertClassifier, BertEncoder, Init};
 use crate::tokenizer::BertTokenizer;
@@ -121,6 +122,8 @@ pub struct Start<'a> {
 /// A finished masked fine-tune: metrics, the trained model, and the weights at `snapshot_step`.
 pub struct MaskedRun {
     pub metrics: RunMetrics,
+    /// The final mask of a gradual-pruning run ([`finetune_gradual`]); `None` otherwise.
+    pub gradual_mask: Option<MaskSet>,
     pub model: BertClassifier,
     pub snapshot: Option<HashMap<String, Tensor>>,
 }
@@ -141,6 +144,26 @@ pub fn finetune_masked(
     start: Start,
     masks: Option<&MaskSet>,
     snapshot_step: Option<usize>,
+) -> Result<MaskedRun> {
+    finetune_with(base, data, cfg, seed, start, masks, snapshot_step, None)
+}
+
+/// Fine-tune from `start` (dense) while pruning the encoder linears on the `gradual` schedule
+/// (gradual magnitude or movement pruning, [`crate::gradual`]); otherwise as [`finetune_masked`].
+pub fn finetune_gradual(base: &Base, data: &TaskData, cfg: &FinetuneConfig, seed: u64, start: Start, gradual: Gradual) -> Result<MaskedRun> {
+    finetune_with(base, data, cfg, seed, start, None, None, Some(gradual))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finetune_with(
+    base: &Base,
+    data: &TaskData,
+    cfg: &FinetuneConfig,
+    seed: u64,
+    start: Start,
+    masks: Option<&MaskSet>,
+    snapshot_step: Option<usize>,
+    gradual: Option<Gradual>,
 ) -> Result<MaskedRun> {
     cfg.validate()?;
     let device = Device::Cpu;
@@ -184,6 +207,13 @@ pub fn finetune_masked(
     }
     let schedule = LinearWarmupDecay { base_lr: cfg.lr, warmup: (cfg.warmup_ratio * total as f64).round() as usize, total };
     let all_params = model.named_params();
+    let mut gradual = match gradual {
+        Some(g) => {
+            let prunable: Vec<(String, Var)> = params.iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect();
+            Some(GradualState::new(g, prunable, total)?)
+        }
+        None => None,
+    };
     let mut snap = if snapshot_step == Some(0) { Some(snapshot(&all_params)?) } else { None };
     let t0 = Instant::now();
     let mut step = 0usize;
@@ -203,8 +233,14 @@ pub fn finetune_masked(
             }
             let mut grads = loss.backward()?;
             clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm)?;
+            if let Some(g) = gradual.as_mut() {
+                g.observe(&grads)?;
+            }
             opt.step(&grads)?;
             step += 1;
+            if let Some(g) = gradual.as_mut() {
+                g.after_step(step, &mut opt)?;
+            }
             if snapshot_step == Some(step) {
                 snap = Some(snapshot(&all_params)?);
             }
@@ -214,12 +250,14 @@ pub fn finetune_masked(
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    if let Some(m) = masks {
+    let gradual_mask = gradual.and_then(|g| g.mask);
+    if let Some(m) = masks.or(gradual_mask.as_ref()) {
         check_masked_zero(&all_params, m)?;
+        sparsity = m.sparsity();
     }
     let dev = evaluate(&model, &data.dev, cfg.eval_batch_size, data.pad_id)?;
     let test = evaluate(&model, &data.test, cfg.eval_batch_size, data.pad_id)?;
-    Ok(MaskedRun { metrics: RunMetrics::from(&dev, &test, step, secs, sparsity), model, snapshot: snap })
+    Ok(MaskedRun { metrics: RunMetrics::from(&dev, &test, step, secs, sparsity), gradual_mask, model, snapshot: snap })
 }
 
 /// Errors unless every pruned weight is exactly zero (the mask invariant).

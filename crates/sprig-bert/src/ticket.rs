@@ -21,7 +21,8 @@
 //! summary.json, tickets.svg        per round: sparsity, metric mean/std, controls; highest matching sparsity
 //! ```
 use crate::finetune::FinetuneConfig;
-use crate::masked::{finetune_masked, Base, RunMetrics, Start, TaskData};
+use crate::gradual::{Gradual, GradualCriterion};
+use crate::masked::{finetune_gradual, finetune_masked, Base, RunMetrics, Start, TaskData};
 use crate::nn::randn;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -45,16 +46,23 @@ pub enum Control {
     Shuffled,
     /// One-shot global magnitude pruning of θ₀ to the same sparsity, no IMP.
     Oneshot,
+    /// Gradual (cubic) global magnitude pruning to the same sparsity during one fine-tune from θ₀
+    /// (Zhu & Gupta 2017).
+    Gmp,
+    /// Movement pruning to the same sparsity during one fine-tune from θ₀ (Sanh et al. 2020).
+    Movement,
 }
 
 impl Control {
-    pub const ALL: [Control; 4] = [Control::RandomMask, Control::Reinit, Control::Shuffled, Control::Oneshot];
+    pub const ALL: [Control; 6] = [Control::RandomMask, Control::Reinit, Control::Shuffled, Control::Oneshot, Control::Gmp, Control::Movement];
     pub fn name(&self) -> &'static str {
         match self {
             Control::RandomMask => "random_mask",
             Control::Reinit => "reinit",
             Control::Shuffled => "shuffled",
             Control::Oneshot => "oneshot",
+            Control::Gmp => "gmp",
+            Control::Movement => "movement",
         }
     }
 }
@@ -67,7 +75,9 @@ impl std::str::FromStr for Control {
             "reinit" => Control::Reinit,
             "shuffled" | "shuffle" => Control::Shuffled,
             "oneshot" | "one_shot" => Control::Oneshot,
-            _ => bail!("unknown control `{s}` (expected random-mask, reinit, shuffled or oneshot)"),
+            "gmp" | "gradual" => Control::Gmp,
+            "movement" => Control::Movement,
+            _ => bail!("unknown control `{s}` (expected random-mask, reinit, shuffled, oneshot, gmp or movement)"),
         })
     }
 }
@@ -277,9 +287,21 @@ impl Ctx<'_> {
         let s = self.cfg.schedule().round_sparsity(r)?;
         let salt = seed.wrapping_mul(1_000_003).wrapping_add(r as u64 * 7919);
         let (start, head) = self.rewind_start(seed)?;
+        let gradual = match c {
+            Control::Gmp => Some(GradualCriterion::Magnitude),
+            Control::Movement => Some(GradualCriterion::Movement),
+            _ => None,
+        };
+        if let Some(g) = gradual {
+            let run = finetune_gradual(self.base, self.data, &self.cfg.finetune, seed, Start { tensors: &start, head }, Gradual::standard(g, s))?;
+            sprig_train::write_json(&path, &run.metrics)?;
+            tracing::info!(round = r, seed, control = c.name(), sparsity = run.metrics.sparsity, test_accuracy = run.metrics.test_accuracy, "control done");
+            return Ok(run.metrics);
+        }
         let (start, mask) = match c {
             Control::RandomMask => (start, global(&random_scores(&self.shapes, salt ^ 0x5A5A), &self.shapes, s, None)?),
             Control::Oneshot => (start, global(&magnitude_scores(&self.base.tensors, &self.shapes)?, &self.shapes, s, None)?),
+            Control::Gmp | Control::Movement => unreachable!("handled above"),
             Control::Reinit => {
                 let mut t = start;
                 t.extend(reinit_tensors(&self.shapes, salt ^ 0x1E1E)?);

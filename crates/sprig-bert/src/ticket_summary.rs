@@ -33,6 +33,16 @@ pub struct RoundRow {
     pub shuffled_std: Option<f64>,
     pub oneshot_mean: Option<f64>,
     pub oneshot_std: Option<f64>,
+    /// Gradual magnitude pruning during fine-tuning (a comparison, not a control).
+    #[serde(default)]
+    pub gmp_mean: Option<f64>,
+    #[serde(default)]
+    pub gmp_std: Option<f64>,
+    /// Movement pruning during fine-tuning (a comparison, not a control).
+    #[serde(default)]
+    pub movement_mean: Option<f64>,
+    #[serde(default)]
+    pub movement_std: Option<f64>,
     /// Within one standard deviation of full fine-tuning (round 0).
     pub matching: bool,
     pub train_seconds: f64,
@@ -80,6 +90,8 @@ pub fn summarize(cfg: &TicketConfig, task: &str, results: &[RoundResult]) -> Tic
         let (re, resd) = ctl(Control::Reinit);
         let (sh, shsd) = ctl(Control::Shuffled);
         let (os, ossd) = ctl(Control::Oneshot);
+        let (gm, gmsd) = ctl(Control::Gmp);
+        let (mv, mvsd) = ctl(Control::Movement);
         let secs: f64 = rs.iter().map(|r| r.ticket.train_seconds + r.controls.values().map(|c| c.train_seconds).sum::<f64>()).sum();
         rows.push(RoundRow {
             round,
@@ -96,6 +108,10 @@ pub fn summarize(cfg: &TicketConfig, task: &str, results: &[RoundResult]) -> Tic
             shuffled_std: shsd,
             oneshot_mean: os,
             oneshot_std: ossd,
+            gmp_mean: gm,
+            gmp_std: gmsd,
+            movement_mean: mv,
+            movement_std: mvsd,
             matching: false,
             train_seconds: secs,
         });
@@ -138,12 +154,14 @@ pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
         let root = SVGBackend::with_string(&mut svg, (800, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
         type Pick = Box<dyn Fn(&RoundRow) -> Option<f64>>;
-        let series: [(&str, RGBColor, Pick); 5] = [
+        let series: [(&str, RGBColor, Pick); 7] = [
             ("IMP ticket (rewound)", BLUE, Box::new(|r| Some(r.metric_mean))),
             ("random mask", GREEN, Box::new(|r| r.random_mask_mean)),
             ("IMP mask, reinit weights", RED, Box::new(|r| r.reinit_mean)),
             ("IMP mask, shuffled weights", MAGENTA, Box::new(|r| r.shuffled_mean)),
             ("one-shot magnitude of θ0", BLACK, Box::new(|r| r.oneshot_mean)),
+            ("gradual magnitude during fine-tuning", CYAN, Box::new(|r| r.gmp_mean)),
+            ("movement pruning during fine-tuning", RGBColor(230, 120, 0), Box::new(|r| r.movement_mean)),
         ];
         let ys: Vec<f64> = s.rounds.iter().flat_map(|r| series.iter().filter_map(|(_, _, f)| f(r))).map(|a| 100.0 * a).collect();
         let ymin = ys.iter().cloned().fold(f64::INFINITY, f64::min).floor() - 1.0;

@@ -87,7 +87,9 @@ pub fn collect(root: &Path) -> Result<Vec<DstSummary>> {
         }
     }
     out.sort_by(|a, b| {
-        (format!("{:?}", a.config.method), a.config.sparsity, a.config.delta_t).partial_cmp(&(format!("{:?}", b.config.method), b.config.sparsity, b.config.delta_t)).expect("finite")
+        (format!("{:?}", a.config.method), a.config.sparsity, a.config.delta_t, a.config.epochs)
+            .partial_cmp(&(format!("{:?}", b.config.method), b.config.sparsity, b.config.delta_t, b.config.epochs))
+            .expect("finite")
     });
     Ok(out)
 }
@@ -146,11 +148,13 @@ pub fn plot_grid_svg(rows: &[DstSummary], path: &Path, title: &str) -> Result<()
     crate::run::write_atomic(path, svg.as_bytes())
 }
 
-/// The grid's main ΔT for a method is its most common one; other ΔT are the ITOP sweep.
+/// The grid's main (ΔT, epochs) for a method is its most common pair; other pairs are the ITOP
+/// sweeps (fixed steps with another ΔT, or fixed updates with ΔT and epochs scaled together).
 pub fn is_main_interval(r: &DstSummary, rows: &[DstSummary]) -> bool {
-    let same: Vec<usize> = rows.iter().filter(|o| o.config.method == r.config.method).map(|o| o.config.delta_t).collect();
+    let key = |o: &DstSummary| (o.config.delta_t, o.config.epochs);
+    let same: Vec<(usize, usize)> = rows.iter().filter(|o| o.config.method == r.config.method).map(key).collect();
     let mode = same.iter().max_by_key(|d| (same.iter().filter(|x| x == d).count(), std::cmp::Reverse(**d))).copied();
-    mode == Some(r.config.delta_t)
+    mode == Some(key(r))
 }
 
 /// Markdown table: rows by method, columns by sparsity, `mean ± std (R_s)`.

@@ -29,7 +29,12 @@ pub struct Args {
     /// `--format`, so the step runs on sprig-kernels' sparse kernels (0 = dense).
     #[arg(long, default_value_t = 0.0)]
     pub sparsity: f64,
-    /// Sparse format for `--sparsity`: csr, bsr4x1, bsr1x4, bsr4x4, 2:4.
+    /// Compile with the masks of this checkpoint (e.g. a ticket, `DIR/round-RR/seed-S`) instead of
+    /// `--sparsity`'s per-tensor magnitude masks (the weights stay the pre-trained ones: only the
+    /// sparsity pattern matters for speed).
+    #[arg(long, conflicts_with = "sparsity")]
+    pub masks: Option<PathBuf>,
+    /// Sparse format for `--sparsity` / `--masks`: csr, bsr4x1, bsr1x4, bsr4x4, 2:4.
     #[arg(long, default_value = "csr")]
     pub format: String,
     /// Layer implementation: fused (sprig-kernels ops) or stock (candle's ops composed).
@@ -96,7 +101,13 @@ pub fn run(a: Args) -> Result<()> {
     let mut encoder = ckpt.encoder(0, &device)?;
     encoder.set_train_word_embeddings(a.train_word_embeddings);
     encoder.set_ops(a.ops);
-    if a.sparsity > 0.0 {
+    let mut sparsity = a.sparsity;
+    if let Some(dir) = &a.masks {
+        let masks = sprig_prune::checkpoint::load(dir, &device).with_context(|| format!("loading masks from {}", dir.display()))?.masks;
+        sparsity = masks.sparsity();
+        let keep = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
+        encoder.compile_sparse(&keep, parse_format(&a.format)?)?;
+    } else if a.sparsity > 0.0 {
         compile(&mut encoder, a.sparsity, &a.format)?;
     }
     let model = BertClassifier::new(encoder, 2, Pooling::Mean, None, 0)?;
@@ -114,7 +125,7 @@ pub fn run(a: Args) -> Result<()> {
     // Mean per-step time of each fused op in the training step (forward, backward).
     let mut by_op: Vec<(String, f64, f64)> = vec![];
     let threads = candle_core::utils::get_num_threads();
-    eprintln!("bench train-step: {} batch {} seq {} threads {threads} ops {:?} sparsity {} ({})", a.model, a.batch, a.seq, a.ops, a.sparsity, a.format);
+    eprintln!("bench train-step: {} batch {} seq {} threads {threads} ops {:?} sparsity {sparsity} ({})", a.model, a.batch, a.seq, a.ops, a.format);
     for i in 0..a.warmup + a.runs {
         let t = Instant::now();
         let logits = model.forward(&ids, &types, &mask, false)?;
@@ -154,7 +165,7 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("  run {i}: forward {f:.0} ms, step {:.0} ms", (t3 - t0).as_secs_f64() * 1e3);
     }
     let out = serde_json::json!({
-        "impl": "sprig", "ops": a.ops, "sparsity": a.sparsity, "format": a.format, "model": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
+        "impl": "sprig", "ops": a.ops, "sparsity": sparsity, "masks": a.masks, "format": a.format, "model": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
         "train_word_embeddings": a.train_word_embeddings,
         "forward_ms": timing(fwd), "train_forward_ms": timing(tfwd), "backward_ms": timing(bwd),
         "optimizer_ms": timing(optim), "step_ms": timing(step), "peak_rss_mb": peak_rss_mb(),

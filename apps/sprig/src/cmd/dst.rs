@@ -115,11 +115,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let rows = collect(&a.runs)?;
     anyhow::ensure!(!rows.is_empty(), "no summary.json under {}", a.runs.display());
     let mut md = grid_table(&rows);
-    md += "\n| method | sparsity | ΔT | test acc (%) | ITOP R_s | train s/seed |\n|---|---|---|---|---|---|\n";
+    md += "\n| method | sparsity | ΔT | epochs | test acc (%) | ITOP R_s | train s/seed |\n|---|---|---|---|---|---|---|\n";
     for r in &rows {
         md += &format!(
-            "| {:?} | {:.2} | {} | {:.2} ± {:.2} | {:.4} ± {:.4} | {:.1} |\n",
-            r.config.method, r.final_sparsity, r.config.delta_t, 100.0 * r.test_acc_mean, 100.0 * r.test_acc_std, r.itop_rate, r.itop_rate_std, r.train_seconds
+            "| {:?} | {:.2} | {} | {} | {:.2} ± {:.2} | {:.4} ± {:.4} | {:.1} |\n",
+            r.config.method, r.final_sparsity, r.config.delta_t, r.config.epochs, 100.0 * r.test_acc_mean, 100.0 * r.test_acc_std, r.itop_rate, r.itop_rate_std, r.train_seconds
         );
     }
     sprig_train::write_atomic(&a.out.join("dst-grid.md"), md.as_bytes())?;

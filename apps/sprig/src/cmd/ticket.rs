@@ -21,7 +21,9 @@ pub struct Args {
     /// Number of training seeds (0, 1, ...).
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
-    /// Comma-separated controls: random-mask, reinit, shuffled, oneshot; "none" for none.
+    /// Comma-separated controls: random-mask, reinit, shuffled, oneshot; and the comparisons gmp
+    /// (gradual magnitude) and movement (movement pruning), which prune to the round's sparsity
+    /// during one fine-tune from θ0; "none" for none.
     #[arg(long, default_value = "random-mask,reinit,shuffled,oneshot")]
     pub controls: String,
     /// Comma-separated rounds in which `--controls` run (default: every round). Controls already
@@ -50,11 +52,11 @@ pub fn run(a: Args) -> Result<()> {
     let out: PathBuf = a.ft.out.clone();
     let s = run_tickets(&cfg, &out, &sprig_data::sprig_home())?;
     let f = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{:.2}", 100.0 * m));
-    println!("| round | sparsity | seeds | ticket {} | random mask | reinit | shuffled | one-shot | matching |", s.metric);
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| round | sparsity | seeds | ticket {} | random mask | reinit | shuffled | one-shot | GMP | movement | matching |", s.metric);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &s.rounds {
         println!(
-            "| {} | {:.0}% | {} | {:.2} ± {:.2} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0}% | {} | {:.2} ± {:.2} | {} | {} | {} | {} | {} | {} | {} |",
             r.round,
             100.0 * r.sparsity,
             r.seeds,
@@ -64,6 +66,8 @@ pub fn run(a: Args) -> Result<()> {
             f(r.reinit_mean),
             f(r.shuffled_mean),
             f(r.oneshot_mean),
+            f(r.gmp_mean),
+            f(r.movement_mean),
             if r.matching { "yes" } else { "no" }
         );
     }
