@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sprig_kernels::candle::Format;
 use sprig_prune::checkpoint;
+use sprig_train::dst_run::median;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
@@ -50,13 +51,6 @@ pub struct CompileReport {
     pub max_abs_logit_diff: f32,
     pub linear_dense_bytes: usize,
     pub linear_sparse_bytes: usize,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
 }
 
 /// The fine-tuned classifier of a ticket checkpoint (encoder + head), optionally compiled.
