@@ -92,7 +92,7 @@ pub fn compile_ticket(dir: &Path, o: &CompileOptions) -> Result<CompileReport> {
     let (types, mask) = (ids.zeros_like()?, ids.ones_like()?);
     let run = |m: &BertClassifier| -> Result<(Vec<Vec<f32>>, f64)> {
         let t0 = Instant::now();
-        let l = m.forward(&ids, &types, &mask, false)?.to_vec2::<f32>()?;
+        let l = m.predict(&ids, &types, &mask)?.to_vec2::<f32>()?;
         Ok((l, t0.elapsed().as_secs_f64() * 1e3))
     };
     let (ld, _) = run(&dense)?;

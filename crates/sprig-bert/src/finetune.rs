@@ -154,7 +154,7 @@ pub fn predict(model: &BertClassifier, data: &Tokenized, batch_size: usize, pad_
     let mut probs = vec![0f32; n * c];
     for chunk in order.chunks(batch_size) {
         let (ids, types, mask) = batch_tensors(data, chunk, pad_id, model.encoder.device())?;
-        let logits = model.forward(&ids, &types, &mask, false)?;
+        let logits = model.predict(&ids, &types, &mask)?;
         let p = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         for (row, &i) in chunk.iter().enumerate() {
             probs[i * c..(i + 1) * c].copy_from_slice(&p[row]);

@@ -2,7 +2,7 @@
 //! can mask any linear by its Hugging Face name, and a sequence-classification model on top.
 use crate::config::{BertConfig, Pooling};
 use crate::error::{BertError, Result};
-use crate::nn::{ones, randn, zeros, Activation, Dropout, LayerNorm, Linear};
+use crate::nn::{ones, param, randn, zeros, Activation, Dropout, LayerNorm, Linear};
 use candle_core::{DType, Device, Tensor, Var, D};
 use sprig_kernels::nn::{ops, Act, AttentionSpec};
 use rand::SeedableRng;
@@ -283,6 +283,16 @@ impl BertEncoder {
     /// Token states `[B, S, H]` for `input_ids`, `token_type_ids` and `attention_mask` (all `[B, S]`,
     /// u32; mask 1 = real token). Dropout is active when `train`.
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(input_ids, token_type_ids, attention_mask, train, false)
+    }
+
+    /// Inference: [`BertEncoder::forward`] without dropout and without an autograd graph (the
+    /// parameters are detached, so the fused ops keep no activations for a backward).
+    pub fn forward_inference(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.forward_impl(input_ids, token_type_ids, attention_mask, false, true)
+    }
+
+    fn forward_impl(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor, train: bool, detach: bool) -> Result<Tensor> {
         let (bsz, seq) = input_ids.dims2()?;
         if seq > self.config.max_position_embeddings {
             return Err(BertError::Candle(candle_core::Error::Msg(format!(
@@ -292,17 +302,18 @@ impl BertEncoder {
         }
         let h = self.config.hidden_size;
         let e = &self.embeddings;
-        let word = if self.train_word_embeddings { e.word.as_tensor().clone() } else { e.word.as_detached_tensor() };
+        let word = param(&e.word, detach || !self.train_word_embeddings);
         let words = word.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
-        let types = e.token_type.index_select(&token_type_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
-        let pos = e.position.narrow(0, 0, seq)?.unsqueeze(0)?;
+        let types = param(&e.token_type, detach).index_select(&token_type_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
+        let pos = param(&e.position, detach).narrow(0, 0, seq)?.unsqueeze(0)?;
+        let gb = |n: &crate::nn::LayerNorm| -> Result<Tensor> { Ok(if detach { n.gamma_beta()?.detach() } else { n.gamma_beta()? }) };
         if self.ops() == Ops::Fused {
             let rest = types.broadcast_add(&pos)?;
-            let mut x = ops::add_layer_norm(&words, &rest, &e.norm.gamma_beta()?, e.norm.eps, e.dropout.spec(train))?;
+            let mut x = ops::add_layer_norm(&words, &rest, &gb(&e.norm)?, e.norm.eps, e.dropout.spec(train))?;
             let key_bias: Vec<f32> =
                 attention_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|m| (m - 1.0) * 1e4).collect();
             for layer in &self.layers {
-                x = self.layer_forward_fused(layer, &x, &key_bias, train)?;
+                x = self.layer_forward_fused(layer, &x, &key_bias, train, detach)?;
             }
             return Ok(x);
         }
@@ -318,18 +329,19 @@ impl BertEncoder {
 
     /// One layer on fused ops: packed QKV linear, fused attention, output linear with dropout,
     /// residual + LayerNorm, FFN-in with GELU, FFN-out with dropout, residual + LayerNorm.
-    fn layer_forward_fused(&self, l: &Layer, x: &Tensor, key_bias: &[f32], train: bool) -> Result<Tensor> {
+    fn layer_forward_fused(&self, l: &Layer, x: &Tensor, key_bias: &[f32], train: bool, detach: bool) -> Result<Tensor> {
         let (bsz, seq, h) = x.dims3()?;
         let nh = self.config.num_attention_heads;
         let qkv = if l.query.sparse.is_none() && l.key.sparse.is_none() && l.value.sparse.is_none() {
-            let cat3 = |a: &Var, b: &Var, c: &Var| Tensor::cat(&[a.as_tensor(), b.as_tensor(), c.as_tensor()], 0);
+            let cat3 = |a: &Var, b: &Var, c: &Var| Tensor::cat(&[param(a, detach), param(b, detach), param(c, detach)], 0);
             let wqkv = cat3(&l.query.weight, &l.key.weight, &l.value.weight)?;
             let bqkv = Tensor::cat(&[l.query.bias_or_zeros()?, l.key.bias_or_zeros()?, l.value.bias_or_zeros()?], 0)?;
+            let bqkv = if detach { bqkv.detach() } else { bqkv };
             ops::linear(x, &wqkv, &bqkv, Act::Identity, None)?
         } else {
-            let q = l.query.forward_fused(x, Act::Identity, None)?;
-            let k = l.key.forward_fused(x, Act::Identity, None)?;
-            let v = l.value.forward_fused(x, Act::Identity, None)?;
+            let q = l.query.forward_fused(x, Act::Identity, None, detach)?;
+            let k = l.key.forward_fused(x, Act::Identity, None, detach)?;
+            let v = l.value.forward_fused(x, Act::Identity, None, detach)?;
             Tensor::cat(&[q, k, v], 2)?
         };
         let spec = AttentionSpec {
@@ -342,11 +354,12 @@ impl BertEncoder {
             dropout: l.attn_dropout.spec(train),
         };
         let ctx = ops::attention(&qkv, spec)?;
-        let a = l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train))?;
-        let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta()?, l.attn_norm.eps, None)?;
-        let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None)?;
-        let f = l.ffn_out.forward_fused(&ff, Act::Identity, l.hidden_dropout.spec(train))?;
-        Ok(ops::add_layer_norm(&f, &x1, &l.ffn_norm.gamma_beta()?, l.ffn_norm.eps, None)?)
+        let gb = |n: &crate::nn::LayerNorm| -> Result<Tensor> { Ok(if detach { n.gamma_beta()?.detach() } else { n.gamma_beta()? }) };
+        let a = l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train), detach)?;
+        let x1 = ops::add_layer_norm(&a, x, &gb(&l.attn_norm)?, l.attn_norm.eps, None)?;
+        let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None, detach)?;
+        let f = l.ffn_out.forward_fused(&ff, Act::Identity, l.hidden_dropout.spec(train), detach)?;
+        Ok(ops::add_layer_norm(&f, &x1, &gb(&l.ffn_norm)?, l.ffn_norm.eps, None)?)
     }
 
     fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
@@ -430,5 +443,12 @@ impl BertClassifier {
         let hidden = self.encoder.forward(input_ids, token_type_ids, attention_mask, train)?;
         let pooled = pool(&hidden, attention_mask, self.pooling)?;
         Ok(self.classifier.forward(&self.dropout.forward(&pooled, train)?)?)
+    }
+
+    /// Logits for inference: no dropout, no autograd graph ([`BertEncoder::forward_inference`]).
+    pub fn predict(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let hidden = self.encoder.forward_inference(input_ids, token_type_ids, attention_mask)?;
+        let pooled = pool(&hidden, attention_mask, self.pooling)?;
+        Ok(self.classifier.forward(&pooled)?.detach())
     }
 }

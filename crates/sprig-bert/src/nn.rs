@@ -60,11 +60,13 @@ impl Linear {
     }
 
     /// The fused-op forward: `dropout(act(x Wᵀ + b))`, dense or sparse.
-    pub fn forward_fused(&self, x: &Tensor, act: Act, dropout: Option<DropoutSpec>) -> Result<Tensor> {
-        let b = self.bias_or_zeros()?;
+    /// `detach`: use the parameters without autograd tracking (inference: the ops then keep
+    /// nothing for a backward and GELU runs in place).
+    pub fn forward_fused(&self, x: &Tensor, act: Act, dropout: Option<DropoutSpec>, detach: bool) -> Result<Tensor> {
+        let b = if detach { self.bias_or_zeros()?.detach() } else { self.bias_or_zeros()? };
         match &self.sparse {
-            Some(s) => ops::sparse_linear(x, s.values.as_tensor(), &s.pattern, &b, act, dropout),
-            None => ops::linear(x, self.weight.as_tensor(), &b, act, dropout),
+            Some(s) => ops::sparse_linear(x, &param(&s.values, detach), &s.pattern, &b, act, dropout),
+            None => ops::linear(x, &param(&self.weight, detach), &b, act, dropout),
         }
     }
 
@@ -91,6 +93,11 @@ impl Linear {
 }
 
 /// LayerNorm over the last dimension (Ba et al. 2016), composed of differentiable ops.
+/// A parameter's tensor, detached from autograd when `detach`.
+pub fn param(v: &Var, detach: bool) -> Tensor {
+    if detach { v.as_detached_tensor() } else { v.as_tensor().clone() }
+}
+
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     pub weight: Var,

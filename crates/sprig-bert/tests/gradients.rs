@@ -57,6 +57,11 @@ fn fused_and_stock_paths_agree_on_outputs_and_every_gradient() {
         assert_eq!(encoder.ops(), ops);
         let model = BertClassifier::new(encoder, 3, Pooling::Mean, None, 1).unwrap();
         let logits = model.forward(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"], false).unwrap();
+        // Inference (no graph) computes the same logits.
+        let pred = model.predict(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in pred.iter().zip(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()) {
+            assert!((a - b).abs() <= 1e-6, "{ops:?}: predict {a} vs forward {b}");
+        }
         let grads = candle_nn::loss::cross_entropy(&logits, &labels).unwrap().backward().unwrap();
         let gs: Vec<(String, Vec<f32>)> = model
             .trainable_params()

@@ -128,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
     eprintln!("bench train-step: {} batch {} seq {} threads {threads} ops {:?} sparsity {sparsity} ({})", a.model, a.batch, a.seq, a.ops, a.format);
     for i in 0..a.warmup + a.runs {
         let t = Instant::now();
-        let logits = model.forward(&ids, &types, &mask, false)?;
+        let logits = model.predict(&ids, &types, &mask)?;
         logits.to_vec2::<f32>()?;
         let f = t.elapsed().as_secs_f64() * 1e3;
         sprig_kernels::nn::ops::profile::enable(i >= a.warmup && a.ops == Ops::Fused);

@@ -11,7 +11,7 @@
 use super::attention::{self, AttentionSpec};
 use super::dropout::DropoutSpec;
 use super::layer_norm;
-use super::math::{gelu_backward_inplace, gelu_slice};
+use super::math::{gelu_backward_inplace, gelu_inplace, gelu_slice};
 use super::Act;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
@@ -212,12 +212,16 @@ impl CustomOp3 for LinearOp {
         let _t = timer(2, 0);
         let mut y = match self.act {
             Act::Identity => z,
+            // Inference (nothing tracked): GELU in place, no second [M, N] buffer.
+            Act::Gelu if !self.keep => {
+                let mut z = z;
+                z.par_chunks_mut(1 << 14).for_each(gelu_inplace);
+                z
+            }
             Act::Gelu => {
                 let mut y = vec![0f32; m * n];
                 y.par_chunks_mut(1 << 14).zip(z.par_chunks(1 << 14)).for_each(|(y, z)| gelu_slice(z, y));
-                if self.keep {
-                    *self.pre.lock().expect("linear cache") = Some(z);
-                }
+                *self.pre.lock().expect("linear cache") = Some(z);
                 y
             }
         };
