@@ -149,4 +149,12 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     assert!(c["max_abs_logit_diff"].as_f64().unwrap() <= 1e-4, "compiled logits differ: {c}");
     assert!(c["linear_sparse_bytes"].as_u64().unwrap() < c["linear_dense_bytes"].as_u64().unwrap(), "{c}");
     assert!(c["dense_ms"].as_f64().unwrap() > 0.0 && c["sparse_ms"].as_f64().unwrap() > 0.0);
+
+    // bench train-step on the ticket's masks (the speed rows of bert-tickets.md).
+    let bj = dir.path().join("bench.json");
+    let bench = ["bench", "train-step", "--batch", "2", "--seq", "16", "--runs", "1", "--warmup", "0", "--masks"];
+    run_ok(sprig().args(bench).arg(a.join("round-02/seed-0")).arg("--json").arg(&bj));
+    let b = json(&bj);
+    assert!((b["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{b}");
+    assert!(b["step_ms"]["median"].as_f64().unwrap() > 0.0);
 }
