@@ -306,10 +306,9 @@ impl BertEncoder {
         let words = word.index_select(&input_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
         let types = param(&e.token_type, detach).index_select(&token_type_ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?;
         let pos = param(&e.position, detach).narrow(0, 0, seq)?.unsqueeze(0)?;
-        let gb = |n: &crate::nn::LayerNorm| -> Result<Tensor> { Ok(if detach { n.gamma_beta()?.detach() } else { n.gamma_beta()? }) };
         if self.ops() == Ops::Fused {
             let rest = types.broadcast_add(&pos)?;
-            let mut x = ops::add_layer_norm(&words, &rest, &gb(&e.norm)?, e.norm.eps, e.dropout.spec(train))?;
+            let mut x = ops::add_layer_norm(&words, &rest, &e.norm.gamma_beta(detach)?, e.norm.eps, e.dropout.spec(train))?;
             let key_bias: Vec<f32> =
                 attention_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|m| (m - 1.0) * 1e4).collect();
             for layer in &self.layers {
@@ -354,12 +353,11 @@ impl BertEncoder {
             dropout: l.attn_dropout.spec(train),
         };
         let ctx = ops::attention(&qkv, spec)?;
-        let gb = |n: &crate::nn::LayerNorm| -> Result<Tensor> { Ok(if detach { n.gamma_beta()?.detach() } else { n.gamma_beta()? }) };
         let a = l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train), detach)?;
-        let x1 = ops::add_layer_norm(&a, x, &gb(&l.attn_norm)?, l.attn_norm.eps, None)?;
+        let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta(detach)?, l.attn_norm.eps, None)?;
         let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None, detach)?;
         let f = l.ffn_out.forward_fused(&ff, Act::Identity, l.hidden_dropout.spec(train), detach)?;
-        Ok(ops::add_layer_norm(&f, &x1, &gb(&l.ffn_norm)?, l.ffn_norm.eps, None)?)
+        Ok(ops::add_layer_norm(&f, &x1, &l.ffn_norm.gamma_beta(detach)?, l.ffn_norm.eps, None)?)
     }
 
     fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {

@@ -106,9 +106,9 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// `[γ; β]` packed for the fused op (differentiable in both).
-    pub fn gamma_beta(&self) -> Result<Tensor> {
-        Tensor::cat(&[self.weight.as_tensor(), self.bias.as_tensor()], 0)
+    /// `[γ; β]` packed for the fused op (differentiable in both unless `detach`).
+    pub fn gamma_beta(&self, detach: bool) -> Result<Tensor> {
+        Tensor::cat(&[param(&self.weight, detach), param(&self.bias, detach)], 0)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
