@@ -48,6 +48,8 @@ enum Command {
     Transfer(cmd::transfer::Args),
     /// Source x target matrix (ticket - dense) of several transfer runs, with a heat-map.
     TransferMatrix(cmd::transfer_matrix::Args),
+    /// An upstream ticket without downstream labels: IMP on the checkpoint's contrastive sentence-embedding objective.
+    Upstream(cmd::upstream::Args),
 }
 
 fn main() {
@@ -73,6 +75,7 @@ fn main() {
         Command::Export(a) => cmd::export::run(a),
         Command::Transfer(a) => cmd::transfer::run(a),
         Command::TransferMatrix(a) => cmd::transfer_matrix::run(a),
+        Command::Upstream(a) => cmd::upstream::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

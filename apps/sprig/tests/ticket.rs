@@ -158,3 +158,47 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     assert!((b["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{b}");
     assert!(b["step_ms"]["median"].as_f64().unwrap() > 0.0);
 }
+
+/// `sprig upstream`: IMP without labels on the contrastive objective gives tickets with the
+/// schedule's sparsity that `sprig transfer` fine-tunes on a task; a second invocation resumes
+/// (trains nothing) and bad settings are refused with a clear message.
+#[test]
+fn upstream_ticket_then_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up");
+    let args = ["upstream", "--max-train", "48", "--max-dev", "16", "--batch-size", "8", "--max-seq-len", "24", "--rounds", "2", "--rate", "0.3", "--lr", "1e-4"];
+    let out = run_ok(sprig().args(args).arg("--out").arg(&up));
+    assert!(out.contains("| 2 | 60% |"), "{out}");
+    let s = json(&up.join("summary.json"));
+    assert_eq!(s["corpus"], serde_json::json!(["20ng", "bbc"]));
+    let rows = s["rounds"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    // Dense training on its own objective keeps the checkpoint's embedding nearly unchanged; the
+    // 60% subnetwork has moved away from it.
+    let cos = |r: usize| rows[r]["cosine_to_dense_mean"].as_f64().unwrap();
+    assert!(cos(0) > 0.95, "{}", cos(0));
+    assert!(cos(2) < cos(0), "{} vs {}", cos(2), cos(0));
+    for r in 1..=2 {
+        let man = json(&up.join(format!("round-{r:02}/seed-0/sprig.json")));
+        assert!((man["prunable_sparsity"].as_f64().unwrap() - 0.3 * r as f64).abs() < 1e-4, "{}", man["prunable_sparsity"]);
+        assert_eq!(man["extra"]["task"], "upstream");
+    }
+    let hashes = std::fs::read(up.join("round-02/seed-0/sprig.json")).unwrap();
+    run_ok(sprig().args(args).arg("--out").arg(&up));
+    assert_eq!(hashes, std::fs::read(up.join("round-02/seed-0/sprig.json")).unwrap(), "resume retrained a finished round");
+
+    let t = dir.path().join("t");
+    let tiny = ["--task", "trec6", "--max-train", "32", "--max-dev", "16", "--max-test", "24", "--batch-size", "16", "--epochs", "1", "--max-seq-len", "32", "--no-dense"];
+    run_ok(sprig().args(["transfer", "--ticket"]).arg(up.join("round-01")).args(tiny).arg("--out").arg(&t));
+    let ts = json(&t.join("summary.json"));
+    assert_eq!(ts["source_task"], "upstream");
+    assert_eq!(ts["target_task"], "trec6");
+    assert!((ts["sparsity"].as_f64().unwrap() - 0.3).abs() < 1e-4);
+
+    for (bad, why) in [(&["--batch-size", "1"][..], "at least 2"), (&["--task", "trec6"][..], "--corpus"), (&["--corpus", "nosuch"][..], "nosuch")] {
+        let o = sprig().arg("upstream").args(bad).arg("--out").arg(dir.path().join("bad")).output().unwrap();
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(why), "{bad:?}: {e}");
+    }
+}

@@ -17,6 +17,7 @@ pub mod ticket_summary;
 pub mod tokenizer;
 pub mod transfer;
 pub mod transfer_matrix;
+pub mod upstream;
 pub mod weights;
 
 pub use checkpoint::{save_classifier, Checkpoint};

@@ -202,6 +202,12 @@ fn global(scores: &Scores, shapes: &[(String, Vec<usize>)], s: f64, current: Opt
     Ok(prune(scores, shapes, s, Granularity::Unstructured, &Allocation::global(), current)?)
 }
 
+/// The IMP step: global magnitude pruning of the trained `tensors` to sparsity `s`, never
+/// reviving what `current` already pruned.
+pub fn global_magnitude_mask(tensors: &HashMap<String, Tensor>, shapes: &[(String, Vec<usize>)], s: f64, current: Option<&MaskSet>) -> Result<MaskSet> {
+    global(&magnitude_scores(tensors, shapes)?, shapes, s, current)
+}
+
 struct Ctx<'a> {
     cfg: &'a TicketConfig,
     out: &'a Path,
@@ -239,7 +245,7 @@ impl Ctx<'_> {
             let ck = checkpoint::load(&prev, &Device::Cpu).with_context(|| format!("loading {}", prev.display()))?;
             let trained: HashMap<String, Tensor> = ck.tensors.into_iter().collect();
             let cur = if r == 1 { None } else { Some(&ck.masks) };
-            let m = global(&magnitude_scores(&trained, &self.shapes)?, &self.shapes, sparsity, cur)?;
+            let m = global_magnitude_mask(&trained, &self.shapes, sparsity, cur)?;
             (Some(m), Some(checkpoint::weights_sha256(&prev)?))
         };
         let (start, head) = if r == 0 { (HashMap::new(), false) } else { self.rewind_start(seed)? };

@@ -14,3 +14,4 @@ pub mod prune_at_init;
 pub mod ticket;
 pub mod transfer;
 pub mod transfer_matrix;
+pub mod upstream;

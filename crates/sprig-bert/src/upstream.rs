@@ -1,0 +1,356 @@
+//! Upstream tickets, found without a downstream label (Chen et al. 2020, §5: the subnetwork found
+//! by IMP on the *pre-training* objective transfers to every downstream task).
+//!
+//! The objective is the checkpoint's own. `all-MiniLM-L6-v2` was trained with an in-batch-negatives
+//! contrastive loss on sentence pairs (MultipleNegativesRankingLoss, cosine similarity × 20). With
+//! no pairs at hand we use its unsupervised form, SimCSE (Gao et al. 2021, Eq. 1): every text is
+//! encoded twice with independent dropout masks, the two views are the positive pair and the other
+//! texts of the batch the negatives,
+//!
+//! `ℓ_i = −log exp(sim(h_i, h_i⁺)/τ) / Σ_j exp(sim(h_i, h_j⁺)/τ)`, `τ = 0.05`,
+//!
+//! on mean-pooled, L2-normalised embeddings. IMP is the BERT-Tickets loop of [`crate::ticket`]:
+//! train m ⊙ θ on the objective, prune the encoder linears globally by magnitude, rewind to θ₀.
+//! The corpus is the *texts* of some tasks (labels never read); by default 20 Newsgroups and BBC
+//! News, which are none of the transfer targets.
+//!
+//! A round's checkpoint (`OUT/round-RR/seed-S`) has the layout of a `sprig ticket` checkpoint with
+//! task `upstream`, so `sprig transfer --ticket OUT/round-RR` fine-tunes it on any task.
+use crate::finetune::{batch_tensors, FinetuneConfig, Tokenized};
+use crate::masked::{check_masked_zero, Base, TaskData};
+use crate::model::{is_encoder_linear_weight, pool, BertEncoder, Init};
+use crate::ticket::{global_magnitude_mask, round_dir};
+use crate::ticket_summary::mean_std;
+use crate::Pooling;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+use sprig_data::batch::bucketed_batch_indices;
+use sprig_prune::checkpoint::{self, CheckpointMeta};
+use sprig_prune::{MaskSet, RoundRate, Schedule};
+use sprig_train::{clip_grad_norm, AdamW, AdamWConfig, LinearWarmupDecay, Optimizer};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// The task name written into upstream tickets (the transfer matrix's row).
+pub const UPSTREAM_TASK: &str = "upstream";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamConfig {
+    /// Model and training recipe (`max_train` = corpus texts in all, `max_dev` = held-out texts,
+    /// `seed` = data seed); `task` is [`UPSTREAM_TASK`].
+    pub recipe: FinetuneConfig,
+    /// Tasks whose training texts form the corpus (their labels are never read).
+    pub corpus: Vec<String>,
+    /// Softmax temperature τ of the contrastive loss.
+    pub temperature: f64,
+    pub rounds: usize,
+    /// Fraction of the original prunable weights removed per round.
+    pub rate: f64,
+    /// Training seeds (dropout, batch order): one ticket each.
+    pub seeds: Vec<u64>,
+}
+
+impl UpstreamConfig {
+    pub fn schedule(&self) -> Schedule {
+        Schedule::Imp { rounds: self.rounds, rate: RoundRate::LinearOfOriginal(self.rate), rewind: sprig_prune::Rewind::Init }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.recipe.validate()?;
+        if self.corpus.is_empty() {
+            bail!("the upstream corpus needs at least one task");
+        }
+        if self.seeds.is_empty() || self.rounds == 0 {
+            bail!("upstream IMP needs at least one seed and one round");
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            bail!("temperature must be positive, got {}", self.temperature);
+        }
+        if self.recipe.batch_size < 2 {
+            bail!("the contrastive loss needs batches of at least 2 texts (in-batch negatives)");
+        }
+        self.schedule().validate().with_context(|| format!("rate {} x rounds {} must stay below sparsity 1", self.rate, self.rounds))?;
+        Ok(())
+    }
+}
+
+/// What one round of upstream training measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamMetrics {
+    /// Mean contrastive loss over the last epoch.
+    pub train_loss: f64,
+    /// Held-out texts: mean cosine similarity between the trained subnetwork's embedding and the
+    /// dense θ₀'s (how much of the checkpoint's embedding the ticket keeps).
+    pub heldout_cosine_to_dense: f64,
+    /// Held-out texts, no dropout: fraction of texts whose nearest neighbour among the θ₀
+    /// embeddings of the held-out set is the text itself.
+    pub heldout_retrieval_at_1: f64,
+    pub steps: usize,
+    pub train_seconds: f64,
+    pub sparsity: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamRound {
+    pub round: usize,
+    pub sparsity: f64,
+    pub seeds: usize,
+    pub train_loss_mean: f64,
+    pub cosine_to_dense_mean: f64,
+    pub retrieval_at_1_mean: f64,
+    pub train_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamSummary {
+    pub model: String,
+    pub corpus: Vec<String>,
+    pub corpus_texts: usize,
+    pub rounds: Vec<UpstreamRound>,
+    pub total_train_seconds: f64,
+}
+
+/// The corpus: the tasks' train texts (capped at `max_train` in all, split evenly) for training,
+/// their dev texts (capped at `max_dev`) held out.
+struct Corpus {
+    train: Tokenized,
+    heldout: Tokenized,
+    pad_id: u32,
+}
+
+fn load_corpus(cfg: &UpstreamConfig, base: &Base, home: &Path) -> Result<Corpus> {
+    let n = cfg.corpus.len();
+    let share = |cap: usize| if cap == 0 { 0 } else { cap.div_ceil(n) };
+    let (mut train, mut heldout) = (Tokenized { encoded: vec![], labels: vec![] }, Tokenized { encoded: vec![], labels: vec![] });
+    let mut pad_id = 0;
+    for task in &cfg.corpus {
+        let c = FinetuneConfig { task: task.clone(), max_train: share(cfg.recipe.max_train), max_dev: share(cfg.recipe.max_dev), max_test: 1, ..cfg.recipe.clone() };
+        let d = TaskData::load(&c, base, home).with_context(|| format!("loading corpus task {task}"))?;
+        // Labels are dropped: the objective never sees them.
+        train.labels.extend(std::iter::repeat_n(0, d.train.encoded.len()));
+        train.encoded.extend(d.train.encoded);
+        heldout.labels.extend(std::iter::repeat_n(0, d.dev.encoded.len()));
+        heldout.encoded.extend(d.dev.encoded);
+        pad_id = d.pad_id;
+    }
+    if train.encoded.len() < cfg.recipe.batch_size {
+        bail!("the upstream corpus has {} texts, fewer than one batch of {}", train.encoded.len(), cfg.recipe.batch_size);
+    }
+    Ok(Corpus { train, heldout, pad_id })
+}
+
+/// SimCSE loss of a batch (Gao et al. 2021, Eq. 1): rows `0..B` and `B..2B` of `emb` are the two
+/// dropout views of the same `B` texts.
+pub fn contrastive_loss(emb: &Tensor, temperature: f64) -> Result<Tensor> {
+    let b = emb.dim(0)? / 2;
+    let norm = emb.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let z = emb.broadcast_div(&norm)?;
+    let (a, p) = (z.narrow(0, 0, b)?, z.narrow(0, b, b)?);
+    let sim = (a.matmul(&p.t()?)? / temperature)?;
+    let targets = Tensor::arange(0u32, b as u32, emb.device())?;
+    Ok(candle_nn::loss::cross_entropy(&sim, &targets)?)
+}
+
+/// Mean-pooled, L2-normalised embeddings without dropout or autograd graph, in `data` order.
+fn embed(enc: &BertEncoder, data: &Tokenized, pad_id: u32) -> Result<Vec<Vec<f32>>> {
+    let mut out = vec![Vec::new(); data.encoded.len()];
+    let idx: Vec<usize> = (0..data.encoded.len()).collect();
+    for chunk in idx.chunks(128) {
+        let (ids, types, mask) = batch_tensors(data, chunk, pad_id, enc.device())?;
+        let h = pool(&enc.forward_inference(&ids, &types, &mask)?, &mask, Pooling::Mean)?;
+        for (row, &i) in h.to_vec2::<f32>()?.into_iter().zip(chunk) {
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            out[i] = row.into_iter().map(|x| x / n).collect();
+        }
+    }
+    Ok(out)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum()
+}
+
+/// Trains `m ⊙ θ₀` on the contrastive objective; returns the metrics and the trained tensors.
+fn train_round(cfg: &UpstreamConfig, base: &Base, corpus: &Corpus, dense_emb: &[Vec<f32>], seed: u64, masks: Option<&MaskSet>) -> Result<(UpstreamMetrics, Vec<(String, Tensor)>, MaskSet)> {
+    let device = Device::Cpu;
+    let mut enc = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, seed, &device)?;
+    enc.set_ops(cfg.recipe.ops);
+    enc.set_train_word_embeddings(cfg.recipe.train_word_embeddings);
+    let params: Vec<(String, Var)> =
+        enc.named_params().iter().filter(|(n, _)| cfg.recipe.train_word_embeddings || n != "embeddings.word_embeddings.weight").cloned().collect();
+    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: cfg.recipe.lr, weight_decay: cfg.recipe.weight_decay, eps: 1e-8, ..AdamWConfig::default() })?;
+    let prunable: Vec<(String, Var)> = params.iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect();
+    let mask = match masks {
+        Some(m) => {
+            m.check_against(&prunable)?;
+            for (name, mk) in m.iter() {
+                opt.set_mask(name, Some(&mk.to_bools()))?;
+            }
+            m.clone()
+        }
+        None => MaskSet::ones_for(&prunable),
+    };
+    let r = &cfg.recipe;
+    let lengths: Vec<usize> = corpus.train.encoded.iter().map(|e| e.ids.len()).collect();
+    let per_epoch = lengths.len() / r.batch_size;
+    let mut total = per_epoch * r.epochs;
+    if r.max_steps > 0 {
+        total = total.min(r.max_steps);
+    }
+    let schedule = LinearWarmupDecay { base_lr: r.lr, warmup: (r.warmup_ratio * total as f64).round() as usize, total };
+    let t0 = Instant::now();
+    let (mut step, mut last_epoch_losses) = (0usize, Vec::new());
+    'epochs: for epoch in 0..r.epochs {
+        last_epoch_losses.clear();
+        for idx in bucketed_batch_indices(&lengths, r.batch_size, seed, epoch as u64) {
+            // In-batch negatives need full batches: the ragged last one is skipped.
+            if idx.len() < r.batch_size {
+                continue;
+            }
+            if step >= total {
+                break 'epochs;
+            }
+            opt.set_learning_rate(schedule.lr(step));
+            let twice: Vec<usize> = idx.iter().chain(idx.iter()).copied().collect();
+            let (ids, types, am) = batch_tensors(&corpus.train, &twice, corpus.pad_id, &device)?;
+            let emb = pool(&enc.forward(&ids, &types, &am, true)?, &am, Pooling::Mean)?;
+            let loss = contrastive_loss(&emb, cfg.temperature)?;
+            let lv = loss.to_scalar::<f32>()?;
+            if !lv.is_finite() {
+                bail!("upstream loss became {lv} at step {step} (seed {seed}, sparsity {:.3})", mask.sparsity());
+            }
+            last_epoch_losses.push(lv as f64);
+            let mut grads = loss.backward()?;
+            clip_grad_norm(&mut grads, &vars, r.max_grad_norm)?;
+            opt.step(&grads)?;
+            step += 1;
+            if step % 10 == 0 {
+                tracing::debug!(step, total, loss = lv, "upstream");
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if step == 0 {
+        bail!("upstream training ran no step (corpus of {} texts, batch {})", lengths.len(), r.batch_size);
+    }
+    check_masked_zero(&prunable, &mask)?;
+    let emb = embed(&enc, &corpus.heldout, corpus.pad_id)?;
+    let n = emb.len().max(1) as f64;
+    let cosine = emb.iter().zip(dense_emb).map(|(a, b)| dot(a, b)).sum::<f64>() / n;
+    let hits = emb
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            let best = dense_emb.iter().map(|d| dot(e, d)).enumerate().max_by(|x, y| x.1.total_cmp(&y.1)).map(|x| x.0);
+            best == Some(*i)
+        })
+        .count();
+    let metrics = UpstreamMetrics {
+        train_loss: last_epoch_losses.iter().sum::<f64>() / last_epoch_losses.len().max(1) as f64,
+        heldout_cosine_to_dense: cosine,
+        heldout_retrieval_at_1: hits as f64 / n,
+        steps: step,
+        train_seconds: secs,
+        sparsity: mask.sparsity(),
+    };
+    let tensors = params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    Ok((metrics, tensors, mask))
+}
+
+/// Runs (or resumes) upstream IMP into `out`; corpus from `home` (`$SPRIG_HOME`).
+pub fn run_upstream(cfg: &UpstreamConfig, out: &Path, home: &Path) -> Result<UpstreamSummary> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let cfg_path = out.join("config.json");
+    if cfg_path.exists() {
+        let old: UpstreamConfig = serde_json::from_slice(&std::fs::read(&cfg_path)?).with_context(|| format!("reading {}", cfg_path.display()))?;
+        if (UpstreamConfig { rounds: cfg.rounds, seeds: cfg.seeds.clone(), ..old }) != *cfg {
+            bail!("{} holds a different upstream run (see its config.json); use another --out", out.display());
+        }
+    }
+    sprig_train::write_json(&cfg_path, cfg)?;
+    let base = Base::load(&cfg.recipe.model)?;
+    let corpus = load_corpus(cfg, &base, home)?;
+    let shapes = base.prunable_shapes()?;
+    let dense = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, 0, &Device::Cpu)?;
+    let dense_emb = embed(&dense, &corpus.heldout, corpus.pad_id)?;
+    drop(dense);
+    let mut rows = Vec::new();
+    let mut total = 0.0;
+    for r in 0..=cfg.rounds {
+        let sparsity = cfg.schedule().round_sparsity(r)?;
+        let mut ms = Vec::new();
+        for &seed in &cfg.seeds {
+            let dir = round_dir(out, r).join(format!("seed-{seed}"));
+            let m: UpstreamMetrics = if checkpoint::read_manifest(&dir).is_ok() {
+                let man = checkpoint::read_manifest(&dir)?;
+                serde_json::from_value(man.meta.extra["metrics"].clone()).with_context(|| format!("bad manifest in {}", dir.display()))?
+            } else {
+                let (mask, parent) = if r == 0 {
+                    (None, None)
+                } else {
+                    let prev = round_dir(out, r - 1).join(format!("seed-{seed}"));
+                    let ck = checkpoint::load(&prev, &Device::Cpu).with_context(|| format!("loading {}", prev.display()))?;
+                    let trained: HashMap<String, Tensor> = ck.tensors.into_iter().collect();
+                    let cur = if r == 1 { None } else { Some(&ck.masks) };
+                    (Some(global_magnitude_mask(&trained, &shapes, sparsity, cur)?), Some(checkpoint::weights_sha256(&prev)?))
+                };
+                let (m, tensors, mask) = train_round(cfg, &base, &corpus, &dense_emb, seed, mask.as_ref())?;
+                let meta = CheckpointMeta {
+                    method: "upstream-imp-contrastive-global-magnitude".into(),
+                    schedule: Some(serde_json::to_value(cfg.schedule())?),
+                    seed: Some(seed),
+                    parent_sha256: parent,
+                    extra: serde_json::json!({
+                        "round": r, "sparsity": sparsity, "metrics": m, "task": UPSTREAM_TASK, "classes": [],
+                        "model": base.spec, "finetune": cfg.recipe, "corpus": cfg.corpus,
+                    }),
+                };
+                checkpoint::save(&dir, &tensors, &mask, &meta)?;
+                tracing::info!(round = r, seed, sparsity, loss = m.train_loss, cosine = m.heldout_cosine_to_dense, seconds = m.train_seconds, "upstream round done");
+                m
+            };
+            total += m.train_seconds;
+            ms.push(m);
+        }
+        let f = |g: fn(&UpstreamMetrics) -> f64| mean_std(&ms.iter().map(g).collect::<Vec<_>>()).0;
+        rows.push(UpstreamRound {
+            round: r,
+            sparsity,
+            seeds: ms.len(),
+            train_loss_mean: f(|m| m.train_loss),
+            cosine_to_dense_mean: f(|m| m.heldout_cosine_to_dense),
+            retrieval_at_1_mean: f(|m| m.heldout_retrieval_at_1),
+            train_seconds: ms.iter().map(|m| m.train_seconds).sum(),
+        });
+        let s = UpstreamSummary { model: base.spec.clone(), corpus: cfg.corpus.clone(), corpus_texts: corpus.train.encoded.len(), rounds: rows.clone(), total_train_seconds: total };
+        sprig_train::write_json(&out.join("summary.json"), &s)?;
+    }
+    Ok(UpstreamSummary { model: base.spec.clone(), corpus: cfg.corpus.clone(), corpus_texts: corpus.train.encoded.len(), rounds: rows, total_train_seconds: total })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contrastive_loss_prefers_aligned_views() {
+        let d = Device::Cpu;
+        // Two views equal: the positive has cosine 1, negatives are orthogonal.
+        let e = Tensor::new(&[[1f32, 0., 0.], [0., 1., 0.], [0., 0., 1.], [1., 0., 0.], [0., 1., 0.], [0., 0., 1.]], &d).unwrap();
+        let aligned = contrastive_loss(&e, 0.05).unwrap().to_scalar::<f32>().unwrap();
+        // Views permuted: every positive is orthogonal.
+        let p = Tensor::new(&[[1f32, 0., 0.], [0., 1., 0.], [0., 0., 1.], [0., 1., 0.], [0., 0., 1.], [1., 0., 0.]], &d).unwrap();
+        let crossed = contrastive_loss(&p, 0.05).unwrap().to_scalar::<f32>().unwrap();
+        // log-sum-exp by hand: aligned = log(e^20 + 2) - 20, crossed = log(e^20 + 2) - 0.
+        let lse = (20f64.exp() + 2.0).ln();
+        assert!((aligned as f64 - (lse - 20.0)).abs() < 1e-4, "{aligned}");
+        assert!((crossed as f64 - lse).abs() < 1e-3, "{crossed}");
+        // Scale invariance: embeddings are normalised first.
+        let scaled = contrastive_loss(&(e * 7.0).unwrap(), 0.05).unwrap().to_scalar::<f32>().unwrap();
+        assert!((scaled - aligned).abs() < 1e-5);
+    }
+}
