@@ -129,6 +129,13 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     assert_eq!(ts["target_task"], "sms-spam");
     assert!((ts["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4);
     assert!(ts["diff"].is_number());
+    // To its own task with its own recipe and seed, a ticket's transfer is its own fine-tune: read,
+    // not repeated (the diagonal of the transfer matrix).
+    let own = dir.path().join("own");
+    run_ok(sprig().args(["transfer", "--ticket"]).arg(a.join("round-02")).args(["--task", "rt-sentiment", "--no-dense", "--out"]).arg(&own));
+    let os = json(&own.join("summary.json"));
+    assert_eq!(os["ticket_mean"], rounds[2]["metric_mean"], "{os}");
+    assert_eq!(os["total_train_seconds"], json(&a.join("round-02/seed-0/sprig.json"))["extra"]["metrics"]["train_seconds"]);
 
     // Export: a new directory with HF files, masks and the verification logits.
     let e = dir.path().join("export");

@@ -25,6 +25,10 @@ pub struct Ticket {
     pub model: String,
     pub sparsity: f64,
     pub recipe: FinetuneConfig,
+    /// The training seed of the ticket's own fine-tune and what it measured, when the ticket was
+    /// fine-tuned from θ₀ (`sprig ticket` with rewind to init): transferring it to its own task
+    /// with its own recipe and seed is that same, deterministic run, so it is read, not repeated.
+    pub own_run: Option<(u64, RunMetrics)>,
 }
 
 impl Ticket {
@@ -41,6 +45,14 @@ impl Ticket {
             model: serde_json::from_value(field("model")?)?,
             sparsity: man.prunable_sparsity,
             recipe: serde_json::from_value(field("finetune")?).with_context(|| format!("recipe in {}/sprig.json", dir.display()))?,
+            own_run: {
+                let from_init = man.meta.schedule.as_ref().and_then(|s| s.get("rewind")).and_then(|r| r.get("kind")).and_then(|k| k.as_str()) == Some("init");
+                let metrics = x.get("metrics").and_then(|m| serde_json::from_value::<RunMetrics>(m.clone()).ok());
+                match (from_init, man.meta.seed, metrics) {
+                    (true, Some(seed), Some(m)) => Some((seed, m)),
+                    _ => None,
+                }
+            },
         })
     }
 
@@ -142,6 +154,12 @@ pub fn run_transfer(cfg: &TransferConfig, out: &Path, home: &Path) -> Result<Tra
     for (i, &seed) in cfg.seeds.iter().enumerate() {
         let t = &tickets[i % tickets.len()];
         let m = cached(&out.join(format!("seed-{seed}.ticket.json")), || {
+            if let Some((s, m)) = &t.own_run {
+                if *s == seed && t.task == data.task && t.recipe == cfg.finetune {
+                    tracing::info!(seed, task = t.task, ticket = %t.dir.display(), "own task, recipe and seed: the ticket's fine-tune is this run; read, not repeated");
+                    return Ok(m.clone());
+                }
+            }
             let r = finetune_masked(&base, &data, &cfg.finetune, seed, Start { tensors: &none, head: false }, Some(&t.masks), None)?;
             tracing::info!(seed, source = t.task, target = data.task, sparsity = t.sparsity, test_accuracy = r.metrics.test_accuracy, "transfer ticket done");
             Ok(r.metrics)
