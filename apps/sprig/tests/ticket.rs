@@ -104,12 +104,14 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     // A later invocation adds gradual magnitude pruning at round 2 only; the controls already on
     // disk stay in the summary.
     let mut more: Vec<&str> = TINY.to_vec();
-    more[21] = "gmp";
+    more[21] = "gmp,obs";
     run_ok(sprig().arg("ticket").args(&more).args(["--control-rounds", "2", "--out"]).arg(&a));
     let sg = json(&a.join("summary.json"));
     let rows = sg["rounds"].as_array().unwrap();
-    assert!(rows[1]["gmp_mean"].is_null(), "gmp ran outside --control-rounds");
-    assert!(rows[2]["gmp_mean"].is_number() && rows[2]["random_mask_mean"].is_number(), "{}", rows[2]);
+    assert!(rows[1]["gmp_mean"].is_null() && rows[1]["obs_mean"].is_null(), "gmp or obs ran outside --control-rounds");
+    assert!(rows[2]["gmp_mean"].is_number() && rows[2]["obs_mean"].is_number() && rows[2]["random_mask_mean"].is_number(), "{}", rows[2]);
+    let o = json(&a.join("round-02/seed-0.obs.json"));
+    assert!((o["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "one-shot OBS reached {}", o["sparsity"]);
     let g = json(&a.join("round-02/seed-0.gmp.json"));
     assert!((g["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "gradual pruning reached {}", g["sparsity"]);
     // The stored masks have the schedule's sparsity over the prunable set.

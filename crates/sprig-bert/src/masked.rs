@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sprig_data::batch::bucketed_batch_indices;
 use sprig_data::metrics::Report;
-use sprig_prune::MaskSet;
+use sprig_prune::{GradAccumulator, MaskSet, Scores};
 use sprig_train::{clip_grad_norm, AdamW, AdamWConfig, LinearWarmupDecay, Optimizer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -270,4 +270,38 @@ pub fn check_masked_zero(params: &[(String, Var)], masks: &MaskSet) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Training examples whose loss gradients estimate the Fisher for [`obs_scores`], and the batch.
+pub const OBS_CALIBRATION: usize = 512;
+pub const OBS_BATCH: usize = 8;
+/// Dampening λ of the Fisher diagonal (also breaks ties toward magnitude where F_ii = 0).
+pub const OBS_DAMP: f64 = 1e-10;
+
+/// One-shot OBS saliency of the fine-tuned weights `tensors` (encoder + head, by canonical name):
+/// ρ_i = w_i² (F_ii + λ) / 2, the loss increase of removing w_i under a diagonal empirical Fisher
+/// (Hassibi & Stork 1993, eq. 5; oBERT, Kurtic et al. 2022, eq. 2 with blocks of one weight).
+/// F_ii is the mean squared loss gradient over [`OBS_CALIBRATION`] training examples in batches of
+/// [`OBS_BATCH`] (no dropout, seeded order). With a diagonal Fisher the OBS update of the remaining
+/// weights vanishes, so only the mask is used.
+pub fn obs_scores(base: &Base, data: &TaskData, cfg: &FinetuneConfig, tensors: &HashMap<String, Tensor>, seed: u64) -> Result<Scores> {
+    let device = Device::Cpu;
+    let mut merged = base.tensors.clone();
+    merged.extend(tensors.iter().map(|(n, t)| (n.clone(), t.clone())));
+    if !merged.contains_key("classifier.weight") {
+        bail!("OBS needs a fine-tuned model with its classification head");
+    }
+    let encoder = BertEncoder::new(&base.config, Init::Pretrained { tensors: &merged, origin: base.origin.clone() }, seed, &device)?;
+    let model = BertClassifier::new(encoder, data.classes.len(), cfg.pooling, Some((&merged, base.origin.clone())), seed)?;
+    let prunable: Vec<(String, Var)> = model.named_params().into_iter().filter(|(n, _)| is_encoder_linear_weight(n)).collect();
+    let lengths: Vec<usize> = data.train.encoded.iter().map(|e| e.ids.len()).collect();
+    let batches = OBS_CALIBRATION.min(lengths.len()).div_ceil(OBS_BATCH);
+    let mut acc = GradAccumulator::new();
+    for idx in bucketed_batch_indices(&lengths, OBS_BATCH, seed ^ 0x0B5, 0).into_iter().take(batches) {
+        let (ids, types, mask) = batch_tensors(&data.train, &idx, data.pad_id, &device)?;
+        let labels = Tensor::from_vec(idx.iter().map(|&i| data.train.labels[i] as u32).collect::<Vec<_>>(), idx.len(), &device)?;
+        let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &types, &mask, false)?, &labels)?;
+        acc.update(&prunable, &loss.backward()?)?;
+    }
+    Ok(acc.fisher(&prunable, OBS_DAMP)?)
 }

@@ -22,7 +22,7 @@
 //! ```
 use crate::finetune::FinetuneConfig;
 use crate::gradual::{Gradual, GradualCriterion};
-use crate::masked::{finetune_gradual, finetune_masked, Base, RunMetrics, Start, TaskData};
+use crate::masked::{finetune_gradual, finetune_masked, obs_scores, Base, RunMetrics, Start, TaskData};
 use crate::nn::randn;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -51,10 +51,13 @@ pub enum Control {
     Gmp,
     /// Movement pruning to the same sparsity during one fine-tune from θ₀ (Sanh et al. 2020).
     Movement,
+    /// One-shot OBS: the mask of the diagonal-Fisher OBS saliency of the dense fine-tuned model
+    /// (round 0 of the seed), pruned globally to the sparsity in one step, weights rewound to θ₀.
+    Obs,
 }
 
 impl Control {
-    pub const ALL: [Control; 6] = [Control::RandomMask, Control::Reinit, Control::Shuffled, Control::Oneshot, Control::Gmp, Control::Movement];
+    pub const ALL: [Control; 7] = [Control::RandomMask, Control::Reinit, Control::Shuffled, Control::Oneshot, Control::Gmp, Control::Movement, Control::Obs];
     pub fn name(&self) -> &'static str {
         match self {
             Control::RandomMask => "random_mask",
@@ -63,6 +66,7 @@ impl Control {
             Control::Oneshot => "oneshot",
             Control::Gmp => "gmp",
             Control::Movement => "movement",
+            Control::Obs => "obs",
         }
     }
 }
@@ -77,7 +81,8 @@ impl std::str::FromStr for Control {
             "oneshot" | "one_shot" => Control::Oneshot,
             "gmp" | "gradual" => Control::Gmp,
             "movement" => Control::Movement,
-            _ => bail!("unknown control `{s}` (expected random-mask, reinit, shuffled, oneshot, gmp or movement)"),
+            "obs" => Control::Obs,
+            _ => bail!("unknown control `{s}` (expected random-mask, reinit, shuffled, oneshot, gmp, movement or obs)"),
         })
     }
 }
@@ -307,6 +312,12 @@ impl Ctx<'_> {
         let (start, mask) = match c {
             Control::RandomMask => (start, global(&random_scores(&self.shapes, salt ^ 0x5A5A), &self.shapes, s, None)?),
             Control::Oneshot => (start, global(&magnitude_scores(&self.base.tensors, &self.shapes)?, &self.shapes, s, None)?),
+            Control::Obs => {
+                let dir = round_dir(self.out, 0).join(format!("seed-{seed}"));
+                let ck = checkpoint::load(&dir, &Device::Cpu).with_context(|| format!("OBS scores the dense fine-tuned model of round 0: loading {}", dir.display()))?;
+                let tuned: HashMap<String, Tensor> = ck.tensors.into_iter().collect();
+                (start, global(&obs_scores(self.base, self.data, &self.cfg.finetune, &tuned, seed)?, &self.shapes, s, None)?)
+            }
             Control::Gmp | Control::Movement => unreachable!("handled above"),
             Control::Reinit => {
                 let mut t = start;

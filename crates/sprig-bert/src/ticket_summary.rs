@@ -43,6 +43,11 @@ pub struct RoundRow {
     pub movement_mean: Option<f64>,
     #[serde(default)]
     pub movement_std: Option<f64>,
+    /// One-shot OBS (diagonal Fisher) of the fine-tuned model, rewound to θ₀ (a comparison).
+    #[serde(default)]
+    pub obs_mean: Option<f64>,
+    #[serde(default)]
+    pub obs_std: Option<f64>,
     /// Within one standard deviation of full fine-tuning (round 0).
     pub matching: bool,
     pub train_seconds: f64,
@@ -92,6 +97,7 @@ pub fn summarize(cfg: &TicketConfig, task: &str, results: &[RoundResult]) -> Tic
         let (os, ossd) = ctl(Control::Oneshot);
         let (gm, gmsd) = ctl(Control::Gmp);
         let (mv, mvsd) = ctl(Control::Movement);
+        let (ob, obsd) = ctl(Control::Obs);
         let secs: f64 = rs.iter().map(|r| r.ticket.train_seconds + r.controls.values().map(|c| c.train_seconds).sum::<f64>()).sum();
         rows.push(RoundRow {
             round,
@@ -112,6 +118,8 @@ pub fn summarize(cfg: &TicketConfig, task: &str, results: &[RoundResult]) -> Tic
             gmp_std: gmsd,
             movement_mean: mv,
             movement_std: mvsd,
+            obs_mean: ob,
+            obs_std: obsd,
             matching: false,
             train_seconds: secs,
         });
@@ -154,7 +162,7 @@ pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
         let root = SVGBackend::with_string(&mut svg, (800, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(&x))?;
         type Pick = Box<dyn Fn(&RoundRow) -> Option<f64>>;
-        let series: [(&str, RGBColor, Pick); 7] = [
+        let series: [(&str, RGBColor, Pick); 8] = [
             ("IMP ticket (rewound)", BLUE, Box::new(|r| Some(r.metric_mean))),
             ("random mask", GREEN, Box::new(|r| r.random_mask_mean)),
             ("IMP mask, reinit weights", RED, Box::new(|r| r.reinit_mean)),
@@ -162,6 +170,7 @@ pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
             ("one-shot magnitude of θ0", BLACK, Box::new(|r| r.oneshot_mean)),
             ("gradual magnitude during fine-tuning", CYAN, Box::new(|r| r.gmp_mean)),
             ("movement pruning during fine-tuning", RGBColor(230, 120, 0), Box::new(|r| r.movement_mean)),
+            ("one-shot OBS of the fine-tuned model", RGBColor(120, 80, 40), Box::new(|r| r.obs_mean)),
         ];
         let ys: Vec<f64> = s.rounds.iter().flat_map(|r| series.iter().filter_map(|(_, _, f)| f(r))).map(|a| 100.0 * a).collect();
         let ymin = ys.iter().cloned().fold(f64::INFINITY, f64::min).floor() - 1.0;

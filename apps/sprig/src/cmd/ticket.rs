@@ -23,7 +23,8 @@ pub struct Args {
     pub seeds: u64,
     /// Comma-separated controls: random-mask, reinit, shuffled, oneshot; and the comparisons gmp
     /// (gradual magnitude) and movement (movement pruning), which prune to the round's sparsity
-    /// during one fine-tune from θ0; "none" for none.
+    /// during one fine-tune from θ0, and obs (one-shot diagonal-Fisher OBS of the fine-tuned model,
+    /// rewound to θ0); "none" for none.
     #[arg(long, default_value = "random-mask,reinit,shuffled,oneshot")]
     pub controls: String,
     /// Comma-separated rounds in which `--controls` run (default: every round). Controls already
@@ -52,11 +53,11 @@ pub fn run(a: Args) -> Result<()> {
     let out: PathBuf = a.ft.out.clone();
     let s = run_tickets(&cfg, &out, &sprig_data::sprig_home())?;
     let f = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{:.2}", 100.0 * m));
-    println!("| round | sparsity | seeds | ticket {} | random mask | reinit | shuffled | one-shot | GMP | movement | matching |", s.metric);
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| round | sparsity | seeds | ticket {} | random mask | reinit | shuffled | one-shot | GMP | movement | OBS | matching |", s.metric);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &s.rounds {
         println!(
-            "| {} | {:.0}% | {} | {:.2} ± {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0}% | {} | {:.2} ± {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.round,
             100.0 * r.sparsity,
             r.seeds,
@@ -68,6 +69,7 @@ pub fn run(a: Args) -> Result<()> {
             f(r.oneshot_mean),
             f(r.gmp_mean),
             f(r.movement_mean),
+            f(r.obs_mean),
             if r.matching { "yes" } else { "no" }
         );
     }
