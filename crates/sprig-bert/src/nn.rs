@@ -92,11 +92,12 @@ impl Linear {
     }
 }
 
-/// LayerNorm over the last dimension (Ba et al. 2016), composed of differentiable ops.
 /// A parameter's tensor, detached from autograd when `detach`.
 pub fn param(v: &Var, detach: bool) -> Tensor {
     if detach { v.as_detached_tensor() } else { v.as_tensor().clone() }
 }
+
+/// LayerNorm over the last dimension (Ba et al. 2016), composed of differentiable ops.
 
 #[derive(Clone, Debug)]
 pub struct LayerNorm {

@@ -278,15 +278,13 @@ pub fn run_upstream(cfg: &UpstreamConfig, out: &Path, home: &Path) -> Result<Ups
     let dense = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, 0, &Device::Cpu)?;
     let dense_emb = embed(&dense, &corpus.heldout, corpus.pad_id)?;
     drop(dense);
-    let mut rows = Vec::new();
-    let mut total = 0.0;
+    let mut summary = UpstreamSummary { model: base.spec.clone(), corpus: cfg.corpus.clone(), corpus_texts: corpus.train.encoded.len(), rounds: vec![], total_train_seconds: 0.0 };
     for r in 0..=cfg.rounds {
         let sparsity = cfg.schedule().round_sparsity(r)?;
         let mut ms = Vec::new();
         for &seed in &cfg.seeds {
             let dir = round_dir(out, r).join(format!("seed-{seed}"));
-            let m: UpstreamMetrics = if checkpoint::read_manifest(&dir).is_ok() {
-                let man = checkpoint::read_manifest(&dir)?;
+            let m: UpstreamMetrics = if let Ok(man) = checkpoint::read_manifest(&dir) {
                 serde_json::from_value(man.meta.extra["metrics"].clone()).with_context(|| format!("bad manifest in {}", dir.display()))?
             } else {
                 let (mask, parent) = if r == 0 {
@@ -313,11 +311,11 @@ pub fn run_upstream(cfg: &UpstreamConfig, out: &Path, home: &Path) -> Result<Ups
                 tracing::info!(round = r, seed, sparsity, loss = m.train_loss, cosine = m.heldout_cosine_to_dense, seconds = m.train_seconds, "upstream round done");
                 m
             };
-            total += m.train_seconds;
+            summary.total_train_seconds += m.train_seconds;
             ms.push(m);
         }
         let f = |g: fn(&UpstreamMetrics) -> f64| mean_std(&ms.iter().map(g).collect::<Vec<_>>()).0;
-        rows.push(UpstreamRound {
+        summary.rounds.push(UpstreamRound {
             round: r,
             sparsity,
             seeds: ms.len(),
@@ -326,10 +324,9 @@ pub fn run_upstream(cfg: &UpstreamConfig, out: &Path, home: &Path) -> Result<Ups
             retrieval_at_1_mean: f(|m| m.heldout_retrieval_at_1),
             train_seconds: ms.iter().map(|m| m.train_seconds).sum(),
         });
-        let s = UpstreamSummary { model: base.spec.clone(), corpus: cfg.corpus.clone(), corpus_texts: corpus.train.encoded.len(), rounds: rows.clone(), total_train_seconds: total };
-        sprig_train::write_json(&out.join("summary.json"), &s)?;
+        sprig_train::write_json(&out.join("summary.json"), &summary)?;
     }
-    Ok(UpstreamSummary { model: base.spec.clone(), corpus: cfg.corpus.clone(), corpus_texts: corpus.train.encoded.len(), rounds: rows, total_train_seconds: total })
+    Ok(summary)
 }
 
 #[cfg(test)]
