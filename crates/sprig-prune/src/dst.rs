@@ -14,8 +14,9 @@
 //!   start, each pruning step followed by zero-cost regrowth ([`granet_update`]).
 //!
 //! Conventions shared by every rule: exactly as many weights are grown as dropped (so the kept
-//! count is exact), a position active at the start of an update is never grown in the same update
-//! (no "drop then regrow the same weight"), ties break by position, and randomness comes from a
+//! count is exact), growth picks among the positions inactive after the drop (so, as in the RigL
+//! reference code, a just-dropped weight with a large gradient may be grown back and simply stays),
+//! ties break by position, and randomness comes from a
 //! seeded ChaCha8 stream, so equal inputs give bit-identical masks. Grown weights start at zero:
 //! that is the caller's job (the returned [`DropGrow::grown`] says where).
 use std::collections::BTreeMap;
@@ -135,32 +136,50 @@ fn check_len(name: &str, what: &str, got: usize, mask: &Mask) -> Result<()> {
 }
 
 /// One drop-and-grow (SET / RigL Alg. 1 lines 8–11): drops the `n` active weights of smallest |w|,
-/// grows `n` positions chosen by `grow` among those inactive in `mask` *and* in `forbid` (pass the
-/// mask from the start of the update when a pruning step ran before, as in GraNet). `n` is clamped
-/// to what can be both dropped and grown, so the kept count never changes.
+/// then grows `n` positions chosen by `grow` among those inactive *after the drop* and not in
+/// `forbid` (pass the mask from the start of the update when a pruning step ran before, as in
+/// GraNet). As in the RigL reference code (`mask1` = mask after the drop, growth among its zeros),
+/// a just-dropped weight may be grown back: it then counts as neither dropped nor grown and keeps
+/// its value and optimizer state. `n` is clamped to the active count, so the kept count never
+/// changes.
 pub fn drop_and_grow(name: &str, weights: &[f32], mask: &Mask, n: usize, grow: Grow<'_>, forbid: Option<&Mask>) -> Result<DropGrow> {
     check_len(name, "weights", weights.len(), mask)?;
     if let Some(f) = forbid {
         f.check_shape(name, mask.shape())?;
     }
     let active: Vec<usize> = (0..mask.len()).filter(|&i| mask.get(i)).collect();
-    let eligible: Vec<usize> = (0..mask.len()).filter(|&i| !mask.get(i) && !forbid.is_some_and(|f| f.get(i))).collect();
-    let n = n.min(active.len()).min(eligible.len());
+    let n = n.min(active.len());
     let dropped = smallest_magnitudes(weights, active, n);
+    let mut after_drop = mask.clone();
+    for &i in &dropped {
+        after_drop.set(i, false);
+    }
+    let eligible: Vec<usize> = (0..mask.len()).filter(|&i| !after_drop.get(i) && !forbid.is_some_and(|f| f.get(i))).collect();
+    // With `forbid`, fewer positions may be eligible than were dropped: give back the largest
+    // dropped weights so the count stays exact.
+    let n_grow = n.min(eligible.len());
     let grown = match grow {
-        Grow::Random { seed } => random_pick(eligible, n, seed),
+        Grow::Random { seed } => random_pick(eligible, n_grow, seed),
         Grow::Gradient(g) => {
             check_len(name, "gradient", g.len(), mask)?;
-            largest_magnitudes(g, eligible, n)
+            largest_magnitudes(g, eligible, n_grow)
         }
     };
-    let mut new = mask.clone();
-    for &i in &dropped {
-        new.set(i, false);
-    }
+    let mut new = after_drop;
     for &i in &grown {
         new.set(i, true);
     }
+    let mut dropped = dropped;
+    if n_grow < n {
+        // Keep the (n - n_grow) largest of the dropped weights after all.
+        let mut by_mag: Vec<usize> = dropped.iter().copied().filter(|&i| !new.get(i)).collect();
+        by_mag.sort_by(|a, b| weights[*b].abs().total_cmp(&weights[*a].abs()).then(a.cmp(b)));
+        for &i in &by_mag[..n - n_grow] {
+            new.set(i, true);
+        }
+    }
+    dropped.retain(|&i| !new.get(i));
+    let grown: Vec<usize> = grown.into_iter().filter(|&i| !mask.get(i)).collect();
     debug_assert_eq!(new.count_kept(), mask.count_kept());
     Ok(DropGrow { mask: new, dropped, grown })
 }

@@ -26,6 +26,7 @@ use sprig_prune::dst::{drop_and_grow, granet_update, kept_counts, magnitude_prun
 use sprig_prune::{Allocation, Mask, MaskSet, Schedule};
 
 use crate::optim::{AdamW, AdamWConfig, Optimizer};
+use crate::sgd::{Sgd, SgdConfig};
 use crate::vision::batch_tensor;
 
 /// Models for DST experiments.
@@ -80,6 +81,59 @@ impl std::str::FromStr for Method {
     }
 }
 
+/// The optimizer of a DST run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DstOptimizer {
+    /// Adam (β 0.9/0.999, no weight decay).
+    #[default]
+    Adam,
+    /// SGD with momentum 0.9, as in the RigL paper's experiments (Evci et al. 2020, App. A).
+    Sgd,
+}
+
+impl std::str::FromStr for DstOptimizer {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "adam" => Ok(Self::Adam),
+            "sgd" => Ok(Self::Sgd),
+            _ => bail!("unknown optimizer {s:?}: expected adam or sgd"),
+        }
+    }
+}
+
+/// Learning rate over training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    /// η_t = η/2·(1 + cos(πt/T)) over the T steps of training.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate after `step` of `total` steps.
+    pub fn lr(&self, base: f64, step: usize, total: usize) -> f64 {
+        match self {
+            Self::Constant => base,
+            Self::Cosine => base / 2.0 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
+        }
+    }
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(Self::Constant),
+            "cosine" => Ok(Self::Cosine),
+            _ => bail!("unknown learning-rate schedule {s:?}: expected constant or cosine"),
+        }
+    }
+}
+
 /// One DST run's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DstConfig {
@@ -89,8 +143,17 @@ pub struct DstConfig {
     pub sparsity: f64,
     pub epochs: usize,
     pub batch_size: usize,
-    /// Adam learning rate (constant, no weight decay).
+    /// Base learning rate.
     pub lr: f64,
+    /// Adam (default) or SGD with momentum 0.9.
+    #[serde(default)]
+    pub optimizer: DstOptimizer,
+    /// Constant (default) or cosine-decayed learning rate.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// L2 weight decay (SGD) / decoupled weight decay (Adam); 0 by default.
+    #[serde(default)]
+    pub weight_decay: f64,
     /// ΔT: steps between mask updates.
     pub delta_t: usize,
     /// α: initial drop fraction (cosine-decayed).
@@ -108,6 +171,7 @@ impl DstConfig {
         sprig_prune::error::check_sparsity(self.granet_initial).with_context(|| format!("--granet-initial {}", self.granet_initial))?;
         ensure!(self.epochs > 0 && self.batch_size > 0, "epochs ({}) and batch size ({}) must be >= 1", self.epochs, self.batch_size);
         ensure!(self.lr > 0.0 && self.lr.is_finite(), "learning rate {} must be positive", self.lr);
+        ensure!(self.weight_decay >= 0.0 && self.weight_decay.is_finite(), "weight decay {} must be >= 0", self.weight_decay);
         ensure!(self.end_fraction > 0.0 && self.end_fraction <= 1.0, "end fraction {} must be in (0, 1]", self.end_fraction);
         UpdateSchedule { delta_t: self.delta_t, t_end: 1, alpha: self.alpha }.validate()?;
         Ok(())
@@ -328,7 +392,8 @@ pub fn total_steps(cfg: &DstConfig, n: usize) -> usize {
 pub struct DstTrainer {
     pub cfg: DstConfig,
     pub model: DstModel,
-    pub opt: AdamW,
+    pub opt: Box<dyn Optimizer>,
+    total_steps: usize,
     pub itop: ItopTracker,
     updates: UpdateSchedule,
     prune_sched: Schedule,
@@ -366,9 +431,12 @@ impl DstTrainer {
         };
         let sparse = start.is_some();
         let model = DstModel::new(cfg.arch, height, width, classes, seed, start.as_ref(), sparse, dev)?;
-        let opt = AdamW::new(model.params(), AdamWConfig { lr: cfg.lr, weight_decay: 0.0, ..Default::default() })?;
+        let opt: Box<dyn Optimizer> = match cfg.optimizer {
+            DstOptimizer::Adam => Box::new(AdamW::new(model.params(), AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() })?),
+            DstOptimizer::Sgd => Box::new(Sgd::new(model.params(), SgdConfig { lr: cfg.lr, momentum: 0.9, nesterov: false, weight_decay: cfg.weight_decay })?),
+        };
         let itop = ItopTracker::new(&model.masks());
-        Ok(Self { cfg: cfg.clone(), model, opt, itop, updates, prune_sched, shapes, seed, mask_updates: 0, dev: dev.clone() })
+        Ok(Self { cfg: cfg.clone(), model, opt, total_steps: total, itop, updates, prune_sched, shapes, seed, mask_updates: 0, dev: dev.clone() })
     }
 
     /// One dense gradient of the loss w.r.t. every linear weight, with a masked-dense pass.
@@ -412,7 +480,7 @@ impl DstTrainer {
                 Method::Gmp => magnitude_prune_to(&name, &w, &fc.mask, target.as_ref().expect("set for GMP")[&name].min(kept))?,
                 Method::Dense | Method::Static => unreachable!("returned above"),
             };
-            recompile(fc, new, &mut self.opt, &self.dev)?;
+            recompile(fc, new, self.opt.as_mut(), &self.dev)?;
             self.itop.observe(&name, &fc.mask)?;
         }
         self.mask_updates += 1;
@@ -443,6 +511,7 @@ impl DstTrainer {
                 let (x, y) = batch_tensor(split, &idx, hw, &self.dev)?;
                 let loss = candle_nn::loss::cross_entropy(&self.model.forward(&x, None)?, &y)?;
                 let grads = loss.backward()?;
+                self.opt.set_learning_rate(self.cfg.lr_schedule.lr(self.cfg.lr, step, self.total_steps));
                 self.opt.step(&grads)?;
                 step += 1;
                 self.maybe_update(step, &x, &y)?;

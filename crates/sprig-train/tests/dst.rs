@@ -15,7 +15,7 @@ fn data(n: usize) -> sprig_data::ImageDataset {
 }
 
 fn cfg(method: Method, sparsity: f64, arch: DstArch) -> DstConfig {
-    DstConfig { arch, method, sparsity, epochs: 1, batch_size: 50, lr: 2e-3, delta_t: 4, alpha: 0.3, end_fraction: 0.75, granet_initial: 0.5 }
+    DstConfig { arch, method, sparsity, epochs: 1, batch_size: 50, lr: 2e-3, optimizer: Default::default(), lr_schedule: Default::default(), weight_decay: 0.0, delta_t: 4, alpha: 0.3, end_fraction: 0.75, granet_initial: 0.5 }
 }
 
 /// Runs `steps` steps by hand, checking the invariants after each; returns the trainer.

@@ -19,9 +19,18 @@ pub struct Common {
     pub epochs: usize,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Adam learning rate (constant).
+    /// Base learning rate (Adam's default; with `--optimizer sgd` use e.g. 0.1).
     #[arg(long, default_value_t = 1.2e-3)]
     pub lr: f64,
+    /// adam (β 0.9/0.999) or sgd (momentum 0.9, as in the RigL paper).
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// constant or cosine (decays to 0 over training).
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: String,
+    /// Weight decay (L2 for SGD, decoupled for Adam).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
     /// ΔT: steps between mask updates.
     #[arg(long, default_value_t = 100)]
     pub delta_t: usize,
@@ -51,6 +60,9 @@ impl Common {
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
+            optimizer: self.optimizer.parse()?,
+            lr_schedule: self.lr_schedule.parse()?,
+            weight_decay: self.weight_decay,
             delta_t: self.delta_t,
             alpha: self.alpha,
             end_fraction: self.end_fraction,

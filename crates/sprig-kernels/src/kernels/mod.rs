@@ -98,15 +98,64 @@ impl SyncPtr {
     }
 }
 
+/// A packing buffer on loan from a small process-wide pool. Fresh multi-megabyte `Vec`s come from
+/// `mmap`, and every call then paid the page faults and zeroing of its panels (~40% of a
+/// 384x384 M=4096 SDDMM's time went to the kernel); pooled buffers are reused without either.
+struct PackBuf(Vec<f32>);
+
+static PACK_POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers kept for reuse (a backward step holds up to three at once).
+const PACK_POOL_KEEP: usize = 4;
+
+impl PackBuf {
+    /// A buffer of exactly `n` floats with unspecified contents (the packers write every element).
+    fn take(n: usize) -> Self {
+        let mut pool = PACK_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        // The smallest pooled buffer that is large enough, else the largest (it will grow).
+        let pick = (0..pool.len())
+            .filter(|&i| pool[i].capacity() >= n)
+            .min_by_key(|&i| pool[i].capacity())
+            .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+        let mut v = pick.map(|i| pool.swap_remove(i)).unwrap_or_default();
+        drop(pool);
+        if v.len() > n {
+            v.truncate(n);
+        } else {
+            v.resize(n, 0.0);
+        }
+        Self(v)
+    }
+}
+
+impl std::ops::Deref for PackBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl Drop for PackBuf {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        let mut pool = PACK_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        pool.push(v);
+        if pool.len() > PACK_POOL_KEEP {
+            // Drop the smallest: large buffers are the expensive ones to fault in again.
+            let i = (0..pool.len()).min_by_key(|&i| pool[i].capacity()).expect("non-empty");
+            pool.swap_remove(i);
+        }
+    }
+}
+
 /// Packs row-major `src [m, k]` into `ceil(m/pw)` panels of `k x pw` (panel row `kk` holds
 /// `src[m0..m0+pw, kk]`), zero-padded past `m`.
-fn pack_panels(src: &[f32], m: usize, k: usize, pw: usize) -> Vec<f32> {
+fn pack_panels(src: &[f32], m: usize, k: usize, pw: usize) -> PackBuf {
     let np = m.div_ceil(pw);
-    let mut out = vec![0f32; np * k * pw];
+    let mut out = PackBuf::take(np * k * pw);
     if k == 0 {
         return out;
     }
-    out.par_chunks_mut(k * pw).enumerate().for_each(|(pi, pan)| {
+    out.0.par_chunks_mut(k * pw).enumerate().for_each(|(pi, pan)| {
         let m0 = pi * pw;
         let lanes = pw.min(m - m0);
         dispatch!(|S| tasks::pack_panel::<S>(src, k, m0, lanes, pw, pan));
@@ -196,6 +245,16 @@ fn spmm<I: Idx>(
     });
 }
 
+/// Vectors per SDDMM panel (`pw = 8·v` batch rows): 32 while a packed X panel (`k·pw·4` bytes)
+/// stays within ~400 KiB, else 16. Wide panels amortise the per-(panel, row) work (the 8x8
+/// transposes that reduce each group of 8 dot products, the reads and writes of the outputs); at
+/// M=4096, 90%, one thread (Zen 3): pw 64 → 128 → 256 took 29 → 15 → 14 ms for 384x384, pw 256 was
+/// 12% faster than 128 for 384x1536 but 12% slower for 768x3072, and for 1536x384 pw 128 took
+/// 49 ms against 92 ms (pw 64) and 67 ms (pw 256).
+fn sddmm_vectors(k: usize) -> usize {
+    ((400 << 10) / (32 * k.max(1))).clamp(16, 32)
+}
+
 /// SDDMM: `out[s] = Σ_m dy[m, i_s]·x[m, j_s]` for every stored position.
 fn sddmm<I: Idx>(p: &BlockPattern<I>, dy: &[f32], x: &[f32], m: usize, out: &mut [f32]) {
     let (n_out, k) = (p.rows, p.cols);
@@ -205,9 +264,13 @@ fn sddmm<I: Idx>(p: &BlockPattern<I>, dy: &[f32], x: &[f32], m: usize, out: &mut
     }
     let rc = p.r * p.c;
     let nbr = n_out / p.r;
-    // Split block rows into chunks of roughly equal stored values.
+    // Split block rows into a few large chunks of roughly equal stored values: a task visits every
+    // panel of X once, so the more rows it covers, the more often each panel row is reused while it
+    // is in cache (with 64 chunks each X row was reused ~2x per visit at 90%: 1536x384, M=4096, one
+    // thread took 249 ms, 100 ms with 2 chunks, before the pooled buffers below).
     let total = p.col.len().max(1);
-    let want = (total / 64).max(1);
+    let chunks = 2 * rayon::current_num_threads();
+    let want = (total / chunks).max(1);
     let mut bounds = vec![0usize];
     for br in 1..nbr {
         if p.row_ptr[br] - p.row_ptr[*bounds.last().unwrap()] >= want {
@@ -241,7 +304,7 @@ fn sddmm<I: Idx>(p: &BlockPattern<I>, dy: &[f32], x: &[f32], m: usize, out: &mut
         });
         return;
     }
-    let pw = m.div_ceil(8).min(16) * 8;
+    let pw = m.div_ceil(8).min(sddmm_vectors(k)) * 8;
     let np = m.div_ceil(pw);
     let dyp = pack_panels(dy, m, n_out, pw);
     let xp = pack_panels(x, m, k, pw);

@@ -23,29 +23,37 @@ fn rigl_drops_smallest_and_grows_largest_gradient() {
     //            0    1    2     3    4    5    6    7
     let w = [0.5, 0.0, -0.1, 0.0, 0.9, 0.0, 0.2, 0.0];
     let m = mask(&[1, 0, 1, 0, 1, 0, 1, 0]);
-    // Largest |g| overall is at 2 (active: not eligible); among inactive: 5 (0.8) then 7 (-0.7).
+    // Drops 2 and 6 (|−0.1|, |0.2| smallest active). Growth is among the zeros of the mask after
+    // the drop: 2 has the largest |g| (10) so it is grown straight back, then 5 (0.8).
     let g = [9.0, 0.1, 10.0, 0.3, 0.0, 0.8, 0.0, -0.7];
     let r = drop_and_grow("w", &w, &m, 2, Grow::Gradient(&g), None).unwrap();
-    assert_eq!(r.dropped, vec![2, 6]); // |−0.1| and |0.2| are the smallest active
-    assert_eq!(r.grown, vec![5, 7]);
-    assert_eq!(r.mask, mask(&[1, 0, 0, 0, 1, 1, 0, 1]));
+    assert_eq!(r.dropped, vec![6]);
+    assert_eq!(r.grown, vec![5]);
+    assert_eq!(r.mask, mask(&[1, 0, 1, 0, 1, 1, 0, 0]));
     assert_eq!(r.mask.count_kept(), m.count_kept());
 }
 
 #[test]
-fn never_grows_what_was_just_dropped() {
-    // Every inactive position has a smaller gradient than the dropped ones: still, dropped
-    // positions are not eligible, and counts stay equal.
+fn a_dropped_weight_with_a_large_gradient_is_grown_back_and_stays() {
     let w = [0.01, 0.02, 1.0, 0.0, 0.0];
     let m = mask(&[1, 1, 1, 0, 0]);
+    // Both dropped weights have the largest gradients: the mask does not change at all.
     let g = [100.0, 100.0, 0.0, 0.5, 0.1];
     let r = drop_and_grow("w", &w, &m, 2, Grow::Gradient(&g), None).unwrap();
-    assert_eq!(r.dropped, vec![0, 1]);
-    assert_eq!(r.grown, vec![3, 4]);
-    assert!(r.dropped.iter().all(|d| !r.grown.contains(d)));
-    // Asking for more than can be grown clamps to the eligible count.
-    let r = drop_and_grow("w", &w, &m, 3, Grow::Gradient(&g), None).unwrap();
-    assert_eq!((r.dropped.len(), r.grown.len(), r.mask.count_kept()), (2, 2, 3));
+    assert_eq!((r.mask.clone(), r.dropped.len(), r.grown.len()), (m.clone(), 0, 0));
+    // One of them does: 1 goes, 3 comes.
+    let g = [100.0, 0.0, 0.0, 0.5, 0.1];
+    let r = drop_and_grow("w", &w, &m, 2, Grow::Gradient(&g), None).unwrap();
+    assert_eq!((r.dropped.clone(), r.grown.clone()), (vec![1], vec![3]));
+    assert_eq!(r.mask, mask(&[1, 0, 1, 1, 0]));
+    // Asking for more than is active clamps to the active count; the count never changes.
+    let r = drop_and_grow("w", &w, &m, 9, Grow::Gradient(&g), None).unwrap();
+    assert_eq!(r.mask.count_kept(), 3);
+    assert_eq!(r.dropped.len(), r.grown.len());
+    // With `forbid` covering every zero, nothing can be grown, so nothing is dropped.
+    let all = mask(&[1, 1, 1, 1, 1]);
+    let r = drop_and_grow("w", &w, &m, 2, Grow::Gradient(&g), Some(&all)).unwrap();
+    assert_eq!((r.mask.clone(), r.dropped.len(), r.grown.len()), (m.clone(), 0, 0));
 }
 
 #[test]
@@ -60,7 +68,10 @@ fn set_random_growth_is_seeded_and_exact() {
     let c = drop_and_grow("w", &w, &m, 30, Grow::Random { seed: 4 }, None).unwrap();
     assert_eq!(a, b);
     assert_ne!(a.grown, c.grown);
-    assert_eq!((a.dropped.len(), a.grown.len(), a.mask.count_kept()), (30, 30, 100));
+    // 30 dropped, 30 grown among the 930 zeros after the drop: a few may be dropped ones grown back.
+    assert_eq!(a.mask.count_kept(), 100);
+    assert_eq!(a.dropped.len(), a.grown.len());
+    assert!((25..=30).contains(&a.dropped.len()), "{} dropped", a.dropped.len());
     assert!(a.grown.iter().all(|&i| !m.get(i) && a.mask.get(i)));
     assert!(a.dropped.iter().all(|&i| m.get(i) && !a.mask.get(i)));
     // Dropped are exactly the 30 smallest |w| among the active.
