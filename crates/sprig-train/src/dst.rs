@@ -26,6 +26,7 @@ use sprig_prune::dst::{drop_and_grow, granet_update, kept_counts, magnitude_prun
 use sprig_prune::{Allocation, Mask, MaskSet, Schedule};
 
 use crate::optim::{AdamW, AdamWConfig, Optimizer};
+use crate::schedule::LrSchedule;
 use crate::sgd::{Sgd, SgdConfig};
 use crate::vision::batch_tensor;
 
@@ -85,7 +86,7 @@ impl std::str::FromStr for Method {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DstOptimizer {
-    /// Adam (β 0.9/0.999, no weight decay).
+    /// Adam (β 0.9/0.999; decoupled weight decay if `weight_decay` > 0).
     #[default]
     Adam,
     /// SGD with momentum 0.9, as in the RigL paper's experiments (Evci et al. 2020, App. A).
@@ -99,37 +100,6 @@ impl std::str::FromStr for DstOptimizer {
             "adam" => Ok(Self::Adam),
             "sgd" => Ok(Self::Sgd),
             _ => bail!("unknown optimizer {s:?}: expected adam or sgd"),
-        }
-    }
-}
-
-/// Learning rate over training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LrSchedule {
-    #[default]
-    Constant,
-    /// η_t = η/2·(1 + cos(πt/T)) over the T steps of training.
-    Cosine,
-}
-
-impl LrSchedule {
-    /// The learning rate after `step` of `total` steps.
-    pub fn lr(&self, base: f64, step: usize, total: usize) -> f64 {
-        match self {
-            Self::Constant => base,
-            Self::Cosine => base / 2.0 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
-        }
-    }
-}
-
-impl std::str::FromStr for LrSchedule {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "constant" => Ok(Self::Constant),
-            "cosine" => Ok(Self::Cosine),
-            _ => bail!("unknown learning-rate schedule {s:?}: expected constant or cosine"),
         }
     }
 }

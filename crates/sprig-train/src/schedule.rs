@@ -22,6 +22,37 @@ impl LinearWarmupDecay {
     }
 }
 
+/// Learning rate over training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    /// η_t = η/2·(1 + cos(πt/T)) over the T steps of training.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate after `step` of `total` steps.
+    pub fn lr(&self, base: f64, step: usize, total: usize) -> f64 {
+        match self {
+            Self::Constant => base,
+            Self::Cosine => base / 2.0 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
+        }
+    }
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "constant" => Ok(Self::Constant),
+            "cosine" => Ok(Self::Cosine),
+            _ => anyhow::bail!("unknown learning-rate schedule {s:?}: expected constant or cosine"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +65,15 @@ mod tests {
         assert!((s.lr(60) - 0.5).abs() < 1e-12);
         assert_eq!(s.lr(200), 0.0);
         assert!((0..110).all(|i| s.lr(i + 1) <= s.lr(i) || i < 10));
+    }
+
+    #[test]
+    fn cosine_lr_endpoints_and_parse() {
+        let c: LrSchedule = "cosine".parse().unwrap();
+        assert!((c.lr(0.1, 0, 100) - 0.1).abs() < 1e-15);
+        assert!((c.lr(0.1, 50, 100) - 0.05).abs() < 1e-12);
+        assert!(c.lr(0.1, 100, 100).abs() < 1e-12);
+        assert_eq!(LrSchedule::Constant.lr(0.1, 77, 100), 0.1);
+        assert!("linear".parse::<LrSchedule>().is_err());
     }
 }
