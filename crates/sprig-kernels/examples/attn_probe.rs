@@ -21,9 +21,16 @@ fn main() {
             attention::backward(&qkv, &spec, Some(&probs), &ctx, &mut dqkv);
             bw.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        let mut inf = Vec::new();
+        for _ in 0..7 {
+            let t = Instant::now();
+            attention::forward(&qkv, &spec, &mut ctx, None);
+            inf.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        inf.sort_by(f64::total_cmp);
         fw.sort_by(f64::total_cmp);
         bw.sort_by(f64::total_cmp);
         let flop = 4.0 * (b * nh * s * s * d) as f64;
-        println!("dropout {:?}: forward {:.2} ms ({:.1} GFLOP/s), backward {:.2} ms ({:.1} GFLOP/s)", drop.map(|x| x.p), fw[3], flop / fw[3] / 1e6, bw[3], 2.0 * flop / bw[3] / 1e6);
+        println!("dropout {:?}: inference forward {:.2} ms, forward {:.2} ms ({:.1} GFLOP/s), backward {:.2} ms ({:.1} GFLOP/s)", drop.map(|x| x.p), inf[3], fw[3], flop / fw[3] / 1e6, bw[3], 2.0 * flop / bw[3] / 1e6);
     }
 }

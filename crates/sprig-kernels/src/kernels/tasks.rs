@@ -5,6 +5,8 @@
 //! `X[m0..m0+pw, k]`. A stored weight `w = W[n, k]` then contributes `w · panel[k]` to the `pw`
 //! outputs `Y[m0.., n]`: one broadcast and `V` FMAs, accumulated in registers across the whole
 //! sparse row. Blocks of `R` output rows (BSR 4x1, 8x1, ...) reuse each panel load `R` times.
+//! Each forward task packs its own panel into a per-thread buffer just before using it
+//! ([`panel_task`]), so the panel is still in L2 when the sparse rows read it.
 //!
 //! Why this layout and how Y is written: the kernel naturally produces a tile of Yᵀ (output row
 //! `n` x `pw` batch rows); Y is `[M, N]` row-major. Writing the tile element by element (stride
@@ -20,15 +22,15 @@
 use super::simd::Simd;
 use crate::formats::{BlockPattern, Idx};
 
-/// One sparse row (CSR) against one panel: `tile[0..pw] = Σ_t vals[t] · panel[cols[t]]`
-/// (`+=` unless `first`).
+/// One sparse row (CSR) against one panel of width `pw = 8·V`:
+/// `tile[0..pw] = Σ_t vals[t] · panel[cols[t]]` (`+=` unless `first`). The panel row offset is
+/// a shift by the constant `pw` (an `imul` by a run-time width before).
 /// `U` independent accumulator sets hide FMA latency when `V` is small.
 #[inline(always)]
 pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
     cols: &[I],
     vals: &[f32],
     xp: *const f32,
-    pw: usize,
     tile: *mut f32,
     first: bool,
 ) {
@@ -46,7 +48,7 @@ pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
             for u in 0..U {
                 let k = cols.get_unchecked(t + u).get();
                 let w = S::splat(*vals.get_unchecked(t + u));
-                let xr = xp.add(k * pw);
+                let xr = xp.add(k * (8 * V));
                 for v in 0..V {
                     acc[u][v] = S::fma(w, S::load(xr.add(8 * v)), acc[u][v]);
                 }
@@ -56,7 +58,7 @@ pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
         while t < n {
             let k = cols.get_unchecked(t).get();
             let w = S::splat(*vals.get_unchecked(t));
-            let xr = xp.add(k * pw);
+            let xr = xp.add(k * (8 * V));
             for v in 0..V {
                 acc[0][v] = S::fma(w, S::load(xr.add(8 * v)), acc[0][v]);
             }
@@ -118,8 +120,6 @@ pub(crate) unsafe fn block_rows<S: Simd, I: Idx, const R: usize, const V: usize>
 pub(crate) struct PanelJob<'a, I> {
     pub p: &'a BlockPattern<I>,
     pub vals: &'a [f32],
-    /// Base of this task's panel (`k * pw` floats).
-    pub xp: *const f32,
     pub pw: usize,
     /// Valid lanes of this panel (`<= pw`) and the first row of X it holds.
     pub lanes: usize,
@@ -214,17 +214,17 @@ pub(crate) unsafe fn pack_panel<S: Simd>(src: &[f32], k: usize, m0: usize, lanes
 /// row then has only ~6 weights per block and each block costs a tile load/store and a
 /// mispredicted loop exit.)
 macro_rules! csr_v {
-    ($S:ty, $job:expr, $tile:expr, $V:literal, $U:literal) => {{
+    ($S:ty, $job:expr, $xp:expr, $tile:expr, $V:literal, $U:literal) => {{
         let job = $job;
         let p = job.p;
+        debug_assert_eq!(job.pw, 8 * $V, "csr_row addresses panel rows by the constant 8·V");
         for br in job.br0..job.br1 {
             let (s, e) = (p.row_ptr[br], p.row_ptr[br + 1]);
             unsafe {
                 csr_row::<$S, _, $V, $U>(
                     &p.col[s..e],
                     &job.vals[s..e],
-                    job.xp,
-                    job.pw,
+                    $xp,
                     $tile.as_mut_ptr().add((br - job.br0) * job.pw),
                     true,
                 );
@@ -234,7 +234,7 @@ macro_rules! csr_v {
 }
 
 macro_rules! block_rv {
-    ($S:ty, $job:expr, $tile:expr, $R:literal, $V:literal) => {{
+    ($S:ty, $job:expr, $xp:expr, $tile:expr, $R:literal, $V:literal) => {{
         let job = $job;
         let p = job.p;
         let (r, c) = (p.r, p.c);
@@ -248,7 +248,7 @@ macro_rules! block_rv {
                         vals,
                         (r, c),
                         i0,
-                        job.xp,
+                        $xp,
                         job.pw,
                         $tile.as_mut_ptr().add(((br - job.br0) * r + i0) * job.pw),
                     );
@@ -259,36 +259,55 @@ macro_rules! block_rv {
 }
 
 thread_local! {
-    /// Per-thread tile buffer of the forward (reused across calls; every element read is written
-    /// by the kernel first).
+    /// Per-thread tile and panel buffers of the forward (reused across calls; every element read
+    /// is written by the kernel or the packer first).
     static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One forward task: block rows `br0..br1` against one panel.
+/// One forward task: packs rows `m0..m0+lanes` of `x` into a panel, then computes block rows
+/// `br0..br1` against it, `chunk` block rows per tile.
 #[inline(always)]
-pub(crate) unsafe fn panel_task<S: Simd, I: Idx>(job: &PanelJob<'_, I>, plan: Plan) {
-    let rows = (job.br1 - job.br0) * job.p.r;
-    // Taken out of the thread-local (not used inside a closure, which would not inherit the
+pub(crate) unsafe fn panel_task<S: Simd, I: Idx>(job: &PanelJob<'_, I>, x: &[f32], chunk: usize, plan: Plan) {
+    let k = job.p.cols;
+    // Taken out of the thread-locals (not used inside a closure, which would not inherit the
     // caller's `#[target_feature]`s and would leave the intrinsics un-inlined).
+    let mut pan = PANEL.take();
+    pan.resize(k * job.pw, 0.0);
+    unsafe { pack_panel::<S>(x, k, job.m0, job.lanes, job.pw, &mut pan) };
     let mut tile = TILE.take();
+    let mut br0 = job.br0;
+    while br0 < job.br1 {
+        let br1 = (br0 + chunk).min(job.br1);
+        let sub = PanelJob { br0, br1, ..*job };
+        unsafe { panel_rows::<S, I>(&sub, pan.as_ptr(), plan, &mut tile) };
+        br0 = br1;
+    }
+    TILE.set(tile);
+    PANEL.set(pan);
+}
+
+/// Block rows `br0..br1` of `job` against the packed panel `xp` (`k * pw` floats), through `tile`.
+#[inline(always)]
+unsafe fn panel_rows<S: Simd, I: Idx>(job: &PanelJob<'_, I>, xp: *const f32, plan: Plan, tile: &mut Vec<f32>) {
+    let rows = (job.br1 - job.br0) * job.p.r;
     tile.resize(rows * job.pw, 0.0);
     match plan {
-        Plan::Csr { v: 8 } => csr_v!(S, job, tile, 8, 1),
-        Plan::Csr { v: 4 } => csr_v!(S, job, tile, 4, 2),
-        Plan::Csr { v: 2 } => csr_v!(S, job, tile, 2, 4),
-        Plan::Csr { .. } => csr_v!(S, job, tile, 1, 8),
-        Plan::Block { r: 4, v: 2 } => block_rv!(S, job, tile, 4, 2),
-        Plan::Block { r: 4, .. } => block_rv!(S, job, tile, 4, 1),
-        Plan::Block { r: 2, v: 4 } => block_rv!(S, job, tile, 2, 4),
-        Plan::Block { r: 2, v: 2 } => block_rv!(S, job, tile, 2, 2),
-        Plan::Block { r: 2, .. } => block_rv!(S, job, tile, 2, 1),
-        Plan::Block { v: 8, .. } => block_rv!(S, job, tile, 1, 8),
-        Plan::Block { v: 4, .. } => block_rv!(S, job, tile, 1, 4),
-        Plan::Block { v: 2, .. } => block_rv!(S, job, tile, 1, 2),
-        Plan::Block { .. } => block_rv!(S, job, tile, 1, 1),
+        Plan::Csr { v: 8 } => csr_v!(S, job, xp, tile, 8, 1),
+        Plan::Csr { v: 4 } => csr_v!(S, job, xp, tile, 4, 2),
+        Plan::Csr { v: 2 } => csr_v!(S, job, xp, tile, 2, 4),
+        Plan::Csr { .. } => csr_v!(S, job, xp, tile, 1, 8),
+        Plan::Block { r: 4, v: 2 } => block_rv!(S, job, xp, tile, 4, 2),
+        Plan::Block { r: 4, .. } => block_rv!(S, job, xp, tile, 4, 1),
+        Plan::Block { r: 2, v: 4 } => block_rv!(S, job, xp, tile, 2, 4),
+        Plan::Block { r: 2, v: 2 } => block_rv!(S, job, xp, tile, 2, 2),
+        Plan::Block { r: 2, .. } => block_rv!(S, job, xp, tile, 2, 1),
+        Plan::Block { v: 8, .. } => block_rv!(S, job, xp, tile, 1, 8),
+        Plan::Block { v: 4, .. } => block_rv!(S, job, xp, tile, 1, 4),
+        Plan::Block { v: 2, .. } => block_rv!(S, job, xp, tile, 1, 2),
+        Plan::Block { .. } => block_rv!(S, job, xp, tile, 1, 1),
     }
-    unsafe { flush::<S>(job, &tile, job.br0 * job.p.r, rows) };
-    TILE.set(tile);
+    unsafe { flush::<S>(job, tile, job.br0 * job.p.r, rows) };
 }
 
 /// Small batches (M < 4): for each output row and each activation row, a gathered dot product
