@@ -64,6 +64,21 @@ pub trait SparseMatrix: Send + Sync {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<()>;
+    /// `y = gelu(x·Wᵀ + bias)` (GELU of Hendrycks & Gimpel 2016, erf form); if `pre` is given it
+    /// also receives `x·Wᵀ + bias` (what GELU's backward needs). Formats with the shared block
+    /// kernels apply GELU to each output tile right after writing it, while it is in cache; the
+    /// default runs [`SparseMatrix::forward_with`], then GELU over the whole output.
+    fn forward_gelu_with(
+        &self,
+        values: &[f32],
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        pre: Option<&mut [f32]>,
+        y: &mut [f32],
+    ) -> Result<()> {
+        kernels::forward_then_gelu(|out| self.forward_with(values, x, m, bias, out), pre, y)
+    }
     /// `dx = dy·W`, `dx` fully overwritten.
     fn backward_input_with(&self, values: &[f32], dy: &[f32], m: usize, dx: &mut [f32])
         -> Result<()>;

@@ -269,6 +269,17 @@ macro_rules! plain_kernels {
             ) -> $crate::Result<()> {
                 self.eng.forward(values, x, m, bias, y)
             }
+            fn forward_gelu_impl(
+                &self,
+                values: &[f32],
+                x: &[f32],
+                m: usize,
+                bias: Option<&[f32]>,
+                pre: Option<&mut [f32]>,
+                y: &mut [f32],
+            ) -> $crate::Result<()> {
+                self.eng.forward_gelu(values, x, m, bias, pre, y)
+            }
             fn grad_impl(&self, dy: &[f32], x: &[f32], m: usize, out: &mut [f32]) -> $crate::Result<()> {
                 self.eng.grad_values(dy, x, m, out)
             }
@@ -317,6 +328,17 @@ macro_rules! impl_sparse_matrix {
                 y: &mut [f32],
             ) -> $crate::Result<()> {
                 self.forward_impl(values, x, m, bias, y)
+            }
+            fn forward_gelu_with(
+                &self,
+                values: &[f32],
+                x: &[f32],
+                m: usize,
+                bias: Option<&[f32]>,
+                pre: Option<&mut [f32]>,
+                y: &mut [f32],
+            ) -> $crate::Result<()> {
+                self.forward_gelu_impl(values, x, m, bias, pre, y)
             }
             fn backward_input_with(
                 &self,

@@ -150,6 +150,17 @@ impl NmSparse {
     ) -> Result<()> {
         crate::kernels::nm_forward(&self.lay, &self.eng, values, x, m, bias, y)
     }
+    fn forward_gelu_impl(
+        &self,
+        values: &[f32],
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        pre: Option<&mut [f32]>,
+        y: &mut [f32],
+    ) -> Result<()> {
+        crate::kernels::forward_then_gelu(|out| self.forward_impl(values, x, m, bias, out), pre, y)
+    }
     fn grad_impl(&self, dy: &[f32], x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         crate::kernels::nm_grad(&self.lay, &self.eng, dy, x, m, out)
     }

@@ -192,7 +192,40 @@ fn plan_width(plan: Plan) -> usize {
     }
 }
 
-/// `y [m, rows] = x [m, cols] · Wᵀ (+ bias)`.
+/// `out = f(y)` for a forward output `y`, by [`crate::nn::math::gelu_slice`] (or in place when
+/// `out` is `y`), split over rayon.
+fn gelu_par(y: &mut [f32], out: Option<&mut [f32]>) {
+    use crate::nn::math::{gelu_inplace, gelu_slice};
+    const CH: usize = 1 << 14;
+    match out {
+        Some(o) => o.par_chunks_mut(CH).zip(y.par_chunks(CH)).for_each(|(o, z)| gelu_slice(z, o)),
+        None => y.par_chunks_mut(CH).for_each(gelu_inplace),
+    }
+}
+
+/// GELU after a forward that has no fused epilogue: `fwd` writes `x·Wᵀ + b` into `pre` (or `y`).
+pub(crate) fn forward_then_gelu(
+    fwd: impl FnOnce(&mut [f32]) -> Result<()>,
+    pre: Option<&mut [f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    match pre {
+        Some(z) => {
+            check_len("pre (m*rows)", z.len(), y.len())?;
+            fwd(z)?;
+            gelu_par(z, Some(y));
+        }
+        None => {
+            fwd(y)?;
+            gelu_par(y, None);
+        }
+    }
+    Ok(())
+}
+
+/// `y [m, rows] = x [m, cols] · Wᵀ (+ bias)`; with `gelu = Some(g)`, also `g = gelu(y)` (`g` may
+/// be `y` itself), computed per output tile right after it is written.
+#[allow(clippy::too_many_arguments)]
 fn spmm<I: Idx>(
     p: &BlockPattern<I>,
     vals: &[f32],
@@ -200,6 +233,7 @@ fn spmm<I: Idx>(
     m: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    gelu: Option<*mut f32>,
 ) {
     let (n_out, k) = (p.rows, p.cols);
     if m == 0 || n_out == 0 {
@@ -213,8 +247,14 @@ fn spmm<I: Idx>(
             let (br0, br1) = (ci * chunk, ((ci + 1) * chunk).min(nbr));
             dispatch!(|S| tasks::small_m_task::<S, I>(p, vals, x, m, br0, br1, bias, yp.get()));
         });
+        if let Some(g) = gelu {
+            // SAFETY: `g` is `y` or a distinct buffer of y's length (checked by the caller).
+            let out = (g != y.as_mut_ptr()).then(|| unsafe { std::slice::from_raw_parts_mut(g, y.len()) });
+            gelu_par(y, out);
+        }
         return;
     }
+    let gp = gelu.map(SyncPtr);
     let plan = choose_plan(p.r, p.c, k, m);
     let pw = plan_width(plan);
     let np = m.div_ceil(pw);
@@ -241,6 +281,7 @@ fn spmm<I: Idx>(
             br1: ((gi + 1) * per * chunk).min(nbr),
             bias,
             y: yp.get(),
+            gelu: gp.map(SyncPtr::get),
         };
         dispatch!(|S| tasks::panel_task::<S, I>(&job, x, chunk, plan));
     });
@@ -359,6 +400,39 @@ impl Engine {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<()> {
+        self.forward_act(values, x, m, bias, y, None)
+    }
+
+    /// [`Engine::forward`] with GELU fused into the output tiles: `y = gelu(x·Wᵀ + b)`, and
+    /// `pre = x·Wᵀ + b` when given.
+    pub(crate) fn forward_gelu(
+        &self,
+        values: &[f32],
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        pre: Option<&mut [f32]>,
+        y: &mut [f32],
+    ) -> Result<()> {
+        let g = y.as_mut_ptr();
+        match pre {
+            Some(z) => {
+                check_len("pre (m*rows)", z.len(), y.len())?;
+                self.forward_act(values, x, m, bias, z, Some(g))
+            }
+            None => self.forward_act(values, x, m, bias, y, Some(g)),
+        }
+    }
+
+    fn forward_act(
+        &self,
+        values: &[f32],
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        gelu: Option<*mut f32>,
+    ) -> Result<()> {
         let (n, k) = (self.rows(), self.cols());
         check_len("values", values.len(), self.n_values())?;
         check_len("x (m*cols)", x.len(), m * k)?;
@@ -366,7 +440,7 @@ impl Engine {
         if let Some(b) = bias {
             check_len("bias", b.len(), n)?;
         }
-        with_pattern!(&self.pat, p => spmm(p, values, x, m, bias, y));
+        with_pattern!(&self.pat, p => spmm(p, values, x, m, bias, y, gelu));
         Ok(())
     }
 
@@ -399,7 +473,7 @@ impl Engine {
                     }
                 }
             });
-        with_pattern!(tp, p => spmm(p, &vt, dy, m, None, dx));
+        with_pattern!(tp, p => spmm(p, &vt, dy, m, None, dx, None));
         Ok(())
     }
 

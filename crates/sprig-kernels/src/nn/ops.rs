@@ -206,6 +206,27 @@ impl CustomOp3 for LinearOp {
         let (n, k) = self.nk(l2)?;
         let (m, shape) = linear_dims(l1, l3, n, k)?;
         let (x, w, b) = (slice(s1, l1, "x")?, slice(s2, l2, "weight")?, slice(s3, l3, "bias")?);
+        if let (Weight::Sparse(p), Act::Gelu) = (&self.weight, self.act) {
+            // GELU fused into the sparse kernel's output tiles (no separate pass over [M, N]);
+            // its time counts as the sparse linear's.
+            let t = timer(self.kind_index(), 0);
+            let mut y = vec![0f32; m * n];
+            let mut z = if self.keep { vec![0f32; m * n] } else { Vec::new() };
+            for (r0, yc) in (0..m).step_by(ROW_BLOCK).zip(y.chunks_mut(ROW_BLOCK * n)) {
+                let mb = yc.len() / n;
+                let pre = self.keep.then(|| &mut z[r0 * n..(r0 + mb) * n]);
+                p.forward_gelu_with(w, &x[r0 * k..(r0 + mb) * k], mb, Some(b), pre, yc).map_err(kerr)?;
+            }
+            if self.keep {
+                *self.pre.lock().expect("linear cache") = Some(z);
+            }
+            drop(t);
+            let _t = timer(2, 0);
+            if let Some(d) = &self.dropout {
+                d.apply_par(&mut y);
+            }
+            return Ok((CpuStorage::F32(y), shape));
+        }
         let t = timer(self.kind_index(), 0);
         let z = self.pre_activation(x, w, b, m, n, k)?;
         drop(t);

@@ -52,6 +52,22 @@ pub fn check_against_reference(w: &dyn SparseMatrix, m: usize, seed: u64) -> Res
         return Err(format!("forward rel err {e} ({} m={m} n={n} k={k})", w.format_name()));
     }
 
+    // Fused GELU epilogue, in place and with the pre-activation kept (GELU itself is checked
+    // against an f64 erf in nn::math's tests; here: the right elements, every element).
+    let g_ref: Vec<f32> = y_ref.iter().map(|&v| sprig_kernels::nn::math::gelu(v)).collect();
+    let mut yg = vec![f32::NAN; m * n];
+    w.forward_gelu_with(w.values(), &x, m, Some(&bias), None, &mut yg).map_err(|e| e.to_string())?;
+    let e = rel_err(&yg, &g_ref);
+    if !(e <= 1e-5) {
+        return Err(format!("forward+gelu rel err {e} ({} m={m} n={n} k={k})", w.format_name()));
+    }
+    let (mut pre, mut yg2) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+    w.forward_gelu_with(w.values(), &x, m, Some(&bias), Some(&mut pre), &mut yg2).map_err(|e| e.to_string())?;
+    let (e1, e2) = (rel_err(&pre, &y_ref), rel_err(&yg2, &g_ref));
+    if !(e1 <= 1e-5 && e2 <= 1e-5) {
+        return Err(format!("forward+gelu (pre kept) rel err {e1} / {e2} ({} m={m} n={n} k={k})", w.format_name()));
+    }
+
     let mut dx = vec![f32::NAN; m * k];
     w.backward_input(&dy, m, &mut dx).map_err(|e| e.to_string())?;
     let dx_ref = reference::backward_input(&dy, &dense, m, n, k);
