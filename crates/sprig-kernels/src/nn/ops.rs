@@ -91,20 +91,42 @@ fn gemm(c: MatMut<f32>, a: MatRef<f32>, b: MatRef<f32>) {
 }
 
 /// Column sums of a row-major `[m, n]` matrix, parallel over row blocks.
-fn col_sums(g: &[f32], n: usize) -> Vec<f32> {
-    let rows_per = 256;
-    g.par_chunks(n * rows_per)
-        .map(|c| {
-            let mut s = vec![0f32; n];
-            for r in c.chunks(n) {
-                s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
-            }
-            s
-        })
+/// The linear's backward epilogue in one pass over `dY [m, n]` (rows split into L2-sized
+/// chunks): `g = gelu'(z) ⊙ dropout(dY)` (each factor only if present) and `db = Σ_rows g`.
+/// (Before: a copy of dY, then dropout, GELU's derivative and the column sums as three more
+/// passes over the whole [M, N] buffer; now the copy and one pass.)
+fn grad_epilogue(dy: &[f32], n: usize, dropout: Option<&DropoutSpec>, z: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    // A copy, then in place: a zeroed buffer written by `apply_to` cost one more pass (memset).
+    let mut g = dy.to_vec();
+    if n == 0 {
+        return (g, Vec::new());
+    }
+    let rows_per = (16384 / n).max(1);
+    let ch = rows_per * n;
+    let db = g
+        .par_chunks_mut(ch)
+        .enumerate()
+        .fold(
+            || vec![0f32; n],
+            |mut s, (c, gc)| {
+                let off = c * ch;
+                if let Some(d) = dropout {
+                    d.apply(gc, off as u64);
+                }
+                if let Some(z) = z {
+                    gelu_backward_inplace(&z[off..off + gc.len()], gc);
+                }
+                for r in gc.chunks(n) {
+                    s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+                }
+                s
+            },
+        )
         .reduce(|| vec![0f32; n], |mut a, b| {
             a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
             a
-        })
+        });
+    (g, db)
 }
 
 /// The weight of a [`LinearOp`]: a dense `[N, K]` tensor, or the stored values `[nnz]` of a fixed
@@ -254,22 +276,22 @@ impl CustomOp3 for LinearOp {
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, k) = self.nk(w.layout())?;
         let m = x.elem_count() / k.max(1);
-        let t = timer(2, 1);
-        let mut g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(d) = &self.dropout {
-            d.apply_par(&mut g);
-        }
-        drop(t);
         with_data(x, "x", |xs| {
             with_data(w, "weight", |ws| {
-                let t = timer(2, 1);
-                if self.act == Act::Gelu {
-                    let z = match self.pre.lock().expect("linear cache").take() {
+                let z = match self.act {
+                    Act::Gelu => Some(match self.pre.lock().expect("linear cache").take() {
                         Some(z) => z,
                         None => with_data(b, "bias", |bs| self.pre_activation(xs, ws, bs, m, n, k))?,
-                    };
-                    g.par_chunks_mut(1 << 14).zip(z.par_chunks(1 << 14)).for_each(|(g, z)| gelu_backward_inplace(z, g));
-                }
+                    }),
+                    Act::Identity => None,
+                };
+                let t = timer(2, 1);
+                let (g, db) = with_data(grad, "grad", |dy| {
+                    if dy.len() != m * n {
+                        candle_core::bail!("linear backward: grad has {} elements, expected {}", dy.len(), m * n);
+                    }
+                    Ok(grad_epilogue(dy, n, self.dropout.as_ref(), z.as_deref()))
+                })?;
                 drop(t);
                 let _t = timer(self.kind_index(), 1);
                 let mut dx = vec![0f32; m * k];
@@ -296,7 +318,6 @@ impl CustomOp3 for LinearOp {
                         cpu_tensor(dv, p.nnz())?
                     }
                 };
-                let db = col_sums(&g, n);
                 Ok((Some(cpu_tensor(dx, x.shape())?), Some(dw), Some(cpu_tensor(db, n)?)))
             })
         })
