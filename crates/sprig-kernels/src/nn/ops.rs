@@ -91,41 +91,46 @@ fn gemm(c: MatMut<f32>, a: MatRef<f32>, b: MatRef<f32>) {
 }
 
 /// Column sums of a row-major `[m, n]` matrix, parallel over row blocks.
-/// The linear's backward epilogue in one pass over `dY [m, n]` (rows split into L2-sized
-/// chunks): `g = gelu'(z) ⊙ dropout(dY)` (each factor only if present) and `db = Σ_rows g`.
+/// The linear's backward epilogue in one pass over `dY [m, n]`: `g = gelu'(z) ⊙ dropout(dY)`
+/// (each factor only if present) and `db = Σ_rows g`. Row groups of 256 run in parallel, each
+/// in L2-sized pieces; the groups' column sums are added in group order, so `db` is the same
+/// bits whatever the thread schedule (rayon's `fold` made it depend on the work split, and a
+/// killed-and-resumed ticket run no longer matched the uninterrupted one).
 /// (Before: a copy of dY, then dropout, GELU's derivative and the column sums as three more
 /// passes over the whole [M, N] buffer; now the copy and one pass.)
 fn grad_epilogue(dy: &[f32], n: usize, dropout: Option<&DropoutSpec>, z: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    const GROUP_ROWS: usize = 256;
     // A copy, then in place: a zeroed buffer written by `apply_to` cost one more pass (memset).
     let mut g = dy.to_vec();
     if n == 0 {
         return (g, Vec::new());
     }
-    let rows_per = (16384 / n).max(1);
-    let ch = rows_per * n;
-    let db = g
-        .par_chunks_mut(ch)
+    let piece = (16384 / n).max(1) * n;
+    let partials: Vec<Vec<f32>> = g
+        .par_chunks_mut(GROUP_ROWS * n)
         .enumerate()
-        .fold(
-            || vec![0f32; n],
-            |mut s, (c, gc)| {
-                let off = c * ch;
+        .map(|(c, gc)| {
+            let mut s = vec![0f32; n];
+            let base = c * GROUP_ROWS * n;
+            for (p, gp) in gc.chunks_mut(piece).enumerate() {
+                let off = base + p * piece;
                 if let Some(d) = dropout {
-                    d.apply(gc, off as u64);
+                    d.apply(gp, off as u64);
                 }
                 if let Some(z) = z {
-                    gelu_backward_inplace(&z[off..off + gc.len()], gc);
+                    gelu_backward_inplace(&z[off..off + gp.len()], gp);
                 }
-                for r in gc.chunks(n) {
+                for r in gp.chunks(n) {
                     s.iter_mut().zip(r).for_each(|(a, b)| *a += b);
                 }
-                s
-            },
-        )
-        .reduce(|| vec![0f32; n], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        });
+            }
+            s
+        })
+        .collect();
+    let mut db = vec![0f32; n];
+    for p in &partials {
+        db.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
     (g, db)
 }
 
