@@ -93,6 +93,10 @@ struct Layer {
     ffn_norm: LayerNorm,
     attn_dropout: Dropout,
     hidden_dropout: Dropout,
+    /// Once Q, K and V are compiled: their three patterns stacked row-wise into one `[3H, H]`
+    /// pattern whose stored values are Q's, K's and V's values concatenated, so the fused path
+    /// runs one sparse product (one packing of X, no concatenation of three outputs).
+    qkv_pattern: Option<std::sync::Arc<dyn sprig_kernels::SparseMatrix>>,
 }
 
 /// Which implementation runs the encoder's layers. Both compute the same function (tests hold
@@ -174,6 +178,7 @@ impl BertEncoder {
                 ffn_norm: b.layer_norm(&format!("{p}.output.LayerNorm"), h, eps)?,
                 attn_dropout: dropout(config.attention_probs_dropout_prob),
                 hidden_dropout: dropout(config.hidden_dropout_prob),
+                qkv_pattern: None,
             });
         }
         let activation = Activation::from_hf(&config.hidden_act).expect("validated");
@@ -264,6 +269,9 @@ impl BertEncoder {
                 *var = v;
             }
         }
+        for l in &mut self.layers {
+            l.qkv_pattern = stacked_qkv(l, format)?;
+        }
         Ok(())
     }
 
@@ -331,7 +339,12 @@ impl BertEncoder {
     fn layer_forward_fused(&self, l: &Layer, x: &Tensor, key_bias: &[f32], train: bool, detach: bool) -> Result<Tensor> {
         let (bsz, seq, h) = x.dims3()?;
         let nh = self.config.num_attention_heads;
-        let qkv = if l.query.sparse.is_none() && l.key.sparse.is_none() && l.value.sparse.is_none() {
+        let qkv = if let (Some(pat), Some(q), Some(k), Some(v)) = (&l.qkv_pattern, &l.query.sparse, &l.key.sparse, &l.value.sparse) {
+            let vals = Tensor::cat(&[param(&q.values, detach), param(&k.values, detach), param(&v.values, detach)], 0)?;
+            let b = Tensor::cat(&[l.query.bias_or_zeros()?, l.key.bias_or_zeros()?, l.value.bias_or_zeros()?], 0)?;
+            let b = if detach { b.detach() } else { b };
+            ops::sparse_linear(x, &vals, pat, &b, Act::Identity, None)?
+        } else if l.query.sparse.is_none() && l.key.sparse.is_none() && l.value.sparse.is_none() {
             let cat3 = |a: &Var, b: &Var, c: &Var| Tensor::cat(&[param(a, detach), param(b, detach), param(c, detach)], 0);
             let wqkv = cat3(&l.query.weight, &l.key.weight, &l.value.weight)?;
             let bqkv = Tensor::cat(&[l.query.bias_or_zeros()?, l.key.bias_or_zeros()?, l.value.bias_or_zeros()?], 0)?;
@@ -378,6 +391,36 @@ impl BertEncoder {
         let ff = l.hidden_dropout.forward(&l.ffn_out.forward(&ff)?, train)?;
         Ok(l.ffn_norm.forward(&ff.add(&x)?)?)
     }
+}
+
+/// Q, K and V's compiled patterns stacked row-wise (see `Layer::qkv_pattern`), or `None` when one
+/// of them is dense or the stacked format does not store the values in Q, K, V order.
+fn stacked_qkv(l: &Layer, format: sprig_kernels::candle::Format) -> Result<Option<std::sync::Arc<dyn sprig_kernels::SparseMatrix>>> {
+    let (Some(q), Some(k), Some(v)) = (&l.query.sparse, &l.key.sparse, &l.value.sparse) else {
+        return Ok(None);
+    };
+    let parts = [q, k, v];
+    let cols = q.pattern.cols();
+    if parts.iter().any(|p| p.pattern.cols() != cols) {
+        return Ok(None);
+    }
+    let rows_all: usize = parts.iter().map(|p| p.pattern.rows()).sum();
+    let (mut dense, mut keep, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+    for p in parts {
+        let v = p.values.as_tensor().to_vec1::<f32>()?;
+        // Distinct non-zero stand-ins keep explicit zeros of BSR/N:M blocks apart from absent ones.
+        let ones = vec![1f32; v.len()];
+        let d = p.pattern.to_dense_with(&v).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let m = p.pattern.to_dense_with(&ones).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        dense.extend(d);
+        keep.extend(m.iter().map(|&x| x != 0.0));
+        vals.extend(v);
+    }
+    let w = Tensor::from_vec(dense, (rows_all, cols), &candle_core::Device::Cpu)?;
+    let sl = sprig_kernels::candle::SparseLinear::from_dense(&w, &keep, None, format)?;
+    let stacked = sl.values().as_tensor().to_vec1::<f32>()?;
+    let same = stacked.len() == vals.len() && stacked.iter().zip(&vals).all(|(a, b)| a.to_bits() == b.to_bits());
+    Ok(same.then(|| sl.pattern().clone()))
 }
 
 /// Pool token states `[B, S, H]` into `[B, H]`.

@@ -108,6 +108,27 @@ fn compiled_sparse_encoder_matches_masked_dense() {
     let b = sparse.forward(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"], false).unwrap();
     let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-4, "compiled vs masked dense: {diff}");
+    // Gradients reach every compiled linear's stored values (Q, K and V through their stacked
+    // product) and equal the masked dense gradient at the kept positions.
+    let loss = |e: &sprig_bert::BertEncoder| {
+        let h = e.forward(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"], false).unwrap();
+        h.sqr().unwrap().sum_all().unwrap().backward().unwrap()
+    };
+    let (gm, gsp) = (loss(&masked), loss(&sparse));
+    let sparse_params = sparse.named_params();
+    let mut checked = 0;
+    for (name, var) in masked.named_params().iter().filter(|(n, _)| sprig_bert::is_encoder_linear_weight(n)) {
+        let gd = gm.get(var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want: Vec<f32> = gd.iter().zip(&keep[name]).filter(|(_, &k)| k).map(|(g, _)| *g).collect();
+        let sv = &sparse_params.iter().find(|(n, _)| *n == format!("{name}:values")).unwrap().1;
+        let got = gsp.get(sv).unwrap().to_vec1::<f32>().unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert_eq!(got.len(), want.len(), "{name}");
+        assert!(worst <= 1e-3 * scale, "{name}: values gradient max diff {worst}, scale {scale}");
+        checked += 1;
+    }
+    assert_eq!(checked, 6 * ckpt.config.num_hidden_layers);
     sparse.sync_dense().unwrap();
     let bad: BTreeMap<String, Vec<bool>> = [("embeddings.word_embeddings.weight".to_string(), vec![true])].into();
     assert!(ckpt.encoder(1, &device).unwrap().compile_sparse(&bad, Format::Csr).is_err());
