@@ -10,6 +10,9 @@ fn main() -> sprig_kernels::Result<()> {
     let x = vec![1.0f32; m * k];
     let mut y = vec![0.0; m * n];
     csr.forward(&x, m, None, &mut y)?; // y = x·Wᵀ
+    let (mut pre, mut h) = (vec![0.0; m * n], vec![0.0; m * n]);
+    // h = gelu(x·Wᵀ), GELU applied to each output tile while it is in cache; pre = x·Wᵀ
+    csr.forward_gelu_with(csr.values(), &x, m, None, Some(&mut pre), &mut h)?;
     let dy = vec![1.0f32; m * n];
     let mut dx = vec![0.0; m * k];
     csr.backward_input(&dy, m, &mut dx)?; // dx = dy·W
