@@ -223,8 +223,15 @@ pub(crate) fn forward_then_gelu(
     Ok(())
 }
 
-/// `y [m, rows] = x [m, cols] · Wᵀ (+ bias)`; with `gelu = Some(g)`, also `g = gelu(y)` (`g` may
-/// be `y` itself), computed per output tile right after it is written.
+/// Where a fused GELU writes: over Y itself, or into a second buffer of Y's length.
+#[derive(Clone, Copy)]
+enum GeluOut {
+    InPlace,
+    Into(*mut f32),
+}
+
+/// `y [m, rows] = x [m, cols] · Wᵀ (+ bias)`; with `gelu`, also GELU of it (over `y` or into a
+/// second buffer), computed per output tile right after the tile is written.
 #[allow(clippy::too_many_arguments)]
 fn spmm<I: Idx>(
     p: &BlockPattern<I>,
@@ -233,7 +240,7 @@ fn spmm<I: Idx>(
     m: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
-    gelu: Option<*mut f32>,
+    gelu: Option<GeluOut>,
 ) {
     let (n_out, k) = (p.rows, p.cols);
     if m == 0 || n_out == 0 {
@@ -247,14 +254,19 @@ fn spmm<I: Idx>(
             let (br0, br1) = (ci * chunk, ((ci + 1) * chunk).min(nbr));
             dispatch!(|S| tasks::small_m_task::<S, I>(p, vals, x, m, br0, br1, bias, yp.get()));
         });
-        if let Some(g) = gelu {
-            // SAFETY: `g` is `y` or a distinct buffer of y's length (checked by the caller).
-            let out = (g != y.as_mut_ptr()).then(|| unsafe { std::slice::from_raw_parts_mut(g, y.len()) });
-            gelu_par(y, out);
+        match gelu {
+            Some(GeluOut::InPlace) => gelu_par(y, None),
+            // SAFETY: a buffer of y's length, distinct from y and not otherwise borrowed (the
+            // caller's contract, see `Engine::forward_gelu`).
+            Some(GeluOut::Into(g)) => gelu_par(y, Some(unsafe { std::slice::from_raw_parts_mut(g, y.len()) })),
+            None => {}
         }
         return;
     }
-    let gp = gelu.map(SyncPtr);
+    let gp = gelu.map(|g| match g {
+        GeluOut::InPlace => yp,
+        GeluOut::Into(g) => SyncPtr(g),
+    });
     let plan = choose_plan(p.r, p.c, k, m);
     let pw = plan_width(plan);
     let np = m.div_ceil(pw);
@@ -414,13 +426,12 @@ impl Engine {
         pre: Option<&mut [f32]>,
         y: &mut [f32],
     ) -> Result<()> {
-        let g = y.as_mut_ptr();
         match pre {
             Some(z) => {
                 check_len("pre (m*rows)", z.len(), y.len())?;
-                self.forward_act(values, x, m, bias, z, Some(g))
+                self.forward_act(values, x, m, bias, z, Some(GeluOut::Into(y.as_mut_ptr())))
             }
-            None => self.forward_act(values, x, m, bias, y, Some(g)),
+            None => self.forward_act(values, x, m, bias, y, Some(GeluOut::InPlace)),
         }
     }
 
@@ -431,7 +442,7 @@ impl Engine {
         m: usize,
         bias: Option<&[f32]>,
         y: &mut [f32],
-        gelu: Option<*mut f32>,
+        gelu: Option<GeluOut>,
     ) -> Result<()> {
         let (n, k) = (self.rows(), self.cols());
         check_len("values", values.len(), self.n_values())?;
