@@ -408,7 +408,7 @@ fn stacked_qkv(l: &Layer, format: sprig_kernels::candle::Format) -> Result<Optio
     let (mut dense, mut keep, mut vals) = (Vec::new(), Vec::new(), Vec::new());
     for p in parts {
         let v = p.values.as_tensor().to_vec1::<f32>()?;
-        // Distinct non-zero stand-ins keep explicit zeros of BSR/N:M blocks apart from absent ones.
+        // The stored positions come from all-ones values: a stored value may itself be 0.
         let ones = vec![1f32; v.len()];
         let d = p.pattern.to_dense_with(&v).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let m = p.pattern.to_dense_with(&ones).map_err(|e| candle_core::Error::Msg(e.to_string()))?;

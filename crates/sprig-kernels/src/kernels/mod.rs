@@ -230,8 +230,8 @@ enum GeluOut {
     Into(*mut f32),
 }
 
-/// `y [m, rows] = x [m, cols] · Wᵀ (+ bias)`; with `gelu`, also GELU of it (over `y` or into a
-/// second buffer), computed per output tile right after the tile is written.
+/// `y [m, rows] = x [m, cols] · Wᵀ (+ bias)`; with `gelu` (only for `m >= SMALL_M`), also GELU
+/// of it (over `y` or into a second buffer), computed per output tile right after it is written.
 #[allow(clippy::too_many_arguments)]
 fn spmm<I: Idx>(
     p: &BlockPattern<I>,
@@ -254,13 +254,7 @@ fn spmm<I: Idx>(
             let (br0, br1) = (ci * chunk, ((ci + 1) * chunk).min(nbr));
             dispatch!(|S| tasks::small_m_task::<S, I>(p, vals, x, m, br0, br1, bias, yp.get()));
         });
-        match gelu {
-            Some(GeluOut::InPlace) => gelu_par(y, None),
-            // SAFETY: a buffer of y's length, distinct from y and not otherwise borrowed (the
-            // caller's contract, see `Engine::forward_gelu`).
-            Some(GeluOut::Into(g)) => gelu_par(y, Some(unsafe { std::slice::from_raw_parts_mut(g, y.len()) })),
-            None => {}
-        }
+        debug_assert!(gelu.is_none(), "small-M forwards take GELU afterwards (Engine::forward_gelu)");
         return;
     }
     let gp = gelu.map(|g| match g {
@@ -426,6 +420,10 @@ impl Engine {
         pre: Option<&mut [f32]>,
         y: &mut [f32],
     ) -> Result<()> {
+        if m < SMALL_M {
+            // No output tiles to fuse into: the dot-product path writes Y element by element.
+            return forward_then_gelu(|out| self.forward(values, x, m, bias, out), pre, y);
+        }
         match pre {
             Some(z) => {
                 check_len("pre (m*rows)", z.len(), y.len())?;

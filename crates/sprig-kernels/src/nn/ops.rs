@@ -90,7 +90,6 @@ fn gemm(c: MatMut<f32>, a: MatRef<f32>, b: MatRef<f32>) {
     faer::linalg::matmul::matmul(c, Accum::Replace, a, b, 1.0f32, Par::rayon(0));
 }
 
-/// Column sums of a row-major `[m, n]` matrix, parallel over row blocks.
 /// The linear's backward epilogue in one pass over `dY [m, n]`: `g = gelu'(z) ⊙ dropout(dY)`
 /// (each factor only if present) and `db = Σ_rows g`. Row groups of 256 run in parallel, each
 /// in L2-sized pieces; the groups' column sums are added in group order, so `db` is the same
