@@ -288,8 +288,8 @@ pub(crate) unsafe fn panel_task<S: Simd, I: Idx>(job: &PanelJob<'_, I>, x: &[f32
     // Taken out of the thread-locals (not used inside a closure, which would not inherit the
     // caller's `#[target_feature]`s and would leave the intrinsics un-inlined).
     let mut pan = PANEL.take();
-    // 64-byte aligned, so no 32-byte panel load straddles two cache lines (forcing a 16-byte
-    // offset made the forward ~10-15% slower, K=384 N=1536 M=512 90%, one thread).
+    // 64-byte aligned, so no 32-byte panel load straddles two cache lines (a temporary 16-byte
+    // offset looked ~10-15% slower, K=384 N=1536 M=512 90%, one thread, 3 alternated runs).
     pan.resize(k * job.pw + 16, 0.0);
     let off = pan.as_ptr().align_offset(64);
     let panel = &mut pan[off..off + k * job.pw];
