@@ -72,6 +72,32 @@ fn wide_k_and_many_panels() {
     }
 }
 
+/// N:M shapes whose forward walks K in several L1 blocks (a ragged last block, ragged panels,
+/// every panel width) and, past 2^20 stored weights, the 32-lane plan.
+#[test]
+fn nm_k_blocks_and_panel_widths() {
+    for &(m, n, k, nm) in &[
+        (70usize, 20usize, 1000usize, (2usize, 4usize)),
+        (20, 9, 1000, (2, 4)),
+        (9, 17, 520, (4, 8)),
+        (5, 8, 4, (2, 4)),
+        (13, 1100, 2000, (2, 4)),
+    ] {
+        let mut r = rng(k as u64 + n as u64);
+        let w = randn(&mut r, n * k);
+        let mut keep = vec![false; n * k];
+        for (g, chunk) in keep.chunks_mut(nm.1).enumerate() {
+            for t in 0..nm.0 {
+                chunk[(g * 3 + t * (nm.1 / nm.0)) % nm.1] = true;
+            }
+        }
+        let mask = sprig_kernels::Bitmask::from_bools(n, k, &keep).unwrap();
+        let s = NmSparse::from_dense(&w, n, k, nm, &mask).unwrap();
+        assert_eq!(s.nnz(), n * k / nm.1 * nm.0);
+        check_against_reference(&s, m, 11).unwrap_or_else(|e| panic!("m={m} n={n} k={k}: {e}"));
+    }
+}
+
 /// More than 65 536 columns switches CSR to u32 indices.
 #[test]
 fn wide_matrix_uses_u32_indices() {

@@ -63,7 +63,7 @@ impl NmSparse {
         let per_row = cols / m * n;
         let row_ptr = (0..=rows).map(|i| i * per_row).collect();
         Ok(Self {
-            eng: Engine::new(AnyPattern::build(rows, cols, 1, 1, row_ptr, col)),
+            eng: Engine::with_groups(AnyPattern::build(rows, cols, 1, 1, row_ptr, col), m, n),
             values,
             n,
             m,
@@ -148,7 +148,7 @@ impl NmSparse {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<()> {
-        crate::kernels::nm_forward(&self.lay, &self.eng, values, x, m, bias, y)
+        self.eng.forward(values, x, m, bias, y)
     }
     fn forward_gelu_impl(
         &self,
@@ -159,7 +159,7 @@ impl NmSparse {
         pre: Option<&mut [f32]>,
         y: &mut [f32],
     ) -> Result<()> {
-        crate::kernels::forward_then_gelu(|out| self.forward_impl(values, x, m, bias, out), pre, y)
+        self.eng.forward_gelu(values, x, m, bias, pre, y)
     }
     fn grad_impl(&self, dy: &[f32], x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         crate::kernels::nm_grad(&self.lay, &self.eng, dy, x, m, out)

@@ -1,28 +1,25 @@
-//! N:M (2:4, 4:8, any N with groups of 4 or 8) forward and weight gradient, *activation-stationary*
-//! with vector lanes over 8 output rows.
+//! N:M (2:4, 4:8, any N with groups of 4 or 8) weight gradient (SDDMM), *activation-stationary*
+//! with vector lanes over 8 output rows. (The N:M forward is the K-blocked panel kernel of
+//! [`super::tasks`]: every row keeps the same number of weights in each block of input columns.)
 //!
 //! In a group of `G` (4 or 8) input columns, row `n` keeps `N` weights at in-group offsets
-//! `o[n, g, t]`. For 8 consecutive output rows `n0..n0+8` and one batch row `m`:
+//! `o[n, g, t]`. For 8 consecutive output rows `n0..n0+8`:
 //!
-//! `Y[m, n0+l] += Σ_g Σ_t W[n0+l, g, t] · X[m, G·g + o[n0+l, g, t]]`
+//! `dW[n0+l, g, t] = Σ_m dY[m, n0+l] · X[m, G·g + o[n0+l, g, t]]`
 //!
 //! The `G` activations `X[m, G·g..G·g+G]` are broadcast to a vector once per `(m, g)`
 //! (`vbroadcastf128` for G=4, a plain load for G=8); each lane then picks its own activation with
 //! one variable permute (`vpermilps` / `vpermps`) driven by the stored offsets, and one FMA with
-//! the 8 weights `W[n0..n0+8, g, t]` adds it in. The work is `N/G` of dense (half at 2:4) at the
-//! cost of one permute per FMA, X is read in its natural row-major layout (no packing), and each
-//! accumulator is a contiguous 8-float piece of a Y row, so Y is written once with vector
-//! stores. This is the CPU analogue of the compressed-operand + metadata layout of NVIDIA's 2:4
-//! sparse tensor cores (Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks",
-//! arXiv:2104.08378, Sec. 3): values + 2-bit (here 1-byte) in-group indices.
+//! the 8 output gradients `dY[m, n0..n0+8]` adds it in. This is the CPU analogue of the
+//! compressed-operand + metadata layout of NVIDIA's 2:4 sparse tensor cores (Mishra et al. 2021,
+//! "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378, Sec. 3): values + 2-bit (here
+//! 1-byte) in-group indices.
 //!
 //! Layout: the offsets are kept once, at construction, "lane-interleaved" (`ctrl[(b·S + s)·8 + l]`
-//! for row block `b`, slot `s = g·N + t`, row `8b+l`, `S = K/G·N` slots per row). The values are
-//! owned by the caller in the natural row-major slot order (the public [`crate::NmSparse`] order),
-//! so each call interleaves them (an `O(nnz)` copy with 8x8 register transposes; about 1-2% of a
-//! batch-512 forward, more at batch 1). Rows past the last full block of 8 use a scalar loop.
-//! The weight gradient (SDDMM) uses the same layout with the batch as the reduction:
-//! `dW[n0+l, g, t] = Σ_m dY[m, n0+l] · X[m, G·g + o]`.
+//! for row block `b`, slot `s = g·N + t`, row `8b+l`, `S = K/G·N` slots per row); the gradient is
+//! produced in that order and de-interleaved into the natural row-major slot order (the public
+//! [`crate::NmSparse`] order) with 8x8 register transposes. Rows past the last full block of 8 use
+//! a scalar loop.
 use super::simd::Simd;
 
 /// Pattern-side data of an N:M matrix for these kernels.
@@ -103,120 +100,6 @@ pub(crate) unsafe fn interleave_block<S: Simd>(nat: *mut f32, lan: *mut f32, s_p
                     *lan.add(s * 8 + l) = *nat.add(l * s_per + s);
                 }
             }
-        }
-    }
-}
-
-/// Forward for batch rows `m0..m0+MR` and row block `b`: `Y[m, 8b..8b+8]` (+ bias).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fwd_tile<S: Simd, const MR: usize, const G: usize>(
-    lay: &NmLayout,
-    wl: *const f32,
-    x: *const f32,
-    m0: usize,
-    b: usize,
-    bias: Option<&[f32]>,
-    y: *mut f32,
-) {
-    let (k, n_out, n) = (lay.cols, lay.rows, lay.n);
-    let s_per = lay.slots();
-    unsafe {
-        // Two accumulator sets (slot t even / odd) so consecutive FMAs into one output are
-        // independent: with one set, the N FMAs of a group form a latency chain.
-        let mut acc0 = [S::zero(); MR];
-        let mut acc1 = [S::zero(); MR];
-        let wb = wl.add(b * s_per * 8);
-        let cb = lay.ctrl.as_ptr().add(b * s_per * 8);
-        for gi in 0..k / G {
-            let mut xg = [S::zero(); MR];
-            for (i, xv) in xg.iter_mut().enumerate() {
-                let p = x.add((m0 + i) * k + gi * G);
-                *xv = if G == 4 { S::bcast4(p) } else { S::load(p) };
-            }
-            macro_rules! step {
-                ($s:expr, $a:ident) => {{
-                    let s = $s;
-                    let w = S::load(wb.add(s * 8));
-                    let c = S::load_idx_u8(cb.add(s * 8));
-                    for i in 0..MR {
-                        let xs = if G == 4 { S::perm4(xg[i], c) } else { S::perm8(xg[i], c) };
-                        $a[i] = S::fma(w, xs, $a[i]);
-                    }
-                }};
-            }
-            let mut t = 0;
-            while t + 2 <= n {
-                step!(gi * n + t, acc0);
-                step!(gi * n + t + 1, acc1);
-                t += 2;
-            }
-            if t < n {
-                step!(gi * n + t, acc0);
-            }
-        }
-        let bv = match bias {
-            Some(bb) => S::load(bb.as_ptr().add(8 * b)),
-            None => S::zero(),
-        };
-        for i in 0..MR {
-            S::store(y.add((m0 + i) * n_out + 8 * b), S::add(S::add(acc0[i], acc1[i]), bv));
-        }
-    }
-}
-
-/// One forward task: row blocks `b0..b1`, batch rows `m0..m1`; `wl` the lane-interleaved values.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn fwd_task<S: Simd>(
-    lay: &NmLayout,
-    wl: *const f32,
-    x: &[f32],
-    (m0, m1): (usize, usize),
-    (b0, b1): (usize, usize),
-    bias: Option<&[f32]>,
-    y: *mut f32,
-) {
-    macro_rules! go {
-        ($G:literal) => {{
-            for b in b0..b1 {
-                let mut mm = m0;
-                while mm + 4 <= m1 {
-                    unsafe { fwd_tile::<S, 4, $G>(lay, wl, x.as_ptr(), mm, b, bias, y) };
-                    mm += 4;
-                }
-                while mm < m1 {
-                    unsafe { fwd_tile::<S, 1, $G>(lay, wl, x.as_ptr(), mm, b, bias, y) };
-                    mm += 1;
-                }
-            }
-        }};
-    }
-    if lay.g == 4 {
-        go!(4)
-    } else {
-        go!(8)
-    }
-}
-
-/// Scalar forward for the rows past the last full 8-row block (and any group size).
-pub(crate) fn fwd_rows_scalar(
-    lay: &NmLayout,
-    vals: &[f32],
-    x: &[f32],
-    m: usize,
-    r0: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let (k, n_out, s_per) = (lay.cols, lay.rows, lay.slots());
-    for mm in 0..m {
-        for r in r0..n_out {
-            let mut acc = 0f32;
-            for s in 0..s_per {
-                acc += vals[r * s_per + s] * x[mm * k + lay.col(r, s)];
-            }
-            y[mm * n_out + r] = acc + bias.map_or(0.0, |b| b[r]);
         }
     }
 }

@@ -138,6 +138,9 @@ pub(crate) struct PanelJob<'a, I> {
 pub(crate) enum Plan {
     Csr { v: usize },
     Block { r: usize, v: usize },
+    /// CSR rows that all hold exactly `per_block` stored weights in every block of `kb` input
+    /// columns (N:M): the panel is walked one K-block at a time, so the panel rows come from L1.
+    KBlocked { v: usize, per_block: usize },
 }
 
 /// Writes the chunk buffer (`rows x pw`, row `i` = output row `row0 + i`, i.e. a tile of Yᵀ)
@@ -248,6 +251,60 @@ macro_rules! csr_v {
     }};
 }
 
+/// N:M rows against one panel, one K-block of the panel at a time: every row of the chunk takes
+/// its `per_block` weights of block `kb` (partial sums kept in the tile), then the next block.
+/// The block of panel rows stays in L1 across the chunk's rows, and every row has the same trip
+/// count, so the loop exits are predicted.
+macro_rules! kblocked_v {
+    ($S:ty, $job:expr, $xp:expr, $tile:expr, $V:literal, $U:literal, $per:expr) => {{
+        let job = $job;
+        let p = job.p;
+        let per: usize = $per;
+        let row_len = p.row_ptr[job.br0 + 1] - p.row_ptr[job.br0];
+        // At least one block, so rows with no weights (zero columns) still clear their tile.
+        let blocks = row_len.div_ceil(per.max(1)).max(1);
+        for kb in 0..blocks {
+            for br in job.br0..job.br1 {
+                let (s0, e0) = (p.row_ptr[br], p.row_ptr[br + 1]);
+                debug_assert_eq!(e0 - s0, row_len, "K-blocked rows hold equal counts");
+                let s = s0 + kb * per;
+                let e = (s + per).min(e0);
+                // The rows' values and indices are read in strides (one row's block, then the
+                // next row's): ask for row br+2's block ahead of time (768x3072 2:4, M=512, one
+                // thread: ~20% faster; the samples sat on the loads of values and indices).
+                if br + 2 < job.br1 {
+                    let sn = p.row_ptr[br + 2] + kb * per;
+                    prefetch(job.vals.as_ptr().wrapping_add(sn) as *const u8, per * 4);
+                    prefetch(p.col.as_ptr().wrapping_add(sn) as *const u8, per * std::mem::size_of::<I>());
+                }
+                unsafe {
+                    csr_row::<$S, _, $V, $U>(
+                        &p.col[s..e],
+                        &job.vals[s..e],
+                        $xp,
+                        $tile.as_mut_ptr().add((br - job.br0) * job.pw),
+                        kb == 0,
+                    );
+                }
+            }
+        }
+    }};
+}
+
+/// Asks for the cache lines of `[p, p + bytes)` (a hint; no-op off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: prefetch is a hint and never faults.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(off) as *const i8) };
+            off += 64;
+        }
+    }
+}
+
 macro_rules! block_rv {
     ($S:ty, $job:expr, $xp:expr, $tile:expr, $R:literal, $V:literal) => {{
         let job = $job;
@@ -316,6 +373,10 @@ unsafe fn panel_rows<S: Simd, I: Idx>(job: &PanelJob<'_, I>, xp: *const f32, pla
         Plan::Csr { v: 4 } => csr_v!(S, job, xp, tile, 4, 2),
         Plan::Csr { v: 2 } => csr_v!(S, job, xp, tile, 2, 4),
         Plan::Csr { .. } => csr_v!(S, job, xp, tile, 1, 8),
+        Plan::KBlocked { v: 8, per_block } => kblocked_v!(S, job, xp, tile, 8, 1, per_block),
+        Plan::KBlocked { v: 4, per_block } => kblocked_v!(S, job, xp, tile, 4, 2, per_block),
+        Plan::KBlocked { v: 2, per_block } => kblocked_v!(S, job, xp, tile, 2, 4, per_block),
+        Plan::KBlocked { per_block, .. } => kblocked_v!(S, job, xp, tile, 1, 8, per_block),
         Plan::Block { r: 4, v: 2 } => block_rv!(S, job, xp, tile, 4, 2),
         Plan::Block { r: 4, .. } => block_rv!(S, job, xp, tile, 4, 1),
         Plan::Block { r: 2, v: 4 } => block_rv!(S, job, xp, tile, 2, 4),
