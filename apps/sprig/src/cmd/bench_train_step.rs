@@ -126,11 +126,24 @@ pub fn run(a: Args) -> Result<()> {
     let mut by_op: Vec<(String, f64, f64)> = vec![];
     let threads = candle_core::utils::get_num_threads();
     eprintln!("bench train-step: {} batch {} seq {} threads {threads} ops {:?} sparsity {sparsity} ({})", a.model, a.batch, a.seq, a.ops, a.format);
+    // The same for the inference forward (`predict`).
+    let mut by_op_inf: Vec<(String, f64)> = vec![];
     for i in 0..a.warmup + a.runs {
+        let profiled = i >= a.warmup && a.ops == Ops::Fused;
+        sprig_kernels::nn::ops::profile::enable(profiled);
         let t = Instant::now();
         let logits = model.predict(&ids, &types, &mask)?;
         logits.to_vec2::<f32>()?;
         let f = t.elapsed().as_secs_f64() * 1e3;
+        if profiled {
+            let totals = sprig_kernels::nn::ops::profile::totals();
+            if by_op_inf.is_empty() {
+                by_op_inf = totals.iter().map(|(n, _, _)| (n.to_string(), 0.0)).collect();
+            }
+            for (acc, (_, f, _)) in by_op_inf.iter_mut().zip(&totals) {
+                acc.1 += f / a.runs as f64;
+            }
+        }
         sprig_kernels::nn::ops::profile::enable(i >= a.warmup && a.ops == Ops::Fused);
         let t0 = Instant::now();
         let logits = model.forward(&ids, &types, &mask, true)?;
@@ -170,6 +183,7 @@ pub fn run(a: Args) -> Result<()> {
         "forward_ms": timing(fwd), "train_forward_ms": timing(tfwd), "backward_ms": timing(bwd),
         "optimizer_ms": timing(optim), "step_ms": timing(step), "peak_rss_mb": peak_rss_mb(),
         "by_op_ms": by_op.iter().map(|(n, f, b)| serde_json::json!({"op": n, "forward": f, "backward": b})).collect::<Vec<_>>(),
+        "inference_by_op_ms": by_op_inf.iter().map(|(n, f)| serde_json::json!({"op": n, "forward": f})).collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     if let Some(p) = &a.json {
