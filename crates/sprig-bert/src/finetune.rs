@@ -299,7 +299,7 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
             log.log(&StepRecord { kind: "train", epoch, step, loss: loss_value, lr, grad_norm: gnorm, examples_per_second: eps })?;
             pb.set_message(format!("loss {:.4} {:.1} ex/s", epoch_loss / epoch_batches as f64, examples as f64 / train_time));
             pb.inc(1);
-            if pb.is_hidden() && (step % log_every == 0 || step == total_steps) {
+            if pb.is_hidden() && (step.is_multiple_of(log_every) || step == total_steps) {
                 tracing::info!(step, total_steps, epoch, loss = epoch_loss / epoch_batches as f64, examples_per_second = examples as f64 / train_time, "training");
             }
         }

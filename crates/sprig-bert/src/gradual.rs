@@ -113,7 +113,7 @@ impl GradualState {
     pub fn after_step(&mut self, step: usize, opt: &mut dyn Optimizer) -> Result<()> {
         let s = self.g.sparsity_at(step, self.total);
         let last = step as f64 >= self.g.end * self.total as f64;
-        if s <= self.sparsity + 1e-12 || (step % self.g.every != 0 && !last) {
+        if s <= self.sparsity + 1e-12 || (!step.is_multiple_of(self.g.every) && !last) {
             return Ok(());
         }
         let scores: Scores = match self.g.criterion {

@@ -244,7 +244,7 @@ fn finetune_with(
             if snapshot_step == Some(step) {
                 snap = Some(snapshot(&all_params)?);
             }
-            if step % 10 == 0 {
+            if step.is_multiple_of(10) {
                 tracing::debug!(step, total, loss = lv, "masked finetune");
             }
         }

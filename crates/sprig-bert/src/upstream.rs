@@ -173,6 +173,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Trains `m ⊙ θ₀` on the contrastive objective; returns the metrics and the trained tensors.
+#[allow(clippy::type_complexity)]
 fn train_round(cfg: &UpstreamConfig, base: &Base, corpus: &Corpus, dense_emb: &[Vec<f32>], seed: u64, masks: Option<&MaskSet>) -> Result<(UpstreamMetrics, Vec<(String, Tensor)>, MaskSet)> {
     let device = Device::Cpu;
     let mut enc = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, seed, &device)?;

@@ -76,6 +76,7 @@ proptest! {
 fn csr_from_parts_rejects_bad_input() {
     let ok = Csr::from_parts(2, 3, vec![0, 1, 2], vec![0, 2], vec![1.0, 2.0]);
     assert!(ok.is_ok());
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(Vec<usize>, Vec<u32>, Vec<f32>, &str)> = vec![
         (vec![0, 1], vec![0], vec![1.0], "row_ptr"),
         (vec![1, 1, 2], vec![0, 2], vec![1.0, 2.0], "row_ptr[0]"),

@@ -209,6 +209,7 @@ impl DstModel {
 
     /// PyTorch-default uniform init (seeded ChaCha8) masked by `masks` (`None`: dense); sparse
     /// layers are compiled to CSR when `sparse` is set.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(arch: DstArch, height: usize, width: usize, classes: usize, seed: u64, masks: Option<&MaskSet>, sparse: bool, dev: &Device) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut conv = Vec::new();

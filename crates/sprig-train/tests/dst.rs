@@ -5,7 +5,6 @@ use anyhow::Result;
 use candle_core::Device;
 use sprig_train::dst::{DstArch, DstConfig, DstTrainer, FcWeight, Method};
 use sprig_train::vision::batch_tensor;
-use sprig_train::Optimizer;
 
 fn data(n: usize) -> sprig_data::ImageDataset {
     let mut d = sprig_data::load_image_task("fashion-mnist", &sprig_data::sprig_home(), 42).expect("run scripts/fetch-assets first");

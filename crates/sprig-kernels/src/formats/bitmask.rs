@@ -55,7 +55,7 @@ impl Bitmask {
     pub fn from_words(rows: usize, cols: usize, words: Vec<u64>) -> Result<Self> {
         check_len("mask words", words.len(), Self::n_words(rows, cols))?;
         let n = rows * cols;
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             if let Some(&last) = words.last() {
                 if last >> (n % 64) != 0 {
                     return Err(KernelError::Mask(format!(

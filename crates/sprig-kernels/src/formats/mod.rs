@@ -182,7 +182,7 @@ impl AnyPattern {
             let (s, e) = (row_ptr[br], row_ptr[br + 1]);
             for b in s..e {
                 let k = col[b];
-                if k % c != 0 || k + c > cols {
+                if !k.is_multiple_of(c) || k + c > cols {
                     return Err(KernelError::Index(format!(
                         "row {br}: column {k} out of range or not a multiple of block width {c} (cols {cols})"
                     )));
@@ -241,7 +241,7 @@ pub(crate) fn check_block_shape(rows: usize, cols: usize, r: usize, c: usize) ->
     if r == 0 || c == 0 {
         return Err(KernelError::Shape(format!("block shape {r}x{c} has a zero side")));
     }
-    if rows % r != 0 || cols % c != 0 {
+    if !rows.is_multiple_of(r) || !cols.is_multiple_of(c) {
         return Err(KernelError::Shape(format!(
             "block {r}x{c} does not divide the {rows}x{cols} matrix"
         )));

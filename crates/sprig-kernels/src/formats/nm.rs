@@ -24,7 +24,7 @@ fn check_nm(rows: usize, cols: usize, n: usize, m: usize) -> Result<()> {
             "N:M must satisfy 1 <= N <= M <= 256, got {n}:{m}"
         )));
     }
-    if cols % m != 0 {
+    if !cols.is_multiple_of(m) {
         return Err(KernelError::Shape(format!(
             "M = {m} does not divide the {cols} columns"
         )));

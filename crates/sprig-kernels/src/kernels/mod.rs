@@ -170,9 +170,9 @@ fn choose_plan(r: usize, c: usize, k: usize, m: usize) -> Plan {
     } else {
         2
     };
-    let rr = if r % 4 == 0 {
+    let rr = if r.is_multiple_of(4) {
         4
-    } else if r % 2 == 0 {
+    } else if r.is_multiple_of(2) {
         2
     } else {
         1

@@ -27,6 +27,7 @@ use crate::formats::{BlockPattern, Idx};
 /// a shift by the constant `pw` (an `imul` by a run-time width before).
 /// `U` independent accumulator sets hide FMA latency when `V` is small.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexes several fixed-size register arrays in step
 pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
     cols: &[I],
     vals: &[f32],
@@ -78,6 +79,7 @@ pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
 /// `tile[i*pw..]` receives row `i0+i`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn block_rows<S: Simd, I: Idx, const R: usize, const V: usize>(
     cols: &[I],
     vals: &[f32],

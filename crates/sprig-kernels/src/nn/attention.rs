@@ -91,6 +91,9 @@ pub fn forward(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32], probs: Option<&m
             None => p,
         };
         pack(view(qkv, a, b, h, 2, false), s, d, &mut w.b);
+        // Capture the whole `Send` wrapper, not its raw-pointer field (edition 2021 closures
+        // capture disjoint fields).
+        #[allow(clippy::redundant_locals)]
         let out = out;
         // SAFETY: task t writes only rows of batch b, columns h·d..(h+1)·d of ctx (row stride H).
         unsafe { gemm(s, d, s, 1.0, Strided { data: pd, rs: s, cs: 1 }, &w.b, out.0.add(b * s * hid + h * d), hid, false) };
@@ -118,6 +121,9 @@ pub fn backward(qkv: &[f32], a: &AttentionSpec, probs: Option<&[f32]>, dctx: &[f
     let out = SendPtr(dqkv.as_mut_ptr());
     let h3 = 3 * hid;
     (0..a.batch * a.heads).into_par_iter().for_each_init(Panels::default, |w, t| {
+        // Capture the whole `Send` wrapper, not its raw-pointer field (edition 2021 closures
+        // capture disjoint fields).
+        #[allow(clippy::redundant_locals)]
         let out = out;
         let (b, h) = (t / a.heads, t % a.heads);
         let mut own = std::mem::take(&mut w.p);

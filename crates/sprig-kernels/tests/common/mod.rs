@@ -1,3 +1,5 @@
+// `!(e <= tol)` on purpose: a NaN error must fail the check.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 #![allow(dead_code)]
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
