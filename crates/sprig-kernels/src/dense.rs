@@ -96,6 +96,23 @@ pub fn dense_linear_with(
     Ok(())
 }
 
+/// Dense input gradient of a linear layer, `dx = dy·w` (`dy [m, n]`, `w [n, k]`), with faer.
+pub fn dense_input_grad(w: &[f32], dy: &[f32], m: usize, n: usize, k: usize, dx: &mut [f32]) -> Result<()> {
+    use faer::{Accum, MatMut, MatRef, Par};
+    check_len("w (n*k)", w.len(), n * k)?;
+    check_len("dy (m*n)", dy.len(), m * n)?;
+    check_len("dx (m*k)", dx.len(), m * k)?;
+    faer::linalg::matmul::matmul(
+        MatMut::from_row_major_slice_mut(dx, m, k),
+        Accum::Replace,
+        MatRef::from_row_major_slice(dy, m, n),
+        MatRef::from_row_major_slice(w, n, k),
+        1.0f32,
+        Par::rayon(0),
+    );
+    Ok(())
+}
+
 /// Dense backward of a linear layer: `dx = dy·w` and `dw = dyᵀ·x` with faer.
 #[allow(clippy::too_many_arguments)]
 pub fn dense_linear_backward(

@@ -8,6 +8,7 @@ pub mod bsr;
 pub mod csr;
 pub mod nm;
 
+use rayon::prelude::*;
 use crate::error::{KernelError, Result};
 
 /// Column index storage type (`u16` or `u32`).
@@ -222,15 +223,19 @@ impl AnyPattern {
         with_pattern!(self, p => {
             let (r, c) = (p.r, p.c);
             let mut d = vec![0f32; p.rows * p.cols];
-            for br in 0..p.rows / r {
-                for b in p.row_ptr[br]..p.row_ptr[br + 1] {
-                    let k0 = p.col[b].get();
-                    for i in 0..r {
-                        for j in 0..c {
-                            d[(br * r + i) * p.cols + k0 + j] = values[b * r * c + i * c + j];
+            if p.cols > 0 {
+                // One block row per piece, in parallel (the dense input gradient densifies W on
+                // every call).
+                d.par_chunks_mut(r * p.cols).enumerate().for_each(|(br, rows)| {
+                    for b in p.row_ptr[br]..p.row_ptr[br + 1] {
+                        let k0 = p.col[b].get();
+                        for i in 0..r {
+                            for j in 0..c {
+                                rows[i * p.cols + k0 + j] = values[b * r * c + i * c + j];
+                            }
                         }
                     }
-                }
+                });
             }
             d
         })
