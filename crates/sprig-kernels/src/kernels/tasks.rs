@@ -229,6 +229,21 @@ pub(crate) unsafe fn pack_panel<S: Simd>(src: &[f32], k: usize, m0: usize, lanes
     }
 }
 
+/// Stored weights `s..e` of sparse row `br` against the panel, into the row's tile slot (`+=`
+/// unless `first`): the one call behind [`csr_v`] and [`kblocked_v`].
+#[inline(always)]
+unsafe fn row_piece<S: Simd, I: Idx, const V: usize, const U: usize>(
+    job: &PanelJob<'_, I>,
+    xp: *const f32,
+    tile: &mut [f32],
+    br: usize,
+    (s, e): (usize, usize),
+    first: bool,
+) {
+    debug_assert_eq!(job.pw, 8 * V, "csr_row addresses panel rows by the constant 8·V");
+    unsafe { csr_row::<S, I, V, U>(&job.p.col[s..e], &job.vals[s..e], xp, tile.as_mut_ptr().add((br - job.br0) * job.pw), first) }
+}
+
 /// CSR rows `br0..br1` against one panel. (Tried: K blocks of 16 KiB of panel so the X rows
 /// come from L1 with partial sums in the tile; 10-20% slower at 90% sparsity, K=384, because a
 /// row then has only ~6 weights per block and each block costs a tile load/store and a
@@ -237,18 +252,8 @@ macro_rules! csr_v {
     ($S:ty, $job:expr, $xp:expr, $tile:expr, $V:literal, $U:literal) => {{
         let job = $job;
         let p = job.p;
-        debug_assert_eq!(job.pw, 8 * $V, "csr_row addresses panel rows by the constant 8·V");
         for br in job.br0..job.br1 {
-            let (s, e) = (p.row_ptr[br], p.row_ptr[br + 1]);
-            unsafe {
-                csr_row::<$S, _, $V, $U>(
-                    &p.col[s..e],
-                    &job.vals[s..e],
-                    $xp,
-                    $tile.as_mut_ptr().add((br - job.br0) * job.pw),
-                    true,
-                );
-            }
+            unsafe { row_piece::<$S, _, $V, $U>(job, $xp, $tile, br, (p.row_ptr[br], p.row_ptr[br + 1]), true) };
         }
     }};
 }
@@ -276,18 +281,10 @@ macro_rules! kblocked_v {
                 // thread: ~20% faster; the samples sat on the loads of values and indices).
                 if br + 2 < job.br1 {
                     let sn = p.row_ptr[br + 2] + kb * per;
-                    prefetch(job.vals.as_ptr().wrapping_add(sn) as *const u8, per * 4);
+                    prefetch(job.vals.as_ptr().wrapping_add(sn) as *const u8, per * std::mem::size_of::<f32>());
                     prefetch(p.col.as_ptr().wrapping_add(sn) as *const u8, per * std::mem::size_of::<I>());
                 }
-                unsafe {
-                    csr_row::<$S, _, $V, $U>(
-                        &p.col[s..e],
-                        &job.vals[s..e],
-                        $xp,
-                        $tile.as_mut_ptr().add((br - job.br0) * job.pw),
-                        kb == 0,
-                    );
-                }
+                unsafe { row_piece::<$S, _, $V, $U>(job, $xp, $tile, br, (s, e), kb == 0) };
             }
         }
     }};
