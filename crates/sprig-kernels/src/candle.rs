@@ -65,7 +65,7 @@ impl CustomOp2 for SpmmOp {
         let x = f32_slice(s1, l1, "x")?;
         let vals = f32_slice(s2, l2, "values")?;
         let (shape, m) = out_shape(l1.shape(), w.cols(), w.rows(), "x")?;
-        let mut y = vec![0f32; m * w.rows()];
+        let mut y = crate::nn::ops::output_buffer(m * w.rows());
         w.forward_with(vals, x, m, None, &mut y).map_err(kerr)?;
         Ok((CpuStorage::F32(y), shape))
     }
@@ -86,7 +86,7 @@ impl CustomOp2 for SpmmTOp {
         let dy = f32_slice(s1, l1, "dy")?;
         let vals = f32_slice(s2, l2, "values")?;
         let (shape, m) = out_shape(l1.shape(), w.rows(), w.cols(), "dy")?;
-        let mut dx = vec![0f32; m * w.cols()];
+        let mut dx = crate::nn::ops::output_buffer(m * w.cols());
         w.backward_input_with(vals, dy, m, &mut dx).map_err(kerr)?;
         Ok((CpuStorage::F32(dx), shape))
     }

@@ -34,6 +34,9 @@ fn eval(f: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], seed: u64) -
 fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    // A NaN anywhere fails (f32::max would skip it): outputs start NaN-filled where a test checks
+    // that every element is written.
+    assert!(a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan()), "{what}: NaN where the reference has none");
     let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(worst <= tol * scale, "{what}: max abs diff {worst} vs scale {scale}");
 }
@@ -139,6 +142,12 @@ fn add_layer_norm_matches_reference_and_finite_differences() {
             2e-5,
         );
         finite_diff("add_layer_norm", &|t| add_layer_norm(&t[0], &t[1], &t[2], 1e-5, None), &inputs);
+        // Every element written (the candle op hands it an uninitialised buffer).
+        let (a, r, gb) = (flat(&inputs[0]), flat(&inputs[1]), flat(&inputs[2]));
+        let mut y = vec![f32::NAN; rows * h];
+        sprig_kernels::nn::layer_norm::forward(&a, Some(&r), &gb[..h], &gb[h..], 1e-5, &mut y);
+        let (want, _) = eval(&|t| add_layer_norm(&t[0], &t[1], &t[2], 1e-5, None), &inputs, 0);
+        assert_close("layer norm on a NaN-filled buffer", &y, &want, 1e-6);
     }
 }
 
@@ -175,11 +184,18 @@ fn attention_matches_reference_and_finite_differences() {
         compare("attention+dropout", &|t| attention(&t[0], sp.clone()), &|t| ref_attention(&t[0], &sp, Some(&drop)), &inputs, 2e-5);
         // The backward without kept probabilities (recomputed) gives the same gradient.
         let (_, g_kept) = eval(&|t| attention(&t[0], sp.clone()), &inputs, 5);
-        let mut out = vec![0f32; b * s * nh * d];
+        // NaN-filled outputs: forward and backward must write every element (the candle ops hand
+        // them uninitialised buffers).
+        let mut out = vec![f32::NAN; b * s * nh * d];
         let q = flat(&inputs[0]);
         sprig_kernels::nn::attention::forward(&q, &sp, &mut out, None);
+        let (fwd, _) = eval(&|t| attention(&t[0], sp.clone()), &inputs, 5);
+        assert_close("attention forward on a NaN-filled buffer", &out, &fwd, 1e-6);
+        let mut probs = vec![f32::NAN; sp.probs_len()];
+        sprig_kernels::nn::attention::forward(&q, &sp, &mut out, Some(&mut probs));
+        assert!(probs.iter().all(|p| p.is_finite()), "attention probabilities: every element written");
         let r = flat(&rand_t(&[b, s, nh * d], &mut ChaCha8Rng::seed_from_u64(5)));
-        let mut dq = vec![0f32; q.len()];
+        let mut dq = vec![f32::NAN; q.len()];
         sprig_kernels::nn::attention::backward(&q, &sp, None, &r, &mut dq);
         assert_close("attention recomputed backward", &dq, &g_kept[0], 1e-6);
     }
