@@ -90,6 +90,7 @@ macro_rules! dispatch {
 
 mod nm;
 pub(crate) use nm::NmLayout;
+pub(crate) use tasks::prefetch;
 
 /// Raw pointer that rayon tasks share; each task writes disjoint elements.
 #[derive(Clone, Copy)]

@@ -67,29 +67,8 @@ pub unsafe fn gemm(m: usize, n: usize, kd: usize, alpha: f32, a: Strided, panel:
 unsafe fn gemm_unchecked(m: usize, n: usize, kd: usize, alpha: f32, a: Strided, panel: &[f32], np: usize, out: *mut f32, ldo: usize, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        for c0 in (0..n).step_by(NR) {
-            let nc = NR.min(n - c0);
-            let mut r0 = 0;
-            while r0 < m {
-                let mr = MR.min(m - r0);
-                // SAFETY: AVX2+FMA checked above; in bounds by `gemm`'s checks and contract.
-                unsafe {
-                    let ap = a.data.as_ptr().add(r0 * a.rs);
-                    let bp = panel.as_ptr().add(c0);
-                    let op = out.add(r0 * ldo + c0);
-                    let t = Tile { kd, alpha, ap, ars: a.rs, acs: a.cs, bp, np, op, ldo, nc, accumulate };
-                    match mr {
-                        6 => avx2::tile::<6>(&t),
-                        5 => avx2::tile::<5>(&t),
-                        4 => avx2::tile::<4>(&t),
-                        3 => avx2::tile::<3>(&t),
-                        2 => avx2::tile::<2>(&t),
-                        _ => avx2::tile::<1>(&t),
-                    }
-                }
-                r0 += mr;
-            }
-        }
+        // SAFETY: AVX2+FMA checked above; in bounds by `gemm`'s checks and contract.
+        unsafe { avx2::tiles(m, n, kd, alpha, a, panel, np, out, ldo, accumulate) };
         return;
     }
     for r in 0..m {
@@ -126,11 +105,43 @@ struct Tile {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tile, NR};
+    use super::{Strided, Tile, MR, NR};
     use std::arch::x86_64::*;
 
+    /// Every micro-tile of the product, in one `#[target_feature]` function so that [`tile`] is
+    /// inlined into it (a call per 6 x 16 tile spent ~15% of the tile time in its prologue at
+    /// `kd` = 32, attention's Q·Kᵀ).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const M: usize>(t: &Tile) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tiles(m: usize, n: usize, kd: usize, alpha: f32, a: Strided, panel: &[f32], np: usize, out: *mut f32, ldo: usize, accumulate: bool) {
+        for c0 in (0..n).step_by(NR) {
+            let nc = NR.min(n - c0);
+            let mut r0 = 0;
+            while r0 < m {
+                let mr = MR.min(m - r0);
+                // SAFETY: in bounds by `gemm`'s checks and contract.
+                unsafe {
+                    let ap = a.data.as_ptr().add(r0 * a.rs);
+                    let bp = panel.as_ptr().add(c0);
+                    let op = out.add(r0 * ldo + c0);
+                    let t = Tile { kd, alpha, ap, ars: a.rs, acs: a.cs, bp, np, op, ldo, nc, accumulate };
+                    match mr {
+                        6 => tile::<6>(&t),
+                        5 => tile::<5>(&t),
+                        4 => tile::<4>(&t),
+                        3 => tile::<3>(&t),
+                        2 => tile::<2>(&t),
+                        _ => tile::<1>(&t),
+                    }
+                }
+                r0 += mr;
+            }
+        }
+    }
+
+    /// One micro-tile (inlined into [`tiles`], which enables AVX2+FMA).
+    #[inline(always)]
+    unsafe fn tile<const M: usize>(t: &Tile) {
         // SAFETY: AVX2+FMA and the pointers' ranges are `gemm`'s checks and contract.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; M];
