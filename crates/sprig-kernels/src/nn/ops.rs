@@ -91,6 +91,8 @@ fn cpu_tensor(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
 /// writers whose contract is "every element written before any is read": the sparse kernels
 /// (`forward_with`, `backward_input_with`, `grad_values`), faer with `Accum::Replace`, attention
 /// and LayerNorm; their tests start from NaN-filled buffers to check that every element is written.
+// The same allocation candle's CPU backend uses for its outputs (`alloc_uninit_vec`).
+#[allow(clippy::uninit_vec)]
 pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: the capacity is `len`; f32 has no invalid bit patterns, and every caller's writer
