@@ -131,17 +131,9 @@ pub fn dense_linear_backward(
     check_len("dy (m*n)", dy.len(), m * n)?;
     check_len("dx (m*k)", dx.len(), m * k)?;
     check_len("dw (n*k)", dw.len(), n * k)?;
+    dense_input_grad(w, dy, m, n, k, dx)?;
     let dym = MatRef::from_row_major_slice(dy, m, n);
-    let wm = MatRef::from_row_major_slice(w, n, k);
     let xm = MatRef::from_row_major_slice(x, m, k);
-    faer::linalg::matmul::matmul(
-        MatMut::from_row_major_slice_mut(dx, m, k),
-        Accum::Replace,
-        dym,
-        wm,
-        1.0f32,
-        Par::rayon(0),
-    );
     faer::linalg::matmul::matmul(
         MatMut::from_row_major_slice_mut(dw, n, k),
         Accum::Replace,

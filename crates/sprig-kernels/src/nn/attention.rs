@@ -60,11 +60,10 @@ fn prefetch_task(qkv: &[f32], a: &AttentionSpec, t: usize) {
         return;
     }
     let (b, h) = (t / a.heads, t % a.heads);
-    let h3 = 3 * a.hidden();
     for part in 0..3 {
-        let off = b * a.seq * h3 + part * a.hidden() + h * a.head_dim;
+        let v = view(qkv, a, b, h, part, false);
         for r in 0..a.seq {
-            crate::kernels::prefetch(qkv[off + r * h3..].as_ptr() as *const u8, a.head_dim * std::mem::size_of::<f32>());
+            crate::kernels::prefetch(v.data[r * v.rs..].as_ptr() as *const u8, a.head_dim * std::mem::size_of::<f32>());
         }
     }
 }
