@@ -176,3 +176,48 @@ fn forward_flush_edges() {
         }
     }
 }
+
+/// The small-batch forward (M < 4) for every block shape it specialises (R x 1 for R = 1, 2, 4,
+/// 8) and the generic ones, with empty block rows and row lengths that leave 0–3 blocks after the
+/// 4-way unrolled loop; and the N:M (G = 2N) path with 1, 2 and 3 eight-slot chunks per row plus
+/// scalar tails.
+#[test]
+fn small_batch_edges() {
+    for &(r_, c_) in &[(1usize, 1usize), (2, 1), (4, 1), (8, 1), (3, 1), (1, 4), (4, 4)] {
+        for &(br, bc) in &[(1usize, 1usize), (3, 7), (5, 13), (9, 30)] {
+            let (n, k) = (br * r_, bc * c_);
+            let mut r = rng((n * 1000 + k) as u64);
+            let w = randn(&mut r, n * k);
+            let mask = random_mask(&mut r, n, k, 0.45, true);
+            let s: Box<dyn SparseMatrix> = if (r_, c_) == (1, 1) {
+                Box::new(Csr::from_dense(&w, n, k, &mask).unwrap())
+            } else {
+                Box::new(Bsr::from_dense(&w, n, k, (r_, c_), &mask).unwrap())
+            };
+            for m in 1..4 {
+                check_against_reference(s.as_ref(), m, (m + n) as u64)
+                    .unwrap_or_else(|e| panic!("{r_}x{c_} blocks, {n}x{k}, m {m}: {e}"));
+            }
+        }
+    }
+    for &((nn, g), groups) in &[((2usize, 4usize), 2usize), ((2, 4), 4), ((2, 4), 6), ((2, 4), 9), ((4, 8), 3), ((4, 8), 4), ((1, 2), 8)] {
+        let (rows, k) = (11, groups * g);
+        let mut r = rng((k * 31 + nn) as u64);
+        let w = randn(&mut r, rows * k);
+        let mut keep = vec![false; rows * k];
+        for gi in 0..rows * groups {
+            let mut idx: Vec<usize> = (0..g).collect();
+            for i in (1..g).rev() {
+                idx.swap(i, (r.random_range(0..=i as u32)) as usize);
+            }
+            for &i in &idx[..nn] {
+                keep[gi * g + i] = true;
+            }
+        }
+        let mask = sprig_kernels::Bitmask::from_bools(rows, k, &keep).unwrap();
+        let s = NmSparse::from_dense(&w, rows, k, (nn, g), &mask).unwrap();
+        for m in 1..4 {
+            check_against_reference(&s, m, m as u64).unwrap_or_else(|e| panic!("{nn}:{g}, k {k}, m {m}: {e}"));
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Kernel drivers: argument checks, packing, the rayon task split and run-time ISA dispatch.
 mod simd;
+mod small;
 mod tasks;
 
 use crate::error::{check_len, Result};
@@ -276,9 +277,14 @@ fn spmm<I: Idx>(
     let yp = SyncPtr(y.as_mut_ptr());
     if m < SMALL_M {
         let chunk = (256 / p.r).max(1);
-        (0..nbr.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+        let nm_halves = groups.is_some_and(|g| g.size == 2 * g.per_group);
+        small::for_each_task(nbr.div_ceil(chunk), |ci| {
             let (br0, br1) = (ci * chunk, ((ci + 1) * chunk).min(nbr));
-            dispatch!(|S| tasks::small_m_task::<S, I>(p, vals, x, m, br0, br1, bias, yp.get()));
+            if nm_halves {
+                dispatch!(|S| small::small_m_nm_task::<S, I>(p, vals, x, m, br0, br1, bias, yp.get()));
+            } else {
+                dispatch!(|S| small::small_m_task::<S, I>(p, vals, x, m, br0, br1, bias, yp.get()));
+            }
         });
         debug_assert!(gelu.is_none(), "small-M forwards take GELU afterwards (Engine::forward_gelu)");
         return;
@@ -363,21 +369,7 @@ fn sddmm<I: Idx>(p: &BlockPattern<I>, dy: &[f32], x: &[f32], m: usize, out: &mut
         rest = b;
     }
     if m < SMALL_M {
-        pieces.into_par_iter().for_each(|(br0, br1, o)| {
-            let b0 = p.row_ptr[br0];
-            for br in br0..br1 {
-                for b in p.row_ptr[br]..p.row_ptr[br + 1] {
-                    let k0 = p.col[b].get();
-                    for i in 0..p.r {
-                        for j in 0..p.c {
-                            let (row, col) = (br * p.r + i, k0 + j);
-                            o[(b - b0) * rc + i * p.c + j] =
-                                (0..m).map(|mm| dy[mm * n_out + row] * x[mm * k + col]).sum();
-                        }
-                    }
-                }
-            }
-        });
+        small::for_each_piece(pieces, |(br0, br1, o)| small::small_m_sddmm(p, dy, x, m, br0, br1, o));
         return;
     }
     let pw = m.div_ceil(8).min(sddmm_vectors(k)) * 8;
@@ -505,6 +497,10 @@ impl Engine {
         if m >= SMALL_M && self.n_values() as f64 >= DENSE_DX_DENSITY * (n * k) as f64 {
             let w = self.pat.to_dense(values);
             return crate::dense::dense_input_grad(&w, dy, m, n, k, dx);
+        }
+        if m < SMALL_M {
+            with_pattern!(&self.pat, p => small::small_m_input_grad(p, values, dy, m, dx));
+            return Ok(());
         }
         let (tp, perm) = self.tpat.get_or_init(|| self.pat.transpose());
         let (r, c) = self.pat.block_shape();

@@ -29,6 +29,12 @@ pub(crate) trait Simd {
     unsafe fn perm4(v: Self::V, idx: Self::I) -> Self::V;
     /// Lane `l` = `v[idx[l] & 7]` (`vpermps`).
     unsafe fn perm8(v: Self::V, idx: Self::I) -> Self::V;
+    /// Widens 8 `u16` at `p` to 8 lane indices.
+    unsafe fn load_idx_u16(p: *const u16) -> Self::I;
+    /// 8 `u32` at `p` as lane indices (only their low bits are used by the permutes).
+    unsafe fn load_idx_u32(p: *const u32) -> Self::I;
+    /// Lanes 0–3 of `a`, lanes 4–7 of `b` (`vblendps` with a constant).
+    unsafe fn halves(a: Self::V, b: Self::V) -> Self::V;
 }
 
 /// Plain arrays; the compiler vectorises them.
@@ -107,6 +113,20 @@ impl Simd for Portable {
             r[l] = v[(idx[l] & 7) as usize];
         }
         r
+    }
+    #[inline(always)]
+    unsafe fn load_idx_u16(p: *const u16) -> Self::I {
+        let b = unsafe { (p as *const [u16; 8]).read_unaligned() };
+        b.map(|x| x as i32)
+    }
+    #[inline(always)]
+    unsafe fn load_idx_u32(p: *const u32) -> Self::I {
+        let b = unsafe { (p as *const [u32; 8]).read_unaligned() };
+        b.map(|x| x as i32)
+    }
+    #[inline(always)]
+    unsafe fn halves(a: Self::V, b: Self::V) -> Self::V {
+        [a[0], a[1], a[2], a[3], b[4], b[5], b[6], b[7]]
     }
 }
 
@@ -204,6 +224,18 @@ mod x86 {
         #[inline(always)]
         unsafe fn perm8(v: Self::V, idx: Self::I) -> Self::V {
             unsafe { _mm256_permutevar8x32_ps(v, idx) }
+        }
+        #[inline(always)]
+        unsafe fn load_idx_u16(p: *const u16) -> Self::I {
+            unsafe { _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)) }
+        }
+        #[inline(always)]
+        unsafe fn load_idx_u32(p: *const u32) -> Self::I {
+            unsafe { _mm256_loadu_si256(p as *const __m256i) }
+        }
+        #[inline(always)]
+        unsafe fn halves(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm256_blend_ps::<0xF0>(a, b) }
         }
     }
 }
