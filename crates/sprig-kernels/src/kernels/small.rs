@@ -224,14 +224,12 @@ pub(super) fn small_m_sddmm<I: Idx>(
             let blocks = p.row_ptr[br]..p.row_ptr[br + 1];
             if c == 1 {
                 // The common case (CSR, R x 1 blocks, N:M) without the inner loop.
-                let ob = o[(blocks.start - b0) * r..(blocks.end - b0) * r].iter_mut().skip(i).step_by(r);
-                for (out, k0) in ob.zip(&p.col[blocks]) {
-                    let k0 = k0.get();
-                    let mut acc = d[0] * x[k0];
-                    for (mm, dm) in d.iter().enumerate().take(m).skip(1) {
-                        acc += dm * x[mm * k + k0];
-                    }
-                    *out = acc;
+                let o = &mut o[(blocks.start - b0) * r..(blocks.end - b0) * r];
+                let cols = &p.col[blocks];
+                match m {
+                    1 => sddmm_c1::<I, 1>(cols, o, r, i, &d, x, k),
+                    2 => sddmm_c1::<I, 2>(cols, o, r, i, &d, x, k),
+                    _ => sddmm_c1::<I, 3>(cols, o, r, i, &d, x, k),
                 }
                 continue;
             }
@@ -247,6 +245,20 @@ pub(super) fn small_m_sddmm<I: Idx>(
                 }
             }
         }
+    }
+}
+
+/// One row `i` of a block row of `R x 1` blocks: `o[t·r + i] = Σ_{mm<M} d[mm] · x[mm·k + cols[t]]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn sddmm_c1<I: Idx, const M: usize>(cols: &[I], o: &mut [f32], r: usize, i: usize, d: &[f32; 3], x: &[f32], k: usize) {
+    for (t, k0) in cols.iter().enumerate() {
+        let k0 = k0.get();
+        let mut acc = d[0] * x[k0];
+        for mm in 1..M {
+            acc += d[mm] * x[mm * k + k0];
+        }
+        o[t * r + i] = acc;
     }
 }
 
@@ -272,9 +284,9 @@ fn small_m_scatter<I: Idx>(
                 let blocks = p.row_ptr[br]..p.row_ptr[br + 1];
                 if c == 1 {
                     // The common case (CSR, R x 1 blocks, N:M) without the inner loop.
-                    let w = vals[blocks.start * r..blocks.end * r].iter().skip(i).step_by(r);
-                    for (k0, w) in p.col[blocks].iter().zip(w) {
-                        a[k0.get()] += d * w;
+                    let w = &vals[blocks.start * r..blocks.end * r];
+                    for (t, k0) in p.col[blocks].iter().enumerate() {
+                        a[k0.get()] += d * w[t * r + i];
                     }
                     continue;
                 }
