@@ -1,7 +1,6 @@
 //! Kernels (forward, dX, SDDMM) against scalar masked-dense references.
 mod common;
 use common::*;
-use rand::Rng;
 use proptest::prelude::*;
 use sprig_kernels::{Bsr, Csr, NmSparse, SparseMatrix};
 
@@ -143,17 +142,7 @@ fn nm_kernel_edges() {
         let k = groups * mm;
         let mut r = rng((rows * 100 + k) as u64);
         let w = randn(&mut r, rows * k);
-        let mut keep = vec![false; rows * k];
-        for g in 0..rows * groups {
-            let mut idx: Vec<usize> = (0..mm).collect();
-            for i in (1..mm).rev() {
-                idx.swap(i, (r.random_range(0..=i as u32)) as usize);
-            }
-            for &i in &idx[..nn] {
-                keep[g * mm + i] = true;
-            }
-        }
-        let mask = sprig_kernels::Bitmask::from_bools(rows, k, &keep).unwrap();
+        let mask = random_nm_mask(&mut r, rows, k, nn, mm);
         let s = NmSparse::from_dense(&w, rows, k, (nn, mm), &mask).unwrap();
         for m in [1usize, 3, 4, 7, 64, 67, 130] {
             check_against_reference(&s, m, (m * 7 + rows) as u64)
@@ -204,17 +193,7 @@ fn small_batch_edges() {
         let (rows, k) = (11, groups * g);
         let mut r = rng((k * 31 + nn) as u64);
         let w = randn(&mut r, rows * k);
-        let mut keep = vec![false; rows * k];
-        for gi in 0..rows * groups {
-            let mut idx: Vec<usize> = (0..g).collect();
-            for i in (1..g).rev() {
-                idx.swap(i, (r.random_range(0..=i as u32)) as usize);
-            }
-            for &i in &idx[..nn] {
-                keep[gi * g + i] = true;
-            }
-        }
-        let mask = sprig_kernels::Bitmask::from_bools(rows, k, &keep).unwrap();
+        let mask = random_nm_mask(&mut r, rows, k, nn, g);
         let s = NmSparse::from_dense(&w, rows, k, (nn, g), &mask).unwrap();
         for m in 1..4 {
             check_against_reference(&s, m, m as u64).unwrap_or_else(|e| panic!("{nn}:{g}, k {k}, m {m}: {e}"));

@@ -24,6 +24,21 @@ pub fn random_mask(r: &mut ChaCha8Rng, rows: usize, cols: usize, density: f64, e
     Bitmask::from_bools(rows, cols, &keep).unwrap()
 }
 
+/// An N:M mask: `n` random positions kept in each group of `g` columns of every row.
+pub fn random_nm_mask(r: &mut ChaCha8Rng, rows: usize, cols: usize, n: usize, g: usize) -> Bitmask {
+    let mut keep = vec![false; rows * cols];
+    for gi in 0..rows * cols / g {
+        let mut idx: Vec<usize> = (0..g).collect();
+        for i in (1..g).rev() {
+            idx.swap(i, r.random_range(0..=i as u32) as usize);
+        }
+        for &i in &idx[..n] {
+            keep[gi * g + i] = true;
+        }
+    }
+    Bitmask::from_bools(rows, cols, &keep).unwrap()
+}
+
 /// Norm-wise relative error `‖a - b‖ / ‖b‖` (absolute when `b` is zero).
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
