@@ -12,11 +12,12 @@ use rayon::prelude::*;
 /// Runs `f(0..n)` on the pool, for work of a few tens of microseconds (the small-batch kernels).
 ///
 /// From a thread outside the pool, a plain parallel iterator injects the job, and the calling
-/// thread sleeps on a lock until a worker has run it: two thread wake-ups, which took ~20–30 µs
-/// per call on the 2-vCPU VM (a 90% CSR layer at M = 1: 67–80 µs on one pool thread, against
-/// 37 µs for the same loop without rayon). Here the caller works too: it spawns
-/// `threads − 1` helpers, all claim tasks from one counter, and the caller spins (no sleep) until
-/// every claimed task has finished. With one pool thread the caller runs everything itself.
+/// thread sleeps on a lock until a worker has run it: two thread wake-ups per call. On the 2-vCPU
+/// VM that cost ~2–10 µs with one pool thread and ~8–10 µs with two (BSR 4x1 384x1536 at M = 1:
+/// 20–22 µs through the parallel iterator, 10–14 µs here; docs/results/kernels.md, session 9).
+/// Here the caller works too: it spawns `threads − 1` helpers, all claim tasks from one counter,
+/// and the caller spins (no sleep) until every claimed task has finished. With one pool thread
+/// the caller runs everything itself.
 pub(super) fn for_each_task(n: usize, f: impl Fn(usize) + Sync + Send) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     if rayon::current_thread_index().is_some() {
@@ -144,8 +145,9 @@ pub(super) unsafe fn small_m_task<S: Simd, I: Idx>(
 
 /// `Σ_t w[t] · x[cols[t]]`: one CSR row against one activation row, in four independent scalar
 /// chains. (AVX2 gathers, indices widened as vectors: 25% slower on Zen 3, whose `vgatherdps`
-/// delivers about one element per cycle. [`rows_rx1`] with `R = 1` was ~25% slower too: LLVM
-/// packs its four chains into one vector and pays an insert per activation.)
+/// delivers about one element per cycle.) This is the CSR loop from before `small.rs`, kept as it
+/// was so CSR results stay the same bit for bit; [`rows_rx1`] with `R = 1` adds the tail in a
+/// different order and measured no faster.
 #[inline(always)]
 fn csr_dot<I: Idx>(cols: &[I], w: &[f32], x: &[f32]) -> f32 {
     let n = cols.len();
@@ -341,23 +343,23 @@ pub(super) unsafe fn small_m_nm_task<S: Simd, I: Idx>(
             unsafe {
                 let xp = x.as_ptr().add(mm * k);
                 let (cp, wp) = (p.col.as_ptr().add(s), vals.as_ptr().add(s));
-                // Four accumulators: one FMA chain (4 cycles) per 8 slots would bound the loop.
+                // Slots jj..jj+8 times their activations (columns 2·jj..2·jj+16).
+                let slots8 = |jj: usize, acc: S::V| {
+                    let (xa, i0) = (xp.add(2 * jj), idx8::<S, I>(cp.add(jj)));
+                    let xs = S::halves(S::perm8(S::load(xa), i0), S::perm8(S::load(xa.add(8)), i0));
+                    S::fma(S::load(wp.add(jj)), xs, acc)
+                };
+                // Four accumulators (two ran as fast: the two permutes per 8 slots bound the loop).
                 let mut a = [S::zero(); 4];
                 let mut j = 0;
                 while j + 32 <= s8 {
                     for (u, au) in a.iter_mut().enumerate() {
-                        let (jj, xa) = (j + 8 * u, xp.add(2 * (j + 8 * u)));
-                        let i0 = idx8::<S, I>(cp.add(jj));
-                        let xs = S::halves(S::perm8(S::load(xa), i0), S::perm8(S::load(xa.add(8)), i0));
-                        *au = S::fma(S::load(wp.add(jj)), xs, *au);
+                        *au = slots8(j + 8 * u, *au);
                     }
                     j += 32;
                 }
                 while j < s8 {
-                    let xa = xp.add(2 * j);
-                    let i0 = idx8::<S, I>(cp.add(j));
-                    let xs = S::halves(S::perm8(S::load(xa), i0), S::perm8(S::load(xa.add(8)), i0));
-                    a[0] = S::fma(S::load(wp.add(j)), xs, a[0]);
+                    a[0] = slots8(j, a[0]);
                     j += 8;
                 }
                 let mut acc = S::hsum(S::add(S::add(a[0], a[1]), S::add(a[2], a[3])));
