@@ -249,3 +249,26 @@ fn sparse_linear_matches_masked_dense() {
         }
     }
 }
+
+#[test]
+fn conv2d_matches_candle_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // LeNet-5's two shapes (small), an odd rectangular one, more images than one gradient group.
+    for (b, cin, cout, h, w, k, pad) in [(3, 1, 6, 12, 12, 5, 2), (10, 6, 4, 9, 9, 5, 0), (5, 2, 3, 7, 6, 3, 1)] {
+        let inputs = [rand_t(&[b, cin, h, w], &mut rng), rand_t(&[cout, cin, k, k], &mut rng), rand_t(&[cout], &mut rng)];
+        let fused = |t: &[Tensor]| sprig_kernels::nn::ops::conv2d(&t[0], &t[1], &t[2], pad);
+        let reference = |t: &[Tensor]| t[0].conv2d(&t[1], pad, 1, 1, 1)?.broadcast_add(&t[2].reshape((1, (), 1, 1))?);
+        let what = format!("conv2d b{b} {cin}->{cout} {h}x{w} k{k} pad{pad}");
+        compare(&what, &fused, &reference, &inputs, 1e-5);
+        finite_diff(&what, &fused, &inputs);
+    }
+    // An untracked input (a first layer's images) gets no gradient; the others still do.
+    let (x, w, bias) = (rand_t(&[2, 1, 8, 8], &mut rng), Var::from_tensor(&rand_t(&[3, 1, 5, 5], &mut rng)).unwrap(), Var::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    let g = sprig_kernels::nn::ops::conv2d(&x, &w, &bias, 2).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_none() && g.get(&w).is_some() && g.get(&bias).is_some());
+    // Bad shapes are errors naming the problem.
+    let e = sprig_kernels::nn::ops::conv2d(&x, &rand_t(&[3, 2, 5, 5], &mut rng), &bias, 2).unwrap_err().to_string();
+    assert!(e.contains("1 channels, weight expects 2"), "{e}");
+    let e = sprig_kernels::nn::ops::conv2d(&x, &rand_t(&[3, 1, 9, 9], &mut rng), &bias, 0).unwrap_err().to_string();
+    assert!(e.contains("does not fit"), "{e}");
+}

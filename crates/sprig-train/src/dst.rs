@@ -263,7 +263,7 @@ impl DstModel {
             h = h.reshape((b, 1, self.height, self.width))?;
             for (i, (w, bias)) in self.conv.iter().enumerate() {
                 let pad = if i == 0 { 2 } else { 0 };
-                h = h.conv2d(w, pad, 1, 1, 1)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.relu()?.max_pool2d(2)?;
+                h = sprig_kernels::nn::ops::conv2d(&h, w, bias, pad)?.relu()?.max_pool2d(2)?;
             }
             h = h.flatten_from(1)?;
         }

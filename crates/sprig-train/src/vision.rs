@@ -117,8 +117,7 @@ impl VisionModel {
                 let x = x.reshape((b, 1, self.height, self.width))?;
                 let conv = |x: &Tensor, n: &str, pad| -> candle_core::Result<Tensor> {
                     let w = self.p(&format!("{n}.weight"));
-                    let bias = self.p(&format!("{n}.bias")).reshape((1, (), 1, 1))?;
-                    x.conv2d(w, pad, 1, 1, 1)?.broadcast_add(&bias)?.relu()?.max_pool2d(2)
+                    sprig_kernels::nn::ops::conv2d(x, w, self.p(&format!("{n}.bias")), pad)?.relu()?.max_pool2d(2)
                 };
                 let h = conv(&x, "conv1", 2)?;
                 let h = conv(&h, "conv2", 0)?.flatten_from(1)?;

@@ -6,12 +6,15 @@
 //! `RAYON_NUM_THREADS`; faer and candle's `gemm` use the same pool), parallel over rows or over
 //! (batch, head) pairs, never nested: inside a task the small matrix products run sequentially.
 pub mod attention;
+pub mod conv;
 pub mod dropout;
 pub mod layer_norm;
 pub mod math;
 pub mod small_gemm;
 #[cfg(feature = "candle")]
 pub mod ops;
+#[cfg(feature = "candle")]
+pub mod profile;
 
 pub use attention::AttentionSpec;
 pub use dropout::DropoutSpec;

@@ -4,11 +4,13 @@
 //!   `dW = dYᵀ·X`, `db = Σ dY`), bias, GELU and dropout fused into the epilogue;
 //! * [`attention`]: fused multi-head attention on a packed QKV tensor;
 //! * [`add_layer_norm`]: `dropout(LN(a + r)·γ + β)`, the residual sum fused in;
-//! * [`softmax_cross_entropy`]: mean cross-entropy of logits against class labels.
+//! * [`softmax_cross_entropy`]: mean cross-entropy of logits against class labels;
+//! * [`conv2d`]: a stride-1 convolution with bias (im2col + GEMM), for LeNet-style models.
 //!
 //! Each op keeps what its backward needs (GELU pre-activations, attention probabilities) only
 //! when an input is tracked by autograd.
 use super::attention::{self, AttentionSpec};
+use super::conv::{conv2d_backward, conv2d_forward, Conv2dSpec};
 use super::dropout::DropoutSpec;
 use super::layer_norm;
 use super::math::{gelu_backward_inplace, gelu_inplace, gelu_slice};
@@ -20,45 +22,7 @@ use rayon::prelude::*;
 use crate::SparseMatrix;
 use std::sync::{Arc, Mutex};
 
-/// Per-op wall-clock totals (forward and backward), for the training-step profile.
-pub mod profile {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::time::Instant;
-
-    /// The timed ops, in report order.
-    pub const OPS: [&str; 6] = ["linear (dense)", "linear (sparse)", "linear epilogue (bias/GELU/dropout)", "attention", "add+LayerNorm", "cross-entropy"];
-    static ON: AtomicBool = AtomicBool::new(false);
-    static NANOS: [[AtomicU64; 2]; 6] = [const { [const { AtomicU64::new(0) }; 2] }; 6];
-
-    /// Start (or stop) accumulating; clears the totals when turned on.
-    pub fn enable(on: bool) {
-        if on {
-            NANOS.iter().flatten().for_each(|a| a.store(0, Ordering::Relaxed));
-        }
-        ON.store(on, Ordering::Relaxed);
-    }
-
-    /// `(op, forward ms, backward ms)` accumulated since [`enable`].
-    pub fn totals() -> Vec<(&'static str, f64, f64)> {
-        OPS.iter()
-            .zip(&NANOS)
-            .map(|(n, t)| (*n, t[0].load(Ordering::Relaxed) as f64 / 1e6, t[1].load(Ordering::Relaxed) as f64 / 1e6))
-            .collect()
-    }
-
-    pub(super) struct Timer(Option<(Instant, usize, usize)>);
-    /// Times until dropped: op index into [`OPS`], 0 = forward, 1 = backward.
-    pub(super) fn timer(op: usize, dir: usize) -> Timer {
-        Timer(ON.load(Ordering::Relaxed).then(|| (Instant::now(), op, dir)))
-    }
-    impl Drop for Timer {
-        fn drop(&mut self) {
-            if let Some((t, op, dir)) = self.0 {
-                NANOS[op][dir].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            }
-        }
-    }
-}
+pub use super::profile;
 use profile::timer;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -532,4 +496,56 @@ pub fn softmax_cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> 
         candle_core::bail!("cross-entropy: label {bad} out of range for {c} classes");
     }
     logits.contiguous()?.apply_op1_arc(Arc::new(Box::new(SoftmaxXentOp { labels: labels.to_vec() })))
+}
+
+struct Conv2dOp {
+    pad: usize,
+}
+
+impl Conv2dOp {
+    /// `(batch, spec)` from the input `[B, Cin, H, W]` and weight `[Cout, Cin, kh, kw]` shapes.
+    fn spec(&self, x: &Shape, w: &Shape) -> Result<(usize, Conv2dSpec)> {
+        let (&[b, cin, h, wd], &[cout, wcin, kh, kw]) = (x.dims(), w.dims()) else {
+            candle_core::bail!("conv2d: input must be [B, Cin, H, W] and weight [Cout, Cin, kh, kw], got {:?} and {:?}", x.dims(), w.dims());
+        };
+        if wcin != cin {
+            candle_core::bail!("conv2d: input has {cin} channels, weight expects {wcin}");
+        }
+        let s = Conv2dSpec { cin, cout, h, w: wd, kh, kw, pad: self.pad };
+        s.out_hw().map_err(candle_core::Error::Msg)?;
+        Ok((b, s))
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "sprig-conv2d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, s) = self.spec(l1.shape(), l2.shape())?;
+        let (ho, wo) = s.out_hw().map_err(candle_core::Error::Msg)?;
+        let mut y = output_buffer(b * s.cout * ho * wo);
+        conv2d_forward(&s, b, slice(s1, l1, "input")?, slice(s2, l2, "weight")?, slice(s3, l3, "bias")?, &mut y).map_err(candle_core::Error::Msg)?;
+        Ok((CpuStorage::F32(y), Shape::from((b, s.cout, ho, wo))))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (batch, s) = self.spec(x.shape(), w.shape())?;
+        let mut dw = vec![0f32; w.elem_count()];
+        let mut db = vec![0f32; s.cout];
+        // No input gradient for an untracked input (the image batch of a first layer).
+        let mut dx = x.track_op().then(|| output_buffer(x.elem_count()));
+        with_data(x, "input", |xs| {
+            with_data(w, "weight", |ws| {
+                with_data(grad, "grad", |dy| conv2d_backward(&s, batch, xs, ws, dy, dx.as_deref_mut(), &mut dw, &mut db).map_err(candle_core::Error::Msg))
+            })
+        })?;
+        let dx = dx.map(|v| cpu_tensor(v, x.shape())).transpose()?;
+        Ok((dx, Some(cpu_tensor(dw, w.shape())?), Some(cpu_tensor(db, b.shape())?)))
+    }
+}
+
+/// `conv2d(x, w) + b` with stride 1 and zero padding `pad`: `x [B, Cin, H, W]`, `w [Cout, Cin, kh, kw]`,
+/// `b [Cout]`, differentiable in all three (im2col + GEMM, see [`super::conv`]).
+pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, pad: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_arc(&w.contiguous()?, &b.contiguous()?, Arc::new(Box::new(Conv2dOp { pad })))
 }
