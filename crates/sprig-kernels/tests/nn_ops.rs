@@ -272,3 +272,35 @@ fn conv2d_matches_candle_and_finite_differences() {
     let e = sprig_kernels::nn::ops::conv2d(&x, &rand_t(&[3, 1, 9, 9], &mut rng), &bias, 0).unwrap_err().to_string();
     assert!(e.contains("does not fit"), "{e}");
 }
+
+#[test]
+fn relu_max_pool_matches_candle() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for shape in [[2, 3, 8, 8], [3, 2, 7, 5], [1, 1, 3, 4]] {
+        let inputs = [rand_t(&shape, &mut rng)];
+        let fused = |t: &[Tensor]| sprig_kernels::nn::ops::relu_max_pool2x2(&t[0]);
+        // The window maximum by reshape + max: candle's own max_pool2d backward scales the
+        // gradient by (maxima in the window)/4, i.e. by 1/4 for a unique maximum (candle 0.11.1;
+        // checked below).
+        let reference = |t: &[Tensor]| {
+            let (b, c, h, w) = t[0].dims4()?;
+            let (ho, wo) = (h / 2, w / 2);
+            let x = t[0].relu()?.narrow(2, 0, 2 * ho)?.narrow(3, 0, 2 * wo)?.reshape((b, c, ho, 2, wo, 2))?;
+            x.permute((0, 1, 2, 4, 3, 5))?.reshape((b, c, ho, wo, 4))?.max(D::Minus1)
+        };
+        compare(&format!("relu_max_pool2x2 {shape:?}"), &fused, &reference, &inputs, 0.0);
+        if shape[2] % 2 == 1 || shape[3] % 2 == 1 {
+            continue; // (with odd sizes candle's upsampling misplaces the windows as well)
+        }
+        let (_, ours) = eval(&fused, &inputs, 5);
+        let (_, candle) = eval(&|t: &[Tensor]| t[0].relu()?.max_pool2d(2), &inputs, 5);
+        let scaled: Vec<f32> = ours[0].iter().map(|g| g / 4.0).collect();
+        assert_close("candle's max_pool2d gradient is 1/4 of the true one", &candle[0], &scaled, 1e-6);
+    }
+    // A one-row input pools to nothing, without a panic.
+    let x = Tensor::zeros((1, 1, 1, 4), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(sprig_kernels::nn::ops::relu_max_pool2x2(&x).unwrap().dims(), &[1, 1, 0, 2]);
+    // A NaN input is not hidden by the relu or the max.
+    let x = Tensor::from_vec(vec![1.0f32, f32::NAN, -1.0, 2.0], (1, 1, 2, 2), &Device::Cpu).unwrap();
+    assert!(flat(&sprig_kernels::nn::ops::relu_max_pool2x2(&x).unwrap())[0].is_nan());
+}

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sprig_data::ImageSplit;
 use sprig_kernels::candle::sparse_matmul;
 use sprig_kernels::{Bitmask, Csr, SparseMatrix};
+use sprig_kernels::nn::ops::{conv2d, relu_max_pool2x2};
 use sprig_prune::dst::{drop_and_grow, granet_update, kept_counts, magnitude_prune_to, random_masks, Grow, ItopTracker, UpdateSchedule};
 use sprig_prune::{Allocation, Mask, MaskSet, Schedule};
 
@@ -263,7 +264,7 @@ impl DstModel {
             h = h.reshape((b, 1, self.height, self.width))?;
             for (i, (w, bias)) in self.conv.iter().enumerate() {
                 let pad = if i == 0 { 2 } else { 0 };
-                h = sprig_kernels::nn::ops::conv2d(&h, w, bias, pad)?.relu()?.max_pool2d(2)?;
+                h = relu_max_pool2x2(&conv2d(&h, w, bias, pad)?)?;
             }
             h = h.flatten_from(1)?;
         }

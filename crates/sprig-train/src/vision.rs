@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sprig_data::ImageSplit;
+use sprig_kernels::nn::ops::{conv2d, relu_max_pool2x2};
 
 use crate::optim::{AdamW, AdamWConfig, Optimizer};
 use crate::sgd::{Sgd, SgdConfig};
@@ -117,7 +118,7 @@ impl VisionModel {
                 let x = x.reshape((b, 1, self.height, self.width))?;
                 let conv = |x: &Tensor, n: &str, pad| -> candle_core::Result<Tensor> {
                     let w = self.p(&format!("{n}.weight"));
-                    sprig_kernels::nn::ops::conv2d(x, w, self.p(&format!("{n}.bias")), pad)?.relu()?.max_pool2d(2)
+                    relu_max_pool2x2(&conv2d(x, w, self.p(&format!("{n}.bias")), pad)?)
                 };
                 let h = conv(&x, "conv1", 2)?;
                 let h = conv(&h, "conv2", 0)?.flatten_from(1)?;

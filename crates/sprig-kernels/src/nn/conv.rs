@@ -259,6 +259,52 @@ pub fn conv2d_backward(
     Ok(())
 }
 
+/// `y = max(0, max of each 2x2 window)` of `x [planes, H, W]` (stride 2, odd edges dropped, as
+/// `relu` then `max_pool2d(2)`), with `arg[p]` the offset in `x` of each output's window maximum
+/// (`u32::MAX` where the output is 0, so no gradient flows back).
+pub fn relu_max_pool2x2(x: &[f32], planes: usize, h: usize, w: usize, y: &mut [f32], arg: &mut [u32]) {
+    let (ho, wo) = (h / 2, w / 2);
+    assert!(x.len() == planes * h * w && y.len() == planes * ho * wo && arg.len() == y.len(), "relu_max_pool2x2: lengths");
+    assert!(x.len() < u32::MAX as usize, "relu_max_pool2x2: input too large for u32 offsets");
+    if y.is_empty() {
+        return;
+    }
+    y.par_chunks_mut(ho * wo).zip(arg.par_chunks_mut(ho * wo)).enumerate().for_each(|(p, (yp, ap))| {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let (mut best, mut at) = (0f32, u32::MAX);
+                for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    let o = (p * h + 2 * oy + dy) * w + 2 * ox + dx;
+                    // A NaN input makes the output NaN (relu and max would hide it otherwise).
+                    if x[o] > best || x[o].is_nan() {
+                        (best, at) = (x[o], o as u32);
+                    }
+                }
+                yp[oy * wo + ox] = best;
+                ap[oy * wo + ox] = at;
+            }
+        }
+    });
+}
+
+/// Backward of [`relu_max_pool2x2`]: `dx` (overwritten) holds `dy` at each window's maximum.
+/// `plane` is `H·W`, the input elements per (image, channel) plane.
+pub fn relu_max_pool2x2_backward(dy: &[f32], arg: &[u32], plane: usize, dx: &mut [f32]) {
+    if dy.is_empty() {
+        dx.fill(0.0);
+        return;
+    }
+    let per = dy.len() / (dx.len() / plane.max(1)).max(1);
+    dx.par_chunks_mut(plane.max(1)).zip(dy.par_chunks(per.max(1)).zip(arg.par_chunks(per.max(1)))).enumerate().for_each(|(p, (dxp, (dyp, ap)))| {
+        dxp.fill(0.0);
+        for (&g, &a) in dyp.iter().zip(ap) {
+            if a != u32::MAX {
+                dxp[a as usize - p * plane] += g;
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

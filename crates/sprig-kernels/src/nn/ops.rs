@@ -5,12 +5,13 @@
 //! * [`attention`]: fused multi-head attention on a packed QKV tensor;
 //! * [`add_layer_norm`]: `dropout(LN(a + r)·γ + β)`, the residual sum fused in;
 //! * [`softmax_cross_entropy`]: mean cross-entropy of logits against class labels;
-//! * [`conv2d`]: a stride-1 convolution with bias (im2col + GEMM), for LeNet-style models.
+//! * [`conv2d`]: a stride-1 convolution with bias (im2col + GEMM), and [`relu_max_pool2x2`],
+//!   for LeNet-style models.
 //!
 //! Each op keeps what its backward needs (GELU pre-activations, attention probabilities) only
 //! when an input is tracked by autograd.
 use super::attention::{self, AttentionSpec};
-use super::conv::{conv2d_backward, conv2d_forward, Conv2dSpec};
+use super::conv::{self, conv2d_backward, conv2d_forward, relu_max_pool2x2_backward, Conv2dSpec};
 use super::dropout::DropoutSpec;
 use super::layer_norm;
 use super::math::{gelu_backward_inplace, gelu_inplace, gelu_slice};
@@ -548,4 +549,42 @@ impl CustomOp3 for Conv2dOp {
 /// `b [Cout]`, differentiable in all three (im2col + GEMM, see [`super::conv`]).
 pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, pad: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op3_arc(&w.contiguous()?, &b.contiguous()?, Arc::new(Box::new(Conv2dOp { pad })))
+}
+
+struct ReluMaxPoolOp {
+    /// Each output's window-maximum offset in the input, from the forward.
+    arg: Mutex<Option<Vec<u32>>>,
+}
+
+impl CustomOp1 for ReluMaxPoolOp {
+    fn name(&self) -> &'static str {
+        "sprig-relu-max-pool2x2"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[b, c, h, w] = l.shape().dims() else {
+            candle_core::bail!("relu_max_pool2x2: input must be [B, C, H, W], got {:?}", l.shape().dims());
+        };
+        let n = b * c * (h / 2) * (w / 2);
+        let (mut y, mut arg) = (output_buffer(n), vec![0u32; n]);
+        conv::relu_max_pool2x2(slice(s, l, "input")?, b * c, h, w, &mut y, &mut arg);
+        *self.arg.lock().expect("pool cache") = Some(arg);
+        Ok((CpuStorage::F32(y), Shape::from((b, c, h / 2, w / 2))))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let arg = self.arg.lock().expect("pool cache");
+        let Some(arg) = arg.as_deref() else { candle_core::bail!("relu_max_pool2x2: backward before forward") };
+        let mut dx = output_buffer(x.elem_count());
+        with_data(grad, "grad", |dy| {
+            relu_max_pool2x2_backward(dy, arg, h * w, &mut dx);
+            Ok(())
+        })?;
+        Ok(Some(cpu_tensor(dx, x.shape())?))
+    }
+}
+
+/// `relu(x).max_pool2d(2)` in one pass for `x [B, C, H, W]`: each 2x2 window's maximum clamped at
+/// 0, the gradient routed to that maximum (LeNet-style conv blocks).
+pub fn relu_max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_arc(Arc::new(Box::new(ReluMaxPoolOp { arg: Mutex::new(None) })))
 }
