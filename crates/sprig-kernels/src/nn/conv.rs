@@ -83,57 +83,36 @@ impl Conv2dSpec {
     }
 }
 
-/// `cols[(c·kh + i)·kw + j][oy·Wo + ox] = x[c][oy + i − pad][ox + j − pad]` (0 outside) for one
-/// image `x [Cin, H, W]`.
-fn im2col(s: &Conv2dSpec, x: &[f32], cols: &mut [f32]) {
+/// Calls `f(col, src, len)` for every run of one image's im2col matrix that reads the image:
+/// `cols[col + t] = x[src + t]` for `t < len`, where `cols[(c·kh + i)·kw + j][oy·Wo + ox] =
+/// x[c][oy + i − pad][ox + j − pad]` and every other element of `cols` is padding (0).
+fn patch_runs(s: &Conv2dSpec, mut f: impl FnMut(usize, usize, usize)) {
     let (ho, wo) = s.out_hw().expect("checked");
-    let mut rows = cols.chunks_exact_mut(ho * wo);
     for c in 0..s.cin {
         for i in 0..s.kh {
             for j in 0..s.kw {
-                let row = rows.next().expect("cols has Cin·kh·kw rows");
+                let row = ((c * s.kh + i) * s.kw + j) * ho * wo;
                 let (lo, hi) = s.valid(j, wo);
-                for (oy, dst) in row.chunks_exact_mut(wo).enumerate() {
+                for oy in 0..ho {
                     let iy = (oy + i).wrapping_sub(s.pad);
-                    if iy >= s.h || lo == hi {
-                        dst.fill(0.0);
-                        continue;
+                    if iy < s.h && lo < hi {
+                        f(row + oy * wo + lo, (c * s.h + iy) * s.w + lo + j - s.pad, hi - lo);
                     }
-                    let src = &x[(c * s.h + iy) * s.w..][..s.w];
-                    dst[..lo].fill(0.0);
-                    dst[lo..hi].copy_from_slice(&src[lo + j - s.pad..hi + j - s.pad]);
-                    dst[hi..].fill(0.0);
                 }
             }
         }
     }
 }
 
-/// The adjoint of [`im2col`]: `dx[c][iy][ix] += Σ cols` over every patch position reading it.
+/// One image's im2col matrix `cols [Cin·kh·kw, Ho·Wo]` of `x [Cin, H, W]` (see [`patch_runs`]).
+fn im2col(s: &Conv2dSpec, x: &[f32], cols: &mut [f32]) {
+    cols.fill(0.0);
+    patch_runs(s, |col, src, len| cols[col..col + len].copy_from_slice(&x[src..src + len]));
+}
+
+/// The adjoint of [`im2col`]: adds every element of `cols` into the input element it was read from.
 fn col2im_add(s: &Conv2dSpec, cols: &[f32], dx: &mut [f32]) {
-    let (ho, wo) = s.out_hw().expect("checked");
-    let mut rows = cols.chunks_exact(ho * wo);
-    for c in 0..s.cin {
-        for i in 0..s.kh {
-            for j in 0..s.kw {
-                let row = rows.next().expect("cols has Cin·kh·kw rows");
-                let (lo, hi) = s.valid(j, wo);
-                for (oy, src) in row.chunks_exact(wo).enumerate() {
-                    let iy = (oy + i).wrapping_sub(s.pad);
-                    if iy >= s.h || lo == hi {
-                        continue;
-                    }
-                    let dst = &mut dx[(c * s.h + iy) * s.w..][..s.w];
-                    for (d, v) in dst[lo + j - s.pad..hi + j - s.pad]
-                        .iter_mut()
-                        .zip(&src[lo..hi])
-                    {
-                        *d += v;
-                    }
-                }
-            }
-        }
-    }
+    patch_runs(s, |col, src, len| dx[src..src + len].iter_mut().zip(&cols[col..col + len]).for_each(|(d, v)| *d += v));
 }
 
 /// `y = conv(x, weight) + bias` for `batch` images; `weight` is `[Cout, Cin·kh·kw]` row-major.
