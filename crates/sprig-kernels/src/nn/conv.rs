@@ -376,4 +376,28 @@ mod tests {
                 .contains("input has 8")
         );
     }
+
+    #[test]
+    fn gradients_are_the_same_bits_for_any_thread_count() {
+        let s = Conv2dSpec { cin: 3, cout: 4, h: 9, w: 7, kh: 3, kw: 3, pad: 1 };
+        let batch = 3 * GROUP + 5;
+        let (ho, wo) = s.out_hw().unwrap();
+        let f = |n: usize, m: usize| (0..n).map(|i| (((i * m) % 23) as f32 / 7.0 - 1.5).sin()).collect::<Vec<_>>();
+        let (x, wt, dy) = (f(batch * s.cin * s.h * s.w, 5), f(s.cout * s.patch(), 3), f(batch * s.cout * ho * wo, 11));
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let (mut dx, mut dw, mut db) = (vec![f32::NAN; x.len()], vec![f32::NAN; wt.len()], vec![f32::NAN; s.cout]);
+                conv2d_backward(&s, batch, &x, &wt, &dy, Some(&mut dx), &mut dw, &mut db).unwrap();
+                (dx, dw, db)
+            })
+        };
+        let one = run(1);
+        assert!(one.0.iter().chain(&one.1).chain(&one.2).all(|v| v.is_finite()), "every gradient element written");
+        for threads in [2, 3, 5] {
+            let other = run(threads);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&one.0) == bits(&other.0) && bits(&one.1) == bits(&other.1) && bits(&one.2) == bits(&other.2), "{threads} threads");
+        }
+    }
 }
