@@ -83,6 +83,11 @@ impl Conv2dSpec {
     }
 }
 
+/// `c = a·b` (`Accum::Replace`) or `c += a·b` (`Accum::Add`), sequential: images already run in parallel.
+fn gemm(c: MatMut<f32>, accum: Accum, a: MatRef<f32>, b: MatRef<f32>) {
+    faer::linalg::matmul::matmul(c, accum, a, b, 1.0f32, Par::Seq);
+}
+
 /// Calls `f(col, src, len)` for every run of one image's im2col matrix that reads the image:
 /// `cols[col + t] = x[src + t]` for `t < len`, where `cols[(c·kh + i)·kw + j][oy·Wo + ox] =
 /// x[c][oy + i − pad][ox + j − pad]` and every other element of `cols` is padding (0).
@@ -135,15 +140,7 @@ pub fn conv2d_forward(
         || vec![0f32; k * hw],
         |cols, (yb, xb)| {
             im2col(s, xb, cols);
-            let c = MatMut::from_row_major_slice_mut(yb, s.cout, hw);
-            faer::linalg::matmul::matmul(
-                c,
-                Accum::Replace,
-                wm,
-                MatRef::from_row_major_slice(cols, k, hw),
-                1.0f32,
-                Par::Seq,
-            );
+            gemm(MatMut::from_row_major_slice_mut(yb, s.cout, hw), Accum::Replace, wm, MatRef::from_row_major_slice(cols, k, hw));
             for (row, b) in yb.chunks_exact_mut(hw).zip(bias) {
                 row.iter_mut().for_each(|v| *v += b);
             }
@@ -187,14 +184,7 @@ pub fn conv2d_backward(
                 im2col(s, xb, &mut cols);
                 let a = MatRef::from_row_major_slice(dyb, s.cout, hw);
                 let b = MatRef::from_row_major_slice(&cols, k, hw).transpose();
-                faer::linalg::matmul::matmul(
-                    MatMut::from_row_major_slice_mut(&mut dw, s.cout, k),
-                    Accum::Add,
-                    a,
-                    b,
-                    1.0f32,
-                    Par::Seq,
-                );
+                gemm(MatMut::from_row_major_slice_mut(&mut dw, s.cout, k), Accum::Add, a, b);
                 for (d, row) in db.iter_mut().zip(dyb.chunks_exact(hw)) {
                     *d += row.iter().sum::<f32>();
                 }
@@ -221,15 +211,7 @@ pub fn conv2d_backward(
         dx.par_chunks_mut(xs).zip(dy.par_chunks(ys)).for_each_init(
             || vec![0f32; k * hw],
             |dcols, (dxb, dyb)| {
-                let c = MatMut::from_row_major_slice_mut(dcols, k, hw);
-                faer::linalg::matmul::matmul(
-                    c,
-                    Accum::Replace,
-                    wt,
-                    MatRef::from_row_major_slice(dyb, s.cout, hw),
-                    1.0f32,
-                    Par::Seq,
-                );
+                gemm(MatMut::from_row_major_slice_mut(dcols, k, hw), Accum::Replace, wt, MatRef::from_row_major_slice(dyb, s.cout, hw));
                 dxb.fill(0.0);
                 col2im_add(s, dcols, dxb);
             },
@@ -238,47 +220,46 @@ pub fn conv2d_backward(
     Ok(())
 }
 
+/// Window position (`dy·2 + dx`) of an output that is 0 by the relu: no gradient flows back.
+pub const NO_MAX: u8 = u8::MAX;
+
 /// `y = max(0, max of each 2x2 window)` of `x [planes, H, W]` (stride 2, odd edges dropped, as
-/// `relu` then `max_pool2d(2)`), with `arg[p]` the offset in `x` of each output's window maximum
-/// (`u32::MAX` where the output is 0, so no gradient flows back).
-pub fn relu_max_pool2x2(x: &[f32], planes: usize, h: usize, w: usize, y: &mut [f32], arg: &mut [u32]) {
+/// `relu` then `max_pool2d(2)`), with `arg` each window's maximum as `dy·2 + dx` (or [`NO_MAX`]).
+pub fn relu_max_pool2x2(x: &[f32], planes: usize, h: usize, w: usize, y: &mut [f32], arg: &mut [u8]) {
     let (ho, wo) = (h / 2, w / 2);
     assert!(x.len() == planes * h * w && y.len() == planes * ho * wo && arg.len() == y.len(), "relu_max_pool2x2: lengths");
-    assert!(x.len() < u32::MAX as usize, "relu_max_pool2x2: input too large for u32 offsets");
     if y.is_empty() {
         return;
     }
-    y.par_chunks_mut(ho * wo).zip(arg.par_chunks_mut(ho * wo)).enumerate().for_each(|(p, (yp, ap))| {
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let (mut best, mut at) = (0f32, u32::MAX);
-                for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                    let o = (p * h + 2 * oy + dy) * w + 2 * ox + dx;
-                    // A NaN input makes the output NaN (relu and max would hide it otherwise).
-                    if x[o] > best || x[o].is_nan() {
-                        (best, at) = (x[o], o as u32);
-                    }
+    y.par_chunks_mut(ho * wo).zip(arg.par_chunks_mut(ho * wo)).zip(x.par_chunks(h * w)).for_each(|((yp, ap), xp)| {
+        for (o, (yo, ao)) in yp.iter_mut().zip(ap.iter_mut()).enumerate() {
+            let top = 2 * (o / wo) * w + 2 * (o % wo);
+            let (mut best, mut at) = (0f32, NO_MAX);
+            for k in 0..4u8 {
+                let v = xp[top + (k as usize / 2) * w + k as usize % 2];
+                // A NaN input makes the output NaN (relu and max would hide it otherwise).
+                if v > best || v.is_nan() {
+                    (best, at) = (v, k);
                 }
-                yp[oy * wo + ox] = best;
-                ap[oy * wo + ox] = at;
             }
+            (*yo, *ao) = (best, at);
         }
     });
 }
 
-/// Backward of [`relu_max_pool2x2`]: `dx` (overwritten) holds `dy` at each window's maximum.
-/// `plane` is `H·W`, the input elements per (image, channel) plane.
-pub fn relu_max_pool2x2_backward(dy: &[f32], arg: &[u32], plane: usize, dx: &mut [f32]) {
-    if dy.is_empty() {
+/// Backward of [`relu_max_pool2x2`] for `dx [planes, H, W]` (overwritten): each `dy` goes to its
+/// window's maximum.
+pub fn relu_max_pool2x2_backward(dy: &[f32], arg: &[u8], h: usize, w: usize, dx: &mut [f32]) {
+    let (ho, wo) = (h / 2, w / 2);
+    if ho * wo == 0 {
         dx.fill(0.0);
         return;
     }
-    let per = dy.len() / (dx.len() / plane.max(1)).max(1);
-    dx.par_chunks_mut(plane.max(1)).zip(dy.par_chunks(per.max(1)).zip(arg.par_chunks(per.max(1)))).enumerate().for_each(|(p, (dxp, (dyp, ap)))| {
+    dx.par_chunks_mut(h * w).zip(dy.par_chunks(ho * wo).zip(arg.par_chunks(ho * wo))).for_each(|(dxp, (dyp, ap))| {
         dxp.fill(0.0);
-        for (&g, &a) in dyp.iter().zip(ap) {
-            if a != u32::MAX {
-                dxp[a as usize - p * plane] += g;
+        for (o, (&g, &k)) in dyp.iter().zip(ap).enumerate() {
+            if k != NO_MAX {
+                dxp[2 * (o / wo) * w + 2 * (o % wo) + (k as usize / 2) * w + k as usize % 2] += g;
             }
         }
     });

@@ -552,8 +552,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, pad: usize) -> Result<Tensor> 
 }
 
 struct ReluMaxPoolOp {
-    /// Each output's window-maximum offset in the input, from the forward.
-    arg: Mutex<Option<Vec<u32>>>,
+    /// Each output's window-maximum position, from the forward.
+    arg: Mutex<Option<Vec<u8>>>,
 }
 
 impl CustomOp1 for ReluMaxPoolOp {
@@ -565,7 +565,7 @@ impl CustomOp1 for ReluMaxPoolOp {
             candle_core::bail!("relu_max_pool2x2: input must be [B, C, H, W], got {:?}", l.shape().dims());
         };
         let n = b * c * (h / 2) * (w / 2);
-        let (mut y, mut arg) = (output_buffer(n), vec![0u32; n]);
+        let (mut y, mut arg) = (output_buffer(n), vec![0u8; n]);
         conv::relu_max_pool2x2(slice(s, l, "input")?, b * c, h, w, &mut y, &mut arg);
         *self.arg.lock().expect("pool cache") = Some(arg);
         Ok((CpuStorage::F32(y), Shape::from((b, c, h / 2, w / 2))))
@@ -576,7 +576,7 @@ impl CustomOp1 for ReluMaxPoolOp {
         let Some(arg) = arg.as_deref() else { candle_core::bail!("relu_max_pool2x2: backward before forward") };
         let mut dx = output_buffer(x.elem_count());
         with_data(grad, "grad", |dy| {
-            relu_max_pool2x2_backward(dy, arg, h * w, &mut dx);
+            relu_max_pool2x2_backward(dy, arg, h, w, &mut dx);
             Ok(())
         })?;
         Ok(Some(cpu_tensor(dx, x.shape())?))
