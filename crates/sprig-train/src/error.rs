@@ -1,0 +1,42 @@
+//! Errors of sprig-train: every bad input names the value or file at fault.
+use std::path::PathBuf;
+
+/// Everything that can go wrong while training, evaluating or writing run files.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A configuration value outside its accepted range; the message gives the range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The loss (or a gradient norm) became NaN or infinite.
+    #[error("non-finite {what} ({value}) at step {step}")]
+    NonFinite { what: &'static str, value: f64, step: usize },
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Prune(#[from] sprig_prune::PruneError),
+    #[error(transparent)]
+    Data(#[from] sprig_data::DataError),
+    #[error(transparent)]
+    Kernels(#[from] sprig_kernels::KernelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// `bail!`-like shorthand: `Err(TrainError::Invalid(format!(...)))`.
+#[macro_export]
+macro_rules! invalid {
+    ($($arg:tt)*) => { $crate::TrainError::Invalid(format!($($arg)*)) };
+}
+
+/// Maps an `std::io::Error` to [`TrainError::Io`] naming `path`.
+pub fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}
