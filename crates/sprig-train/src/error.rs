@@ -14,6 +14,9 @@ pub enum TrainError {
     Io { path: PathBuf, #[source] source: std::io::Error },
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
+    /// Appending to a run's metrics log failed (the message names the file).
+    #[error("metrics log: {0}")]
+    Metrics(String),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
