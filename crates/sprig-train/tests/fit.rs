@@ -134,13 +134,14 @@ fn a_non_finite_loss_stops_with_non_finite_naming_the_step() {
     }
     assert!(err.to_string().contains("at step"), "{err}");
 
-    // A hook that poisons one weight after the third step: the fourth loss (step index 3) is NaN.
+    // A hook that poisons one output weight after the third step (past the last ReLU, which would
+    // map a NaN to 0): the fourth loss (step index 3) is NaN.
     let cfg = TrainConfig { optim: OptimChoice::Adam { lr: 1e-3 }, ..cfg };
     let mut model = VisionModel::new(Arch::Lenet300, h, w, 10, 0, &Device::Cpu).unwrap();
     let mut log = MetricsLog::create(&dir.path().join("metrics.jsonl")).unwrap();
     let mut poison = AfterStep(|_: &mut VisionModel, ctx: &mut Ctx| {
         if ctx.step == 3 {
-            let (_, v) = ctx.params.iter().find(|(n, _)| n == "fc2.weight").unwrap();
+            let (_, v) = ctx.params.iter().find(|(n, _)| n == "fc3.weight").unwrap();
             let mut x = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             x[17] = f32::NAN;
             v.set(&Tensor::from_vec(x, v.shape(), v.device())?)?;
