@@ -267,7 +267,16 @@ struct TrainRecord {
     examples_per_second: f64,
 }
 
-/// The loop, configured by a builder: `Fit::new(epochs, order).lr(..).clip(..).run(..)`.
+/// The loop, configured by a builder. `vision::train` is, for example:
+///
+/// ```text
+/// Fit::new(cfg.epochs, BatchOrder::Shuffled { n: split.len(), batch_size: cfg.batch_size, seed: cfg.data_seed })
+///     .snapshot_at(cfg.snapshot_step)
+///     .run(&mut model, opt.as_mut(), model_params, |m, idx, _| {
+///         let (x, y) = batch_tensor(split, idx, hw, &dev)?;
+///         Ok(StepLoss { loss: cross_entropy(&m.forward(&x)?, &y)?, examples: idx.len() })
+///     }, &mut AfterStep(|m, ctx| after_step(ctx.step, m)))
+/// ```
 pub struct Fit<'a> {
     epochs: usize,
     order: BatchOrder<'a>,

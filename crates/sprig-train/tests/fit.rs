@@ -69,7 +69,7 @@ fn fit_vision(
         opt.as_mut(),
         params,
         |m: &mut VisionModel, idx: &[usize], _: &StepInfo| {
-            let (x, y) = batch_tensor(split, idx, hw, &dev).map_err(|e| TrainError::Invalid(format!("{e:#}")))?;
+            let (x, y) = batch_tensor(split, idx, hw, &dev).map_err(TrainError::callback)?;
             Ok(StepLoss { loss: candle_nn::loss::cross_entropy(&m.forward(&x)?, &y)?, examples: idx.len() })
         },
         hooks,
@@ -300,4 +300,14 @@ fn stop_drop_last_and_bad_settings() {
         let err = fit.run(&mut w, &mut opt, params.clone(), toy_step(), &mut ()).unwrap_err();
         assert!(matches!(err, TrainError::Invalid(_)), "{err}");
     }
+    // An error from a hook comes back unchanged, as the first one stops the loop.
+    let mut failing = AfterStep(|_: &mut Var, ctx: &mut Ctx| match ctx.step {
+        2 => Err(TrainError::callback(std::io::Error::other("disk full"))),
+        s => {
+            assert!(s < 2, "the loop went on after an error");
+            Ok(())
+        }
+    });
+    let err = Fit::new(1, order()).run(&mut w, &mut opt, params, toy_step(), &mut failing).unwrap_err();
+    assert!(matches!(err, TrainError::Callback(_)) && err.to_string() == "disk full", "{err}");
 }
