@@ -14,6 +14,13 @@ pub enum TrainError {
     Io { path: PathBuf, #[source] source: std::io::Error },
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
+    /// Appending to a run's metrics log failed (the message names the file).
+    #[error("metrics log: {0}")]
+    Metrics(String),
+    /// An error raised by caller-supplied code inside the training loop (a `fit` step closure or
+    /// hook) from a crate whose error type this one cannot name (sprig-bert, sprig-lab, anyhow).
+    #[error(transparent)]
+    Callback(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
@@ -24,6 +31,13 @@ pub enum TrainError {
     Kernels(#[from] sprig_kernels::KernelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl TrainError {
+    /// Wraps any error for [`TrainError::Callback`]: `.map_err(TrainError::callback)`.
+    pub fn callback(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Callback(e.into())
+    }
 }
 
 /// Result alias of this crate.

@@ -10,8 +10,10 @@ pub mod lottery;
 pub mod pai;
 pub mod dst;
 pub mod dst_run;
+pub mod fit;
 
 pub use error::{TrainError, io_err};
+pub use fit::{AfterStep, BatchOrder, Best, Ctx, Fit, FitOutcome, Hooks, Lr, StepInfo, StepLoss};
 pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, Optimizer};
 pub use run::{progress_bar, write_atomic, write_json, MetricsLog};
 pub use schedule::LinearWarmupDecay;
