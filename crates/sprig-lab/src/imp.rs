@@ -390,7 +390,10 @@ fn ticket<S: ImpSubject>(subject: &S, plan: &ImpPlan, cell: &Cell) -> Result<(Ce
         other => bail!("the experiment's manifest extra must be an object, got {other}"),
     }
     let meta = CheckpointMeta { method: subject.method(), schedule: subject.schedule(), seed: Some(seed), parent_sha256: parent, extra };
-    let man = checkpoint::save(&dir, &t.tensors, &mask, &meta).with_context(|| format!("saving {}", dir.display()))?;
+    checkpoint::save(&dir, &t.tensors, &mask, &meta).with_context(|| format!("saving {}", dir.display()))?;
+    // Read back, not kept from memory: JSON floats may not round-trip bit for bit, and a resumed run
+    // reads them from the file, so a fresh cell reports what the file says, as a resumed one does.
+    let man = checkpoint::read_manifest(&dir).with_context(|| format!("reading back {}", dir.display()))?;
     tracing::info!(round = r, seed, sparsity = man.prunable_sparsity, "cell done");
     Ok((result_from_manifest(cell, &man)?, Some(mask)))
 }
@@ -426,10 +429,11 @@ pub fn run_imp<S: ImpSubject>(run: &RunDir, plan: &ImpPlan, subject: &S) -> Resu
                 }
                 let (m, s) = (mask.as_ref().expect("loaded above"), start.as_ref().expect("set above"));
                 let metrics = subject.control(c, &cell, m, s).with_context(|| format!("control {c}, round {r}, seed {seed}"))?;
-                let out = ControlResult { control: c, round: r, seed, sparsity: target_sparsity, metrics };
-                sprig_train::write_json(&path, &out)?;
+                sprig_train::write_json(&path, &ControlResult { control: c, round: r, seed, sparsity: target_sparsity, metrics })?;
+                // Read back like the manifest above (same values fresh or resumed).
+                let done: ControlResult<S::Metrics> = read_json(&path)?.with_context(|| format!("{} vanished", path.display()))?;
                 tracing::info!(round = r, seed, control = c.name(), "control done");
-                res.controls.insert(c.name().to_string(), out.metrics);
+                res.controls.insert(c.name().to_string(), done.metrics);
             }
             cells.push(res);
             run.write_summary(SUMMARY_FILE, &subject.summary(&cells)?, cells.len() == total)?;
