@@ -44,6 +44,9 @@ impl RunConfig for ToyConfig {
     }
 }
 
+/// Weight and bias, flat.
+type Params = (Vec<f32>, Vec<f32>);
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 struct ToyMetrics {
     loss: f64,
@@ -84,7 +87,7 @@ impl Toy {
         Ok(())
     }
     /// Plain SGD on the mean squared error; pruned weights are zero after every step.
-    fn sgd(&self, order_seed: u64, mut w: Vec<f32>, mut b: Vec<f32>, keep: &[bool], snap: Option<usize>) -> (ToyMetrics, Vec<f32>, Vec<f32>, Option<(Vec<f32>, Vec<f32>)>) {
+    fn sgd(&self, order_seed: u64, mut w: Vec<f32>, mut b: Vec<f32>, keep: &[bool], snap: Option<usize>) -> (ToyMetrics, Vec<f32>, Vec<f32>, Option<Params>) {
         let mask = |w: &mut Vec<f32>| w.iter_mut().zip(keep).for_each(|(v, &k)| if !k { *v = 0.0 });
         mask(&mut w);
         let mut rng = ChaCha8Rng::seed_from_u64(order_seed);
@@ -130,7 +133,7 @@ impl Toy {
             Start::Weights(t) => (vec1(&t[W])?, vec1(&t[B])?),
         })
     }
-    fn trained(m: ToyMetrics, w: Vec<f32>, b: Vec<f32>, snap: Option<(Vec<f32>, Vec<f32>)>) -> Result<Trained<ToyMetrics>> {
+    fn trained(m: ToyMetrics, w: Vec<f32>, b: Vec<f32>, snap: Option<Params>) -> Result<Trained<ToyMetrics>> {
         let named = |w: Vec<f32>, b: Vec<f32>| -> Result<Vec<(String, Tensor)>> {
             Ok(vec![(W.into(), Tensor::from_vec(w, (OUT, IN), &Device::Cpu)?), (B.into(), Tensor::from_vec(b, OUT, &Device::Cpu)?)])
         };
