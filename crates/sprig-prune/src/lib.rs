@@ -14,7 +14,9 @@ pub mod dst;
 pub mod error;
 pub mod granularity;
 pub mod mask;
+pub mod pruner;
 pub mod schedule;
+pub mod score;
 pub mod select;
 
 pub use allocation::{prune, Allocation, AllocationKind, Scores};
@@ -22,7 +24,9 @@ pub use criteria::{ActivationNorms, Criterion, GradAccumulator};
 pub use error::{PruneError, Result};
 pub use granularity::Granularity;
 pub use mask::{Mask, MaskSet, SparsityReport, TensorSparsity};
+pub use pruner::{GroupRate, GrowRule, LayerGroup, Pruner, PrunerConfig, Regrow};
 pub use schedule::{Rewind, RoundRate, Schedule};
+pub use score::{Inputs, ScoreOptions};
 pub use select::Selector;
 
 /// The version written into checkpoint manifests.

@@ -18,6 +18,14 @@ pub trait Optimizer {
     /// Install (`Some`) or remove (`None`) the keep-mask of a parameter by name (row-major,
     /// `true` = kept). Installing zeroes the pruned weights and their optimizer state at once.
     fn set_mask(&mut self, name: &str, keep: Option<&[bool]>) -> Result<()>;
+    /// Install every mask of `masks` at once ([`Optimizer::set_mask`] for each): pruned weights
+    /// and their optimizer state become exactly zero. Every name must be a parameter here.
+    fn set_masks(&mut self, masks: &sprig_prune::MaskSet) -> Result<()> {
+        for (name, mask) in masks.iter() {
+            self.set_mask(name, Some(&mask.to_bools()))?;
+        }
+        Ok(())
+    }
     /// Forget all optimizer state (moments), e.g. after rewinding.
     fn reset_state(&mut self);
     /// Replace parameter `name` by `var`, which may have another length (a sparse layer's stored
