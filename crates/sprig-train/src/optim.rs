@@ -410,6 +410,25 @@ mod tests {
     }
 
     #[test]
+    fn set_masks_installs_every_mask_of_a_set() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_tensor(&Tensor::ones((2, 3), candle_core::DType::F32, &dev)?)?;
+        let b = Var::from_tensor(&Tensor::ones(4, candle_core::DType::F32, &dev)?)?;
+        let mut opt = AdamW::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())], AdamWConfig::default())?;
+        opt.step(&(a.as_tensor().sum_all()? + b.as_tensor().sum_all()?)?.backward()?)?;
+        let mut ms = sprig_prune::MaskSet::new();
+        ms.insert("a", sprig_prune::Mask::from_bools(&[2, 3], &[true, false, true, false, true, false]).expect("mask"));
+        ms.insert("b", sprig_prune::Mask::from_bools(&[4], &[false, true, true, true]).expect("mask"));
+        opt.set_masks(&ms)?;
+        assert_eq!(a.as_tensor().flatten_all()?.to_vec1::<f32>()?.iter().map(|&x| x != 0.0).collect::<Vec<_>>(), ms.get("a").expect("a").to_bools());
+        assert_eq!(b.as_tensor().to_vec1::<f32>()?[0], 0.0);
+        assert!(opt.params.iter().all(|p| p.keep.as_ref().is_some_and(|k| p.m.iter().zip(k).all(|(m, &k)| k || *m == 0.0))));
+        ms.insert("c", sprig_prune::Mask::ones(&[1]));
+        assert!(opt.set_masks(&ms).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn remap_carries_state_by_position_and_zeroes_new_entries() -> Result<()> {
         let dev = Device::Cpu;
         let var = Var::from_tensor(&Tensor::new(&[1f32, 2.0, 3.0], &dev)?)?;
