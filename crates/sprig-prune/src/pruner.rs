@@ -129,7 +129,7 @@ impl PrunerConfig {
     /// GraNet (Liu et al. 2021, Alg. 1): from a random ERK mask at `initial`, magnitude pruning on
     /// the cubic schedule up to the last update before T_end, each step followed by gradient regrowth.
     pub fn granet(initial: f64, final_sparsity: f64, update: UpdateSchedule) -> Self {
-        let last = if update.delta_t == 0 { 0 } else { update.t_end.saturating_sub(1) / update.delta_t * update.delta_t };
+        let last = update.t_end.saturating_sub(1).checked_div(update.delta_t).map_or(0, |q| q * update.delta_t);
         let schedule = Schedule::Gradual { initial, final_sparsity, start: 0, end: last.max(1), frequency: update.delta_t.max(1) };
         Self::new(Criterion::Magnitude, schedule).allocation(Allocation::erk()).regrow(update, GrowRule::Gradient)
     }

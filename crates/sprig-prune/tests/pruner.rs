@@ -97,7 +97,9 @@ fn gradual_sparsity_at_every_event_is_the_cubic_formula() {
 }
 
 /// The lottery's per-layer rule as written in sprig-train's lottery runner (the reference).
-fn layerwise_reference(shapes: &[(String, Vec<usize>)], out: &str, rate: f64, output_rate: f64, rounds: usize, scores: &Scores, r: usize, current: Option<&MaskSet>) -> MaskSet {
+/// `rates` = (rate, output rate, rounds).
+fn layerwise_reference(shapes: &[(String, Vec<usize>)], out: &str, rates: (f64, f64, usize), scores: &Scores, r: usize, current: Option<&MaskSet>) -> MaskSet {
+    let (rate, output_rate, rounds) = rates;
     let (hidden, output): (Vec<_>, Vec<_>) = shapes.iter().cloned().partition(|(n, _)| n != out);
     let s = |p: f64| Schedule::Imp { rounds, rate: RoundRate::FractionOfRemaining(p), rewind: Rewind::Init }.round_sparsity(r).unwrap();
     let mut m = prune(scores, &hidden, s(rate), Granularity::Unstructured, &Allocation::uniform(), current).unwrap();
@@ -131,7 +133,7 @@ proptest! {
         for r in 1..=rounds {
             perturb(&p, &reference, seed ^ r as u64);
             let scores = criteria::magnitude(&p).unwrap();
-            reference = layerwise_reference(&shapes, "out.weight", rate, output_rate, rounds, &scores, r, Some(&reference));
+            reference = layerwise_reference(&shapes, "out.weight", (rate, output_rate, rounds), &scores, r, Some(&reference));
             let before = pr.masks().clone();
             let got = pr.round(r, &p, &mut Inputs::none()).unwrap();
             prop_assert_eq!(got, &reference, "round {}", r);
@@ -141,7 +143,7 @@ proptest! {
         // The random-mask control: a second pruner from dense at round r with seeded random scores.
         let r = 3;
         let rs = criteria::random(&p, seed.wrapping_mul(31).wrapping_add(r as u64));
-        let want = layerwise_reference(&shapes, "out.weight", rate, output_rate, rounds, &rs, r, None);
+        let want = layerwise_reference(&shapes, "out.weight", (rate, output_rate, rounds), &rs, r, None);
         let cfg = PrunerConfig::imp(rounds, RoundRate::FractionOfRemaining(rate), Rewind::Init)
             .allocation(Allocation::uniform())
             .group(["out.weight"], GroupRate::Round(RoundRate::FractionOfRemaining(output_rate)));
