@@ -12,7 +12,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use crate::error::{PruneError, Result};
@@ -168,7 +168,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     serde_json::from_slice(&bytes).map_err(|e| PruneError::Corrupt { path: p, why: format!("bad manifest JSON: {e}") })
 }
 
-/// Loads a checkpoint, verifying hashes, mask sizes and padding, and that pruned weights are exactly 0.
+/// Loads a checkpoint, verifying hashes, mask sizes and padding, and that pruned weights are exactly 0
+/// and kept ones finite ([`Mask::check_pruned_zero`]).
 pub fn load(dir: &Path, device: &Device) -> Result<SparseCheckpoint> {
     let manifest = read_manifest(dir)?;
     let wp = dir.join(WEIGHTS_FILE);
@@ -201,10 +202,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<SparseCheckpoint> {
             if m.count_kept() != ts.kept {
                 return Err(corrupt(&mp, format!("mask `{}` keeps {} weights, manifest says {}", ts.name, m.count_kept(), ts.kept)));
             }
-            let w = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-            if let Some(i) = (0..w.len()).find(|&i| !m.get(i) && w[i] != 0.0) {
-                return Err(corrupt(&wp, format!("tensor `{}` is non-zero at pruned position {i}", ts.name)));
-            }
+            m.check_pruned_zero(&ts.name, &t).map_err(|e| corrupt(&wp, e.to_string()))?;
             masks.insert(ts.name.clone(), m);
         }
         tensors.push((ts.name.clone(), t));

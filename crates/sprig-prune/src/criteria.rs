@@ -212,17 +212,39 @@ pub fn synflow_prune(
 }
 
 /// Running gradient statistics over training or calibration steps, for movement, Taylor and Fisher/OBS.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GradAccumulator {
     steps: usize,
+    /// Which sums are kept: Σ g⊙w (movement), Σ (g⊙w)² (Taylor), Σ g² (Fisher).
+    track: [bool; 3],
     sum_gw: BTreeMap<String, Tensor>,
     sum_gw2: BTreeMap<String, Tensor>,
     sum_g2: BTreeMap<String, Tensor>,
 }
 
+impl Default for GradAccumulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl GradAccumulator {
+    /// Keeps every statistic (movement, Taylor and Fisher scores all available).
     pub fn new() -> Self {
-        Self::default()
+        Self { steps: 0, track: [true; 3], sum_gw: BTreeMap::new(), sum_gw2: BTreeMap::new(), sum_g2: BTreeMap::new() }
+    }
+    /// Keeps only the statistic `criterion` needs (a third of [`GradAccumulator::new`]'s work);
+    /// errors for a criterion that needs no gradient statistics.
+    pub fn for_criterion(criterion: Criterion) -> Result<Self> {
+        let track = match criterion {
+            Criterion::Movement => [true, false, false],
+            Criterion::Taylor => [false, true, false],
+            Criterion::Fisher => [false, false, true],
+            other => {
+                return Err(PruneError::BadName { what: "criterion with gradient statistics", value: other.name(), expected: "movement|taylor|fisher" });
+            }
+        };
+        Ok(Self { track, ..Self::new() })
     }
     /// Adds one step's gradients (call after `backward`, before the optimizer moves the weights).
     pub fn update(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<()> {
@@ -238,9 +260,15 @@ impl GradAccumulator {
                 m.insert(n.clone(), nt);
                 Ok(())
             };
-            add(&mut self.sum_gw2, gw.sqr()?)?;
-            add(&mut self.sum_g2, g.sqr()?)?;
-            add(&mut self.sum_gw, gw)?;
+            if self.track[1] {
+                add(&mut self.sum_gw2, gw.sqr()?)?;
+            }
+            if self.track[2] {
+                add(&mut self.sum_g2, g.sqr()?)?;
+            }
+            if self.track[0] {
+                add(&mut self.sum_gw, gw)?;
+            }
         }
         self.steps += 1;
         Ok(())
@@ -252,6 +280,14 @@ impl GradAccumulator {
     fn get(&self, m: &BTreeMap<String, Tensor>, crit: &'static str) -> Result<BTreeMap<String, Vec<f32>>> {
         if self.steps == 0 {
             return Err(PruneError::MissingInput { criterion: crit, needs: "at least one GradAccumulator::update" });
+        }
+        let tracked = match crit {
+            "movement" => self.track[0],
+            "taylor" => self.track[1],
+            _ => self.track[2],
+        };
+        if !tracked {
+            return Err(PruneError::MissingInput { criterion: crit, needs: "a GradAccumulator that tracks its statistic" });
         }
         m.iter().map(|(n, t)| Ok((n.clone(), flat(t)?))).collect()
     }

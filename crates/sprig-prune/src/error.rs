@@ -32,10 +32,18 @@ pub enum PruneError {
     Infeasible { target: f64, why: String },
     #[error("corrupt sparse checkpoint {path}: {why}")]
     Corrupt { path: PathBuf, why: String },
+    #[error("pruned weight `{name}`[{index}] is {value}, not exactly 0 (the mask invariant is broken)")]
+    PrunedNonZero { name: String, index: usize, value: f64 },
+    #[error("kept weight `{name}`[{index}] is {value}, not finite")]
+    NonFinite { name: String, index: usize, value: f64 },
+    #[error("{what} is not supported: {why}")]
+    Unsupported { what: String, why: &'static str },
     #[error("i/o error on {path}")]
     Io { path: PathBuf, #[source] source: std::io::Error },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Kernel(#[from] sprig_kernels::KernelError),
 }
 
 /// Result alias of this crate.

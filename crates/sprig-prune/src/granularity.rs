@@ -2,6 +2,8 @@
 //!
 //! Every granularity views a tensor of shape `[d0, d1, ...]` as a matrix `[d0, rest]` (rows are
 //! output neurons / channels for candle's `[out, in]` linears and `[out, in, kh, kw]` convs).
+use sprig_kernels::candle::Format;
+
 use crate::error::{PruneError, Result};
 
 /// How weights are grouped before ranking.
@@ -39,6 +41,36 @@ impl Granularity {
             Self::Rows => "rows".into(),
             Self::Heads { num_heads, axis } => format!("heads{num_heads}@{axis}"),
         }
+    }
+
+    /// The granularity whose masks a sparse kernel format stores without fill-in: CSR takes any
+    /// mask, BSR `r x c` takes `r x c` blocks, N:M takes N:M (an unstructured mask stored as 4x1
+    /// blocks keeps every block that holds any weight).
+    pub fn for_format(format: Format) -> Self {
+        match format {
+            Format::Csr => Self::Unstructured,
+            Format::Bsr(r, c) => Self::Block { r, c },
+            Format::Nm(n, m) => Self::NM { n, m },
+        }
+    }
+
+    /// [`Granularity::for_format`] of a format name: `csr`, `bsrRxC` (e.g. `bsr4x1`) or `N:M` (e.g. `2:4`).
+    pub fn from_format_name(name: &str) -> Result<Self> {
+        let bad = || PruneError::BadName { what: "sparse format", value: name.into(), expected: "csr, bsrRxC (e.g. bsr4x1) or N:M (e.g. 2:4)" };
+        let pair = |s: &str, sep: char| -> Result<(usize, usize)> {
+            let (a, b) = s.split_once(sep).ok_or_else(bad)?;
+            Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+        };
+        let f = if name == "csr" {
+            Format::Csr
+        } else if let Some(rc) = name.strip_prefix("bsr") {
+            let (r, c) = pair(rc, 'x')?;
+            Format::Bsr(r, c)
+        } else {
+            let (n, m) = pair(name, ':')?;
+            Format::Nm(n, m)
+        };
+        Ok(Self::for_format(f))
     }
 
     /// Checks this granularity fits a tensor named `name` with `shape`.
@@ -128,10 +160,16 @@ impl Granularity {
 }
 
 /// `[d0, d1, ...]` as `(d0, d1 * ...)`; a vector is one row.
-fn as_matrix(shape: &[usize]) -> (usize, usize) {
+pub(crate) fn as_matrix(shape: &[usize]) -> (usize, usize) {
     match shape {
         [] => (1, 1),
         [n] => (1, *n),
         [d0, rest @ ..] => (*d0, rest.iter().product()),
+    }
+}
+
+impl From<Format> for Granularity {
+    fn from(f: Format) -> Self {
+        Self::for_format(f)
     }
 }

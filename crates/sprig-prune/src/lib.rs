@@ -4,6 +4,13 @@
 //! shape-checked), [`criteria`] that score weights, [`Granularity`] that groups them, [`Allocation`]
 //! that shares a sparsity budget between layers, [`Schedule`]s that say when and how much, and
 //! [`checkpoint`]s that store sparse models as plain safetensors plus masks and a manifest.
+//!
+//! A [`Pruner`] composes them: one [`MaskSet`] and a [`PrunerConfig`] (criterion × granularity ×
+//! allocation × schedule, per-layer [`LayerGroup`]s and, for dynamic sparse training, a
+//! [`GrowRule`]). GMP, movement pruning, IMP with per-layer rates, one-shot SNIP/GraSP/SynFlow/Wanda,
+//! SET, RigL and GraNet are configurations of it (see [`pruner`]). Every criterion has one
+//! signature, [`Criterion::scores`] with [`Inputs`]; [`MaskSet::check_pruned_zero`] is the one
+//! check that pruned weights are exactly zero; [`Mask::to_bitmask`] hands masks to sprig-kernels.
 // `usize::is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
 #![allow(clippy::manual_is_multiple_of)]
 
@@ -14,7 +21,9 @@ pub mod dst;
 pub mod error;
 pub mod granularity;
 pub mod mask;
+pub mod pruner;
 pub mod schedule;
+pub mod score;
 pub mod select;
 
 pub use allocation::{prune, Allocation, AllocationKind, Scores};
@@ -22,7 +31,9 @@ pub use criteria::{ActivationNorms, Criterion, GradAccumulator};
 pub use error::{PruneError, Result};
 pub use granularity::Granularity;
 pub use mask::{Mask, MaskSet, SparsityReport, TensorSparsity};
+pub use pruner::{GroupRate, GrowRule, LayerGroup, Pruner, PrunerConfig, Regrow};
 pub use schedule::{Rewind, RoundRate, Schedule};
+pub use score::{Inputs, ScoreOptions};
 pub use select::Selector;
 
 /// The version written into checkpoint manifests.

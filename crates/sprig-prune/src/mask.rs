@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor, Var};
 use sha2::{Digest, Sha256};
 
+use sprig_kernels::Bitmask;
+
 use crate::error::{PruneError, Result};
 
 /// A keep-mask for one tensor: bit `i` (row-major) is 1 when weight `i` is kept.
@@ -149,6 +151,51 @@ impl Mask {
         let v: Vec<f32> = (0..self.len).map(|i| if self.get(i) { 1.0 } else { 0.0 }).collect();
         Ok(Tensor::from_vec(v, self.shape.as_slice(), device)?)
     }
+    /// The packed words: bit `i % 64` of word `i / 64` is weight `i`; padding bits are zero.
+    /// This is exactly [`sprig_kernels::Bitmask`]'s layout.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+    /// The `[d0, d1·…]` matrix a kernel sees (a vector is one row).
+    pub fn matrix_dims(&self) -> (usize, usize) {
+        crate::granularity::as_matrix(&self.shape)
+    }
+    /// The same bits as a kernel [`Bitmask`] of [`Mask::matrix_dims`] (one copy of the words, no
+    /// per-weight pass: both types share the layout).
+    pub fn to_bitmask(&self) -> Result<Bitmask> {
+        let (r, c) = self.matrix_dims();
+        Ok(Bitmask::from_words(r, c, self.words.clone())?)
+    }
+    /// As [`Mask::to_bitmask`], moving the words (no copy at all).
+    pub fn into_bitmask(self) -> Result<Bitmask> {
+        let (r, c) = self.matrix_dims();
+        Ok(Bitmask::from_words(r, c, self.words)?)
+    }
+    /// A mask of shape `shape` with the bits of a kernel [`Bitmask`] (their counts must agree).
+    pub fn from_bitmask(shape: &[usize], b: &Bitmask) -> Result<Self> {
+        let len: usize = shape.iter().product();
+        if len != b.rows() * b.cols() {
+            return Err(PruneError::ShapeMismatch { name: "bitmask".into(), expected: shape.to_vec(), got: vec![b.rows(), b.cols()] });
+        }
+        Ok(Self { shape: shape.to_vec(), len, words: b.words().to_vec() })
+    }
+    /// The one exact-zero check: errors on the first position (row-major) where a pruned weight of
+    /// `t` is not exactly 0 ([`PruneError::PrunedNonZero`]) or a kept weight is NaN or infinite
+    /// ([`PruneError::NonFinite`]). `name` names the tensor in the error.
+    pub fn check_pruned_zero(&self, name: &str, t: &Tensor) -> Result<()> {
+        self.check_shape(name, t.dims())?;
+        let w = t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        for (i, &x) in w.iter().enumerate() {
+            if self.get(i) {
+                if !x.is_finite() {
+                    return Err(PruneError::NonFinite { name: name.into(), index: i, value: x });
+                }
+            } else if x != 0.0 {
+                return Err(PruneError::PrunedNonZero { name: name.into(), index: i, value: x });
+            }
+        }
+        Ok(())
+    }
     /// Zero the pruned weights of `var` in place (shape-checked).
     pub fn apply(&self, name: &str, var: &Var) -> Result<()> {
         self.check_shape(name, var.dims())?;
@@ -262,6 +309,23 @@ impl MaskSet {
             }
         }
         Ok(())
+    }
+    /// Errors unless every pruned weight of every masked parameter is exactly 0 and every kept one
+    /// is finite (see [`Mask::check_pruned_zero`]); a mask naming no parameter is an error too.
+    pub fn check_pruned_zero(&self, params: &[(String, Var)]) -> Result<()> {
+        for (n, m) in &self.masks {
+            let (_, v) = params.iter().find(|(pn, _)| pn == n).ok_or_else(|| PruneError::UnknownParam(n.clone()))?;
+            m.check_pruned_zero(n, v.as_tensor())?;
+        }
+        Ok(())
+    }
+    /// Every mask as a kernel [`Bitmask`] (see [`Mask::to_bitmask`]), by name.
+    pub fn to_bitmasks(&self) -> Result<BTreeMap<String, Bitmask>> {
+        self.masks.iter().map(|(n, m)| Ok((n.clone(), m.to_bitmask()?))).collect()
+    }
+    /// Masks in name order, mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Mask)> {
+        self.masks.iter_mut()
     }
     /// Sparsity per tensor, over masked tensors and over all of `params` (every name in the set must be there).
     pub fn report(&self, params: &[(String, Vec<usize>)]) -> Result<SparsityReport> {

@@ -230,3 +230,51 @@ proptest! {
         prop_assert_eq!(m.count_kept(), bits.iter().filter(|b| **b).count());
     }
 }
+
+#[test]
+fn exact_zero_check_names_the_tensor_and_the_first_offender() {
+    let dev = Device::Cpu;
+    let m = Mask::from_bools(&[2, 3], &[true, false, true, false, true, false]).unwrap();
+    let mut ms = MaskSet::new();
+    ms.insert("w", m.clone());
+    let var = |v: Vec<f32>| Var::from_vec(v, (2, 3), &dev).unwrap();
+    assert!(ms.check_pruned_zero(&[("w".into(), var(vec![1., 0., -2., 0., 3., 0.]))]).is_ok());
+    let e = ms.check_pruned_zero(&[("w".into(), var(vec![1., 0., 2., 1e-30, 3., 7.]))]).unwrap_err();
+    assert!(matches!(&e, PruneError::PrunedNonZero { name, index: 3, value } if name == "w" && *value == 1e-30f32 as f64), "{e}");
+    assert!(e.to_string().contains("`w`[3]"), "{e}");
+    // NaN at a pruned position is non-zero; NaN or inf at a kept one is non-finite.
+    assert!(matches!(ms.check_pruned_zero(&[("w".into(), var(vec![1., f32::NAN, 2., 0., 3., 0.]))]), Err(PruneError::PrunedNonZero { index: 1, .. })));
+    assert!(matches!(ms.check_pruned_zero(&[("w".into(), var(vec![1., 0., f32::INFINITY, 0., 3., 0.]))]), Err(PruneError::NonFinite { index: 2, .. })));
+    assert!(matches!(ms.check_pruned_zero(&[("v".into(), var(vec![0.; 6]))]), Err(PruneError::UnknownParam(n)) if n == "w"));
+    assert!(matches!(m.check_pruned_zero("w", &Tensor::zeros((3, 2), candle_core::DType::F32, &dev).unwrap()), Err(PruneError::ShapeMismatch { .. })));
+}
+
+#[test]
+fn masks_are_kernel_bitmasks_without_a_bool_pass() {
+    let keep: Vec<bool> = (0..4 * 2 * 9).map(|i| (i * 7) % 5 < 2).collect();
+    let m = Mask::from_bools(&[4, 2, 9], &keep).unwrap();
+    let b = m.to_bitmask().unwrap();
+    assert_eq!((b.rows(), b.cols()), (4, 18));
+    assert_eq!(b.to_bools(), keep);
+    assert_eq!(b.words(), m.words());
+    assert_eq!(Mask::from_bitmask(&[4, 2, 9], &b).unwrap(), m);
+    assert!(Mask::from_bitmask(&[5, 18], &b).is_err());
+    assert_eq!(m.clone().into_bitmask().unwrap(), b);
+    let v = Mask::from_bools(&[3], &[true, false, true]).unwrap().to_bitmask().unwrap();
+    assert_eq!((v.rows(), v.cols(), v.count_ones()), (1, 3, 2));
+    let mut ms = MaskSet::new();
+    ms.insert("a", m);
+    assert_eq!(ms.to_bitmasks().unwrap()["a"], b);
+}
+
+#[test]
+fn granularity_follows_the_kernel_format() {
+    use sprig_kernels::candle::Format;
+    assert_eq!(Granularity::from_format_name("csr").unwrap(), Granularity::Unstructured);
+    assert_eq!(Granularity::from_format_name("bsr4x1").unwrap(), Granularity::Block { r: 4, c: 1 });
+    assert_eq!(Granularity::from_format_name("2:4").unwrap(), Granularity::NM { n: 2, m: 4 });
+    assert_eq!(Granularity::from(Format::Bsr(1, 4)), Granularity::Block { r: 1, c: 4 });
+    for bad in ["coo", "bsr4", "bsrx4", "2:", "a:b", ""] {
+        assert!(matches!(Granularity::from_format_name(bad), Err(PruneError::BadName { .. })), "{bad}");
+    }
+}

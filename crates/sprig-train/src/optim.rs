@@ -18,6 +18,14 @@ pub trait Optimizer {
     /// Install (`Some`) or remove (`None`) the keep-mask of a parameter by name (row-major,
     /// `true` = kept). Installing zeroes the pruned weights and their optimizer state at once.
     fn set_mask(&mut self, name: &str, keep: Option<&[bool]>) -> Result<()>;
+    /// Install every mask of `masks` at once ([`Optimizer::set_mask`] for each): pruned weights
+    /// and their optimizer state become exactly zero. Every name must be a parameter here.
+    fn set_masks(&mut self, masks: &sprig_prune::MaskSet) -> Result<()> {
+        for (name, mask) in masks.iter() {
+            self.set_mask(name, Some(&mask.to_bools()))?;
+        }
+        Ok(())
+    }
     /// Forget all optimizer state (moments), e.g. after rewinding.
     fn reset_state(&mut self);
     /// Replace parameter `name` by `var`, which may have another length (a sparse layer's stored
@@ -398,6 +406,25 @@ mod tests {
         assert!(opt.params[0].m.iter().zip(&keep).all(|(m, &k)| k || *m == 0.0));
         assert!(opt.set_mask("nope", Some(&keep)).is_err());
         assert!(opt.set_mask("w", Some(&keep[..5])).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn set_masks_installs_every_mask_of_a_set() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_tensor(&Tensor::ones((2, 3), candle_core::DType::F32, &dev)?)?;
+        let b = Var::from_tensor(&Tensor::ones(4, candle_core::DType::F32, &dev)?)?;
+        let mut opt = AdamW::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())], AdamWConfig::default())?;
+        opt.step(&(a.as_tensor().sum_all()? + b.as_tensor().sum_all()?)?.backward()?)?;
+        let mut ms = sprig_prune::MaskSet::new();
+        ms.insert("a", sprig_prune::Mask::from_bools(&[2, 3], &[true, false, true, false, true, false]).expect("mask"));
+        ms.insert("b", sprig_prune::Mask::from_bools(&[4], &[false, true, true, true]).expect("mask"));
+        opt.set_masks(&ms)?;
+        assert_eq!(a.as_tensor().flatten_all()?.to_vec1::<f32>()?.iter().map(|&x| x != 0.0).collect::<Vec<_>>(), ms.get("a").expect("a").to_bools());
+        assert_eq!(b.as_tensor().to_vec1::<f32>()?[0], 0.0);
+        assert!(opt.params.iter().all(|p| p.keep.as_ref().is_some_and(|k| p.m.iter().zip(k).all(|(m, &k)| k || *m == 0.0))));
+        ms.insert("c", sprig_prune::Mask::ones(&[1]));
+        assert!(opt.set_masks(&ms).is_err());
         Ok(())
     }
 
