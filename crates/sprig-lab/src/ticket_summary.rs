@@ -205,7 +205,7 @@ pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masked::RunMetrics;
+    use sprig_bert::masked::RunMetrics;
     use crate::ticket::{Control, Metric, RoundResult, TicketConfig};
     use std::collections::HashMap;
 
@@ -223,7 +223,7 @@ mod tests {
 
     fn cfg(seeds: usize) -> TicketConfig {
         TicketConfig {
-            finetune: crate::FinetuneConfig::default(),
+            finetune: sprig_bert::FinetuneConfig::default(),
             rounds: 9,
             rate: 0.1,
             rewind: sprig_prune::Rewind::Init,
