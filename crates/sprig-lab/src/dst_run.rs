@@ -145,7 +145,7 @@ pub fn plot_grid_svg(rows: &[DstSummary], path: &Path, title: &str) -> Result<()
         chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
     }
-    sprig_train::run::write_atomic(path, svg.as_bytes())
+    Ok(sprig_train::run::write_atomic(path, svg.as_bytes())?)
 }
 
 /// The grid's main (ΔT, epochs) for a method is its most common pair; other pairs are the ITOP

@@ -306,5 +306,5 @@ pub fn plot_svg(rows: &[SummaryRow], path: &Path, title: &str) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    sprig_train::run::write_atomic(path, svg.as_bytes())
+    Ok(sprig_train::run::write_atomic(path, svg.as_bytes())?)
 }

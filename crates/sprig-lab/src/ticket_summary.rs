@@ -199,7 +199,7 @@ pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
         chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
     }
-    sprig_train::write_atomic(path, svg.as_bytes())
+    Ok(sprig_train::write_atomic(path, svg.as_bytes())?)
 }
 
 #[cfg(test)]
