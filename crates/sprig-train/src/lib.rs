@@ -11,7 +11,7 @@ macro_rules! bail {
 }
 /// `ensure!`-like: bail with the message unless the condition holds.
 macro_rules! ensure {
-    ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*) } };
+    ($cond:expr, $($arg:tt)*) => { if $cond {} else { bail!($($arg)*) } };
 }
 
 pub mod error;
