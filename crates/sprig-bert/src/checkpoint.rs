@@ -50,7 +50,7 @@ impl Checkpoint {
 /// Write a classifier checkpoint to `dir` atomically file by file (each file is written to a
 /// temporary name and renamed). Encoder tensors get the `bert.` prefix, as
 /// `BertForSequenceClassification` stores them.
-pub fn save_classifier(model: &BertClassifier, labels: &[String], tokenizer: &Path, dir: &Path, metadata: HashMap<String, String>) -> anyhow::Result<()> {
+pub fn save_classifier(model: &BertClassifier, labels: &[String], tokenizer: &Path, dir: &Path, metadata: HashMap<String, String>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tensors: Vec<(String, candle_core::Tensor)> = model
         .named_params()

@@ -4,7 +4,7 @@ use crate::checkpoint::{save_classifier, Checkpoint};
 use crate::config::Pooling;
 use crate::model::BertClassifier;
 use crate::tokenizer::{BertTokenizer, Encoded};
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sprig_data::batch::{bucketed_batch_indices, pad};

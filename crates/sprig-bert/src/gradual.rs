@@ -9,8 +9,7 @@
 //! `s_t = s_f · (1 − (1 − (t − t₀)/(t₁ − t₀))³)` for `t₀ ≤ t < t₁`, `s_f` from `t₁` on. Movement
 //! scores are the first-order ones of Sanh et al. (§3): `S = −Σ_t ∂L/∂W ⊙ W`, accumulated every step
 //! after gradient clipping; the weights with the lowest `S` are pruned.
-use crate::ticket::magnitude_scores;
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use sprig_prune::{prune, Allocation, Granularity, MaskSet, Scores};
@@ -136,6 +135,17 @@ impl GradualState {
         tracing::debug!(step, sparsity = self.sparsity, "gradual prune");
         Ok(())
     }
+}
+
+/// |w| of the prunable tensors (Han et al. 2015).
+pub fn magnitude_scores(tensors: &HashMap<String, Tensor>, shapes: &[(String, Vec<usize>)]) -> Result<Scores> {
+    shapes
+        .iter()
+        .map(|(n, _)| {
+            let t = tensors.get(n).with_context(|| format!("no tensor {n}"))?;
+            Ok((n.clone(), t.abs()?.flatten_all()?.to_vec1::<f32>()?))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,23 +1,25 @@
 //! sprig-bert: a BERT encoder on candle whose every parameter is a named `Var` (so pruning can mask
 //! any linear), Hugging Face checkpoint loading (local directory or hub cache), tokenization,
-//! pooling, a sequence-classification head and fine-tuning.
+//! pooling, a sequence-classification head, fine-tuning, and masked / gradually pruned
+//! fine-tuning (`masked`, `gradual`: GMP, movement). Errors are [`BertError`]; no plots. The
+//! experiments on top (BERT tickets, transfer, upstream tickets, compile/export of tickets) live
+//! in `sprig-lab`.
+
+/// `bail!`-like: `return Err(BertError::Invalid(format!(...)))`.
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err($crate::BertError::Invalid(format!($($arg)*))) };
+}
+
 pub mod checkpoint;
-pub mod compile;
 pub mod config;
 pub mod error;
-pub mod export;
 pub mod finetune;
 pub mod gradual;
 pub mod masked;
 pub mod model;
 pub mod nn;
 pub mod source;
-pub mod ticket;
-pub mod ticket_summary;
 pub mod tokenizer;
-pub mod transfer;
-pub mod transfer_matrix;
-pub mod upstream;
 pub mod weights;
 
 pub use checkpoint::{save_classifier, Checkpoint};

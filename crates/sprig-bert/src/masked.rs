@@ -11,7 +11,7 @@ use crate::gradual::{Gradual, GradualState};
 use crate::finetune::{batch_tensors, evaluate, tokenize, FinetuneConfig, Tokenized};
 use crate::model::{is_encoder_linear_weight, BertClassifier, BertEncoder, Init};
 use crate::tokenizer::BertTokenizer;
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Result};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sprig_data::batch::bucketed_batch_indices;

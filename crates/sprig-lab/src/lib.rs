@@ -1,7 +1,34 @@
 //! sprig-lab: the experiments built on the sprig libraries. It holds what a library should not:
-//! experiment drivers (lottery tickets, pruning at init, dynamic sparse training grids, BERT tickets,
-//! transfer, upstream tickets), run-directory bookkeeping, summaries and plots. Errors here are
-//! `anyhow` errors with context; the libraries below use typed errors.
-
+//! experiment drivers, run-directory bookkeeping, summaries and plots. Errors here are `anyhow`
+//! errors with context; the libraries below use typed errors.
+//!
+//! Vision (on `sprig_train`'s models and trainers):
+//! - [`lottery`]: lottery tickets by iterative magnitude pruning with reinit and random-mask
+//!   controls (Frankle & Carbin 2019), `lottery.svg`;
+//! - [`pai`]: pruning at initialisation (magnitude, random, SNIP, GraSP, SynFlow), then training;
+//! - [`dst_run`]: dynamic sparse training grids, their reports (`dst-grid.md`, `dst-grid.svg`) and timing.
+//!
+//! Shared by all experiments: [`run_dir`] (one run-directory contract: validate before writing,
+//! refuse a different experiment, clean orphan temporary files, summaries marked complete) and
+//! [`imp`] (one resumable IMP runner with its registry of controls).
+//!
+//! BERT (on `sprig_bert`'s encoder and masked fine-tuning):
+//! - [`ticket`], [`ticket_summary`]: BERT lottery tickets with the controls of Chen et al. 2020,
+//!   resumable, `summary.json` and `tickets.svg`;
+//! - [`transfer`], [`transfer_matrix`]: sparse transfer of a ticket to another task, and the
+//!   source x target matrix with its heat-map;
+//! - [`upstream`]: upstream tickets on a contrastive sentence-embedding objective;
+//! - [`compile`], [`export`]: a ticket compiled to sparse kernels (checked and timed), and a
+//!   ticket exported as a Hugging Face-loadable directory.
+pub mod compile;
+pub mod dst_run;
+pub mod export;
 pub mod imp;
+pub mod lottery;
+pub mod pai;
 pub mod run_dir;
+pub mod ticket;
+pub mod ticket_summary;
+pub mod transfer;
+pub mod transfer_matrix;
+pub mod upstream;

@@ -178,7 +178,7 @@ impl RunDir {
 
     /// Writes `value` as pretty JSON to `root/rel`, atomically.
     pub fn write_json<T: Serialize>(&self, rel: impl AsRef<Path>, value: &T) -> Result<()> {
-        sprig_train::write_json(&self.path(rel), value)
+        Ok(sprig_train::write_json(&self.path(rel), value)?)
     }
 
     /// Reads `root/rel` if it exists.
@@ -205,7 +205,7 @@ impl RunDir {
     pub fn write_plot(&self, rel: impl AsRef<Path>, draw: impl FnOnce() -> Result<String>) -> Result<()> {
         let path = self.path(rel);
         let svg = draw().with_context(|| format!("drawing {}", path.display()))?;
-        sprig_train::write_atomic(&path, svg.as_bytes())
+        Ok(sprig_train::write_atomic(&path, svg.as_bytes())?)
     }
 }
 

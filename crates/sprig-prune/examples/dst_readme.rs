@@ -2,7 +2,7 @@
 use sprig_prune::dst::{drop_and_grow, random_masks, Grow, ItopTracker, UpdateSchedule};
 use sprig_prune::Allocation;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shapes = vec![("fc1.weight".to_string(), vec![300, 784])];
     let masks = random_masks(&shapes, 0.9, &Allocation::erk(), 0)?;
     let mut itop = ItopTracker::new(&masks);

@@ -1,7 +1,7 @@
 use candle_core::{DType, Device, Var};
 use sprig_prune::{checkpoint, criteria, prune, Allocation, Granularity, Selector};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
     let params: Vec<(String, Var)> = vec![
         ("fc1.weight".into(), Var::randn(0f32, 1.0, (300, 784), &dev)?),

@@ -14,7 +14,7 @@
 //! (2,550 weights of 44k) stay dense, and reported sparsity is over the linear layers.
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context, Result};
+use crate::error::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -44,7 +44,7 @@ pub enum DstArch {
 }
 
 impl std::str::FromStr for DstArch {
-    type Err = anyhow::Error;
+    type Err = crate::TrainError;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "lenet300" => Ok(Self::Lenet300),
@@ -69,7 +69,7 @@ pub enum Method {
 }
 
 impl std::str::FromStr for Method {
-    type Err = anyhow::Error;
+    type Err = crate::TrainError;
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
             "dense" => Self::Dense,
@@ -95,7 +95,7 @@ pub enum DstOptimizer {
 }
 
 impl std::str::FromStr for DstOptimizer {
-    type Err = anyhow::Error;
+    type Err = crate::TrainError;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "adam" => Ok(Self::Adam),

@@ -31,6 +31,36 @@ pub enum TrainError {
     Kernels(#[from] sprig_kernels::KernelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An I/O error whose file is named by the [`TrainError::Context`] around it.
+    #[error(transparent)]
+    StdIo(#[from] std::io::Error),
+    /// An error with what was being done when it happened (`"writing {path}: {inner}"`).
+    #[error("{msg}: {inner}")]
+    Context { msg: String, inner: Box<TrainError> },
+}
+
+/// `anyhow::Context`-like helpers: wrap an error (or a `None`) with what was being done.
+pub trait Context<T> {
+    fn context<C: std::fmt::Display>(self, msg: C) -> Result<T>;
+    fn with_context<C: std::fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T>;
+}
+
+impl<T, E: Into<TrainError>> Context<T> for std::result::Result<T, E> {
+    fn context<C: std::fmt::Display>(self, msg: C) -> Result<T> {
+        self.map_err(|e| TrainError::Context { msg: msg.to_string(), inner: Box::new(e.into()) })
+    }
+    fn with_context<C: std::fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T> {
+        self.map_err(|e| TrainError::Context { msg: f().to_string(), inner: Box::new(e.into()) })
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context<C: std::fmt::Display>(self, msg: C) -> Result<T> {
+        self.ok_or_else(|| TrainError::Invalid(msg.to_string()))
+    }
+    fn with_context<C: std::fmt::Display, F: FnOnce() -> C>(self, f: F) -> Result<T> {
+        self.ok_or_else(|| TrainError::Invalid(f().to_string()))
+    }
 }
 
 impl TrainError {

@@ -1,5 +1,5 @@
 //! Run directories: atomic file writes, JSONL metrics, progress bars.
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,7 +69,7 @@ pub fn progress_bar(total: u64, prefix: &str) -> indicatif::ProgressBar {
 mod tests {
     use super::*;
     #[test]
-    fn atomic_write_replaces_whole_file() -> Result<()> {
+    fn atomic_write_replaces_whole_file() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("sub/a.json");
         write_json(&p, &serde_json::json!({"x": 1}))?;

@@ -43,12 +43,12 @@ impl LrSchedule {
 }
 
 impl std::str::FromStr for LrSchedule {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
+    type Err = crate::TrainError;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
         match s {
             "constant" => Ok(Self::Constant),
             "cosine" => Ok(Self::Cosine),
-            _ => anyhow::bail!("unknown learning-rate schedule {s:?}: expected constant or cosine"),
+            _ => bail!("unknown learning-rate schedule {s:?}: expected constant or cosine"),
         }
     }
 }

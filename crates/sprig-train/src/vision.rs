@@ -1,6 +1,6 @@
 //! Small vision models for pruning experiments — LeNet-300-100 and LeNet-5 — as named `Var`s, with a
 //! seeded init and a mask-aware train/eval loop over [`sprig_data::ImageDataset`] splits.
-use anyhow::{bail, Context, Result};
+use crate::error::{Context, Result};
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -22,7 +22,7 @@ pub enum Arch {
 }
 
 impl std::str::FromStr for Arch {
-    type Err = anyhow::Error;
+    type Err = crate::TrainError;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "lenet300" | "lenet-300-100" => Ok(Self::Lenet300),

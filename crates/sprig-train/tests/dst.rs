@@ -1,7 +1,7 @@
 //! DST driver on a small slice of real Fashion-MNIST: exact sparsity after every step, grown weights
 //! start at zero, kept weights keep value and optimizer state, sparse = masked-dense numerics,
 //! same seed = same masks.
-use anyhow::Result;
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 use candle_core::Device;
 use sprig_train::dst::{DstArch, DstConfig, DstTrainer, FcWeight, Method};
 use sprig_train::vision::batch_tensor;

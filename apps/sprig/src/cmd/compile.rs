@@ -1,7 +1,7 @@
 //! `sprig compile`: a ticket's masked encoder as sprig-kernels sparse layers, checked against the
-//! masked-dense model and timed side by side (see `sprig_bert::compile`).
+//! masked-dense model and timed side by side (see `sprig_lab::compile`).
 use anyhow::Result;
-use sprig_bert::compile::{compile_ticket, CompileOptions};
+use sprig_lab::compile::{compile_ticket, CompileOptions};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -30,7 +30,7 @@ pub fn run(a: Args) -> Result<()> {
     let o = CompileOptions { format: crate::cmd::bench_train_step::parse_format(&a.format)?, batch: a.batch, seq: a.seq, warmup: a.warmup, runs: a.runs };
     let mut reports = vec![];
     for t in &a.ticket {
-        let dir = sprig_bert::transfer::Ticket::find(t)?.remove(0);
+        let dir = sprig_lab::transfer::Ticket::find(t)?.remove(0);
         let r = compile_ticket(&dir, &o)?;
         println!(
             "{}: sparsity {:.3} {}  dense {:.1} ms  sparse {:.1} ms  speedup {:.2}x  ({:.1} -> {:.1} seq/s)  weights {:.1} -> {:.1} MB  max |logit diff| {:.2e}",

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use sprig_train::dst::{DstArch, DstConfig, Method};
-use sprig_train::dst_run::{collect, grid_table, plot_grid_svg, run_dst, time_configs};
+use sprig_lab::dst_run::{collect, grid_table, plot_grid_svg, run_dst, time_configs};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]

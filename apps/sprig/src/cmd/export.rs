@@ -1,4 +1,4 @@
-//! `sprig export`: a ticket checkpoint as a Hugging Face-loadable directory (see `sprig_bert::export`).
+//! `sprig export`: a ticket checkpoint as a Hugging Face-loadable directory (see `sprig_lab::export`).
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -16,7 +16,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    sprig_bert::export::export(&a.ticket, &a.out, a.examples, &sprig_data::sprig_home())?;
+    sprig_lab::export::export(&a.ticket, &a.out, a.examples, &sprig_data::sprig_home())?;
     println!("wrote {} (check with scripts/verify-hf-export {})", a.out.display(), a.out.display());
     Ok(())
 }

@@ -84,7 +84,7 @@ pub fn run_config(cfg: &FinetuneConfig, out: &Path) -> Result<FinetuneSummary> {
     let data = sprig_data::load_text_task(&cfg.task, &home, cfg.seed).with_context(|| format!("loading task {}", cfg.task))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     sprig_train::write_atomic(&out.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
-    sprig_bert::finetune(cfg, &data, out)
+    Ok(sprig_bert::finetune(cfg, &data, out)?)
 }
 
 pub fn print_summary(s: &FinetuneSummary) {

@@ -1,9 +1,9 @@
 //! `sprig lottery`: lottery tickets by iterative magnitude pruning, with the reinit and random-mask
-//! controls at every round, several seeds, resumable (see `sprig_train::lottery`).
+//! controls at every round, several seeds, resumable (see `sprig_lab::lottery`).
 use anyhow::{Context, Result};
 use candle_core::Device;
 use sprig_prune::Rewind;
-use sprig_train::lottery::{run_lottery, LotteryConfig};
+use sprig_lab::lottery::{run_lottery, LotteryConfig};
 use sprig_train::vision::{Arch, OptimChoice, TrainConfig};
 use std::path::PathBuf;
 

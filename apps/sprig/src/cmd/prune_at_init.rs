@@ -2,7 +2,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use sprig_prune::Criterion;
-use sprig_train::pai::{run_pai, PaiConfig};
+use sprig_lab::pai::{run_pai, PaiConfig};
 use sprig_train::vision::{Arch, OptimChoice, TrainConfig};
 use std::path::PathBuf;
 

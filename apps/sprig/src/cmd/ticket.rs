@@ -1,7 +1,7 @@
 //! `sprig ticket`: lottery tickets in a pre-trained BERT (Chen et al. 2020) with the random-mask,
-//! reinit, shuffled and one-shot controls, several seeds, resumable (see `sprig_bert::ticket`).
+//! reinit, shuffled and one-shot controls, several seeds, resumable (see `sprig_lab::ticket`).
 use anyhow::{Context, Result};
-use sprig_bert::ticket::{run_tickets, Control, Metric, TicketConfig};
+use sprig_lab::ticket::{run_tickets, Control, Metric, TicketConfig};
 use sprig_prune::Rewind;
 use std::path::PathBuf;
 

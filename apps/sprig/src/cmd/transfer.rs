@@ -1,8 +1,8 @@
 //! `sprig transfer`: fine-tune a BERT ticket found on one task on another task with its mask fixed
 //! (sparse transfer, Chen et al. 2020 §5), against dense fine-tuning on the target.
 use anyhow::{bail, Result};
-use sprig_bert::ticket::Metric;
-use sprig_bert::transfer::{run_transfer, Ticket, TransferConfig};
+use sprig_lab::ticket::Metric;
+use sprig_lab::transfer::{run_transfer, Ticket, TransferConfig};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]

@@ -13,7 +13,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let m = sprig_bert::transfer_matrix::build(&a.runs)?;
+    let m = sprig_lab::transfer_matrix::build(&a.runs)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     sprig_train::write_json(&a.out.join("matrix.json"), &m)?;
     sprig_train::write_atomic(&a.out.join("matrix.md"), m.markdown().as_bytes())?;

@@ -1,8 +1,8 @@
 //! `sprig upstream`: a BERT ticket found without downstream labels, by IMP on the checkpoint's own
 //! sentence-embedding objective (contrastive, SimCSE form) over unlabeled texts; resumable. Its
-//! rounds are tickets for `sprig transfer` (see `sprig_bert::upstream`).
+//! rounds are tickets for `sprig transfer` (see `sprig_lab::upstream`).
 use anyhow::{bail, Result};
-use sprig_bert::upstream::{run_upstream, UpstreamConfig, UPSTREAM_TASK};
+use sprig_lab::upstream::{run_upstream, UpstreamConfig, UPSTREAM_TASK};
 use sprig_bert::FinetuneConfig;
 
 #[derive(clap::Args, Debug)]

@@ -5,8 +5,8 @@
 //!
 //! Layout of `OUT/`: `config.json`, `seed-S.ticket.json` and `seed-S.dense.json` per seed (each
 //! written atomically, so a killed run resumes), `summary.json`.
-use crate::finetune::FinetuneConfig;
-use crate::masked::{finetune_masked, Base, RunMetrics, Start, TaskData};
+use sprig_bert::finetune::FinetuneConfig;
+use sprig_bert::masked::{finetune_masked, Base, RunMetrics, Start, TaskData};
 use crate::ticket::Metric;
 use crate::ticket_summary::mean_std;
 use anyhow::{bail, Context, Result};

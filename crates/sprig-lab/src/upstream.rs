@@ -16,12 +16,12 @@
 //!
 //! A round's checkpoint (`OUT/round-RR/seed-S`) has the layout of a `sprig ticket` checkpoint with
 //! task `upstream`, so `sprig transfer --ticket OUT/round-RR` fine-tunes it on any task.
-use crate::finetune::{batch_tensors, FinetuneConfig, Tokenized};
-use crate::masked::{check_masked_zero, Base, TaskData};
-use crate::model::{is_encoder_linear_weight, pool, BertEncoder, Init};
+use sprig_bert::finetune::{batch_tensors, FinetuneConfig, Tokenized};
+use sprig_bert::masked::{check_masked_zero, Base, TaskData};
+use sprig_bert::model::{is_encoder_linear_weight, pool, BertEncoder, Init};
 use crate::ticket::{global_magnitude_mask, round_dir};
 use crate::ticket_summary::mean_std;
-use crate::Pooling;
+use sprig_bert::Pooling;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};

@@ -20,10 +20,10 @@
 //! rewind-seed-S.safetensors        weights at step k (rewind to step k only)
 //! summary.json, tickets.svg        per round: sparsity, metric mean/std, controls; highest matching sparsity
 //! ```
-use crate::finetune::FinetuneConfig;
-use crate::gradual::{Gradual, GradualCriterion};
-use crate::masked::{finetune_gradual, finetune_masked, obs_scores, Base, RunMetrics, Start, TaskData};
-use crate::nn::randn;
+use sprig_bert::finetune::FinetuneConfig;
+use sprig_bert::gradual::{Gradual, GradualCriterion};
+use sprig_bert::masked::{finetune_gradual, finetune_masked, obs_scores, Base, RunMetrics, Start, TaskData};
+use sprig_bert::nn::randn;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -165,16 +165,8 @@ fn control_file(out: &Path, round: usize, seed: u64, c: Control) -> PathBuf {
     round_dir(out, round).join(format!("seed-{seed}.{}.json", c.name()))
 }
 
-/// |w| of the prunable tensors (Han et al. 2015).
-pub fn magnitude_scores(tensors: &HashMap<String, Tensor>, shapes: &[(String, Vec<usize>)]) -> Result<Scores> {
-    shapes
-        .iter()
-        .map(|(n, _)| {
-            let t = tensors.get(n).with_context(|| format!("no tensor {n}"))?;
-            Ok((n.clone(), t.abs()?.flatten_all()?.to_vec1::<f32>()?))
-        })
-        .collect()
-}
+/// |w| of the prunable tensors (Han et al. 2015); it lives in `sprig_bert::gradual`, which GMP uses.
+pub use sprig_bert::gradual::magnitude_scores;
 
 /// Seeded uniform scores (the random-pruning control).
 pub fn random_scores(shapes: &[(String, Vec<usize>)], seed: u64) -> Scores {

@@ -10,8 +10,8 @@ use sprig_data::ImageDataset;
 use sprig_prune::{criteria, prune, Allocation, Criterion, Granularity, MaskSet, Selector};
 
 use crate::lottery::mean_std;
-use crate::run::write_json;
-use crate::vision::{batch_tensor, evaluate, train, Arch, TrainConfig, VisionModel};
+use sprig_train::run::write_json;
+use sprig_train::vision::{batch_tensor, evaluate, train, Arch, TrainConfig, VisionModel};
 
 /// A pruning-at-init comparison.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -119,7 +119,7 @@ pub fn run_pai(cfg: &PaiConfig, data: &ImageDataset, out: &Path, device: &Device
     }
     write_json(&out.join("summary.json"), &cells)?;
     let table = table(cfg, &cells);
-    crate::run::write_atomic(&out.join("table.md"), table.as_bytes())?;
+    sprig_train::run::write_atomic(&out.join("table.md"), table.as_bytes())?;
     Ok(table)
 }
 

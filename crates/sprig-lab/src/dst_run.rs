@@ -7,9 +7,9 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use sprig_data::ImageDataset;
 
-use crate::dst::{run_one, DstConfig, Method, RunResult};
+use sprig_train::dst::{run_one, DstConfig, Method, RunResult};
 use crate::lottery::mean_std;
-use crate::run::write_json;
+use sprig_train::run::write_json;
 
 /// `summary.json` of one configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -145,7 +145,7 @@ pub fn plot_grid_svg(rows: &[DstSummary], path: &Path, title: &str) -> Result<()
         chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
     }
-    crate::run::write_atomic(path, svg.as_bytes())
+    Ok(sprig_train::run::write_atomic(path, svg.as_bytes())?)
 }
 
 /// The grid's main (ΔT, epochs) for a method is its most common pair; other pairs are the ITOP

@@ -108,7 +108,7 @@ impl TransferMatrix {
             }
             root.present().map_err(|x| e(&x))?;
         }
-        sprig_train::write_atomic(path, svg.as_bytes())
+        Ok(sprig_train::write_atomic(path, svg.as_bytes())?)
     }
 }
 

@@ -5,8 +5,8 @@
 //! `sprig-logits.json`: a few test sentences, their token ids and sprig's logits, which
 //! `scripts/verify-hf-export` compares with `transformers`' (pooling per `config.json`'s
 //! `sprig_pooling`, then the `classifier` linear).
-use crate::masked::{Base, TaskData};
-use crate::model::{BertClassifier, BertEncoder, Init};
+use sprig_bert::masked::{Base, TaskData};
+use sprig_bert::model::{BertClassifier, BertEncoder, Init};
 use crate::transfer::Ticket;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -35,7 +35,7 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
     let enc = BertEncoder::new(&base.config, Init::Pretrained { tensors: &tensors, origin: origin.clone() }, 0, &Device::Cpu)?;
     let data = TaskData::load(&t.recipe, &base, home)?;
     let model = BertClassifier::new(enc, data.classes.len(), t.recipe.pooling, Some((&tensors, origin)), 0)?;
-    crate::masked::check_masked_zero(&model.named_params(), &t.masks)?;
+    sprig_bert::masked::check_masked_zero(&model.named_params(), &t.masks)?;
 
     let tmp = tempfile::Builder::new()
         .prefix(".export-")
@@ -44,7 +44,7 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
     let stage = tmp.path().join("ckpt");
     // The HF checkpoint, config and tokenizer (model.safetensors is rewritten below with the masks).
     let meta: HashMap<String, String> = [("task".to_string(), t.task.clone()), ("ticket".to_string(), ticket_dir.display().to_string())].into();
-    crate::checkpoint::save_classifier(&model, &data.classes, &base.tokenizer, &stage, meta)?;
+    sprig_bert::checkpoint::save_classifier(&model, &data.classes, &base.tokenizer, &stage, meta)?;
     // Weights + masks + manifest through sprig-prune's checkpoint writer, with HF names.
     let named: Vec<(String, Tensor)> = model
         .named_params()
@@ -73,7 +73,7 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
     let idx: Vec<usize> = (0..n).collect();
     let mut rows = Vec::new();
     for &i in &idx {
-        let (ids, types, mask) = crate::finetune::batch_tensors(&data.test, &[i], data.pad_id, &Device::Cpu)?;
+        let (ids, types, mask) = sprig_bert::finetune::batch_tensors(&data.test, &[i], data.pad_id, &Device::Cpu)?;
         let logits = model.forward(&ids, &types, &mask, false)?.squeeze(0)?.to_vec1::<f32>()?;
         rows.push(serde_json::json!({"input_ids": data.test.encoded[i].ids, "logits": logits, "label": data.test.labels[i]}));
     }

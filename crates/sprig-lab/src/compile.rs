@@ -4,8 +4,8 @@
 //! The masked model keeps dense `[N, K]` weights with exact zeros and runs dense GEMMs; the compiled
 //! one stores only the kept weights (CSR, BSR or N:M, see `sprig_kernels::candle::Format`) and runs
 //! the sparse kernels, so its time and weight memory fall with sparsity.
-use crate::masked::Base;
-use crate::model::{BertClassifier, BertEncoder, Init};
+use sprig_bert::masked::Base;
+use sprig_bert::model::{BertClassifier, BertEncoder, Init};
 use crate::transfer::Ticket;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sprig_kernels::candle::Format;
 use sprig_prune::checkpoint;
-use sprig_train::dst_run::median;
+use crate::dst_run::median;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
@@ -81,7 +81,7 @@ pub fn compile_ticket(dir: &Path, o: &CompileOptions) -> Result<CompileReport> {
     let mut tensors = base.tensors.clone();
     tensors.extend(ck.tensors);
     let dense = classifier(&t, &base, &tensors, classes, None)?;
-    crate::masked::check_masked_zero(&dense.named_params(), &t.masks)?;
+    sprig_bert::masked::check_masked_zero(&dense.named_params(), &t.masks)?;
     let mut sparse_enc = classifier(&t, &base, &tensors, classes, Some(o.format))?;
     let (dense_bytes, sparse_bytes) = sparse_enc.encoder.linear_weight_bytes();
 

@@ -199,13 +199,13 @@ pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
         chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
     }
-    sprig_train::write_atomic(path, svg.as_bytes())
+    Ok(sprig_train::write_atomic(path, svg.as_bytes())?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masked::RunMetrics;
+    use sprig_bert::masked::RunMetrics;
     use crate::ticket::{Control, Metric, RoundResult, TicketConfig};
     use std::collections::HashMap;
 
@@ -223,7 +223,7 @@ mod tests {
 
     fn cfg(seeds: usize) -> TicketConfig {
         TicketConfig {
-            finetune: crate::FinetuneConfig::default(),
+            finetune: sprig_bert::FinetuneConfig::default(),
             rounds: 9,
             rate: 0.1,
             rewind: sprig_prune::Rewind::Init,

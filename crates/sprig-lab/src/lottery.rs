@@ -13,8 +13,8 @@ use sprig_data::ImageDataset;
 use sprig_prune::checkpoint::{self, CheckpointMeta};
 use sprig_prune::{criteria, prune, Allocation, Granularity, MaskSet, Rewind, RoundRate, Schedule, Selector};
 
-use crate::run::write_json;
-use crate::vision::{evaluate, train, Arch, TrainConfig, VisionModel};
+use sprig_train::run::write_json;
+use sprig_train::vision::{evaluate, train, Arch, TrainConfig, VisionModel};
 
 /// A lottery experiment.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -165,7 +165,7 @@ pub fn run_lottery(cfg: &LotteryConfig, data: &ImageDataset, out: &Path, device:
                     let snap = outcome.snapshot.with_context(|| format!("rewind step {k} is past the end of training ({} steps)", outcome.steps))?;
                     let named: Vec<(String, Tensor)> = init.params.iter().map(|(n, _)| n.clone()).zip(snap).collect();
                     let bytes = safetensors::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), None)?;
-                    crate::run::write_atomic(&rewind_file, &bytes)?;
+                    sprig_train::run::write_atomic(&rewind_file, &bytes)?;
                 }
             }
             let ticket_test_acc = evaluate(&init, &data.test)?;
@@ -306,5 +306,5 @@ pub fn plot_svg(rows: &[SummaryRow], path: &Path, title: &str) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    crate::run::write_atomic(path, svg.as_bytes())
+    Ok(sprig_train::run::write_atomic(path, svg.as_bytes())?)
 }
