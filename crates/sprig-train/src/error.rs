@@ -14,9 +14,6 @@ pub enum TrainError {
     Io { path: PathBuf, #[source] source: std::io::Error },
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
-    /// Appending to a run's metrics log failed (the message names the file).
-    #[error("metrics log: {0}")]
-    Metrics(String),
     /// An error raised by caller-supplied code inside the training loop (a `fit` step closure or
     /// hook) from a crate whose error type this one cannot name (sprig-bert, sprig-lab, anyhow).
     #[error(transparent)]

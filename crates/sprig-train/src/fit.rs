@@ -153,7 +153,7 @@ impl Ctx<'_> {
 
 fn log_to<T: Serialize>(metrics: &mut Option<&mut MetricsLog>, record: &T) -> Result<()> {
     match metrics {
-        Some(m) => m.log(record).map_err(|e| TrainError::Metrics(format!("{e:#}"))),
+        Some(m) => m.log(record),
         None => Ok(()),
     }
 }
