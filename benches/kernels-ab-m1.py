@@ -5,7 +5,7 @@ For each shape, op (forward / backward) and format (CSR 90%, BSR 4x1 90%, 2:4), 
 median and its ratio to the best dense of the same file (PyTorch and NumPy included), for every
 file of `--before` and `--after` (alternated runs of the two binaries).
 
-Usage: scripts/kernels-ab-m1.py --before B1.json B2.json --after A1.json A2.json [--m 1]
+Usage: benches/kernels-ab-m1.py --before B1.json B2.json --after A1.json A2.json [--m 1]
 """
 import argparse, json
 

@@ -18,11 +18,11 @@ Timed separately, each over --runs iterations after --warmup untimed ones (media
 torch.nn.utils.prune.l1_unstructured (masked dense: weight = weight_orig * weight_mask in a forward
 pre-hook), which is how PyTorch users prune; it costs time rather than saving any.
 
-On a shared machine set OMP_WAIT_POLICY=PASSIVE (scripts/bench-train-step does): with PyTorch's
+On a shared machine set OMP_WAIT_POLICY=PASSIVE (benches/bench-train-step does): with PyTorch's
 default spin-waiting OpenMP threads, other processes on the 2 CPUs made every op 2-10x slower here.
 
 Usage (in the venv made by scripts/torch-venv):
-  python scripts/bench-train-step-torch.py --model-dir DIR --batch 32 --seq 128 --threads 2 \
+  python benches/bench-train-step-torch.py --model-dir DIR --batch 32 --seq 128 --threads 2 \
       --warmup 2 --runs 5 --json OUT.json [--sparsity 0.9]
 """
 import argparse

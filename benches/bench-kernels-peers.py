@@ -15,7 +15,7 @@ issue's full grid (5 shapes x M 1/32/512/4096 x 6 sparsities; about an hour here
 
 Usage:
   PY=$(scripts/torch-venv --print-python)     # or any python with numpy + scipy (+ torch)
-  $PY scripts/bench-kernels-peers.py [--quick] [--sprig target/release/sprig] [--sprig-json F]
+  $PY benches/bench-kernels-peers.py [--quick] [--sprig target/release/sprig] [--sprig-json F]
       [--threads 2] [--json OUT.json] [--md OUT.md] [--svg OUT.svg]
 torch is optional (its rows are skipped when it is missing).
 """
