@@ -10,8 +10,8 @@ Writes all rows as JSON `[{k, n, m, sparsity, format, op, impl, median_ms}]`, a 
 speedups against the best dense of all implementations (PyTorch and NumPy included) for each
 (K, N, M, op), the crossover sparsity per (K, N, M) and an SVG plot of speedup vs sparsity.
 Grids: --quick (K=384 N=1536, M 1 and 512, 50%/90%), --final (K=384 N=1536 at M 1/32/512/4096 and
-the other four shapes at M 1 and 512, all 6 sparsities: ~10 minutes on 2 vCPUs), default the
-issue's full grid (5 shapes x M 1/32/512/4096 x 6 sparsities; about an hour here).
+the other four shapes at M 1 and 512, all 6 sparsities: ~10 minutes on 2 vCPUs), default
+the full grid (5 shapes x M 1/32/512/4096 x 6 sparsities; about an hour here).
 
 Usage:
   PY=$(scripts/torch-venv --print-python)     # or any python with numpy + scipy (+ torch)
@@ -20,6 +20,15 @@ Usage:
 torch is optional (its rows are skipped when it is missing).
 """
 import argparse, json, math, os, platform, subprocess, sys, tempfile, time, datetime
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from provenance import provenance, rel_command  # noqa: E402
+
+
+def load_rows(path):
+    """Rows of a kernels JSON: a bare list (older files, `sprig bench kernels`) or {"provenance", "rows"}."""
+    d = json.load(open(path))
+    return d["rows"] if isinstance(d, dict) else d
 
 FULL = dict(shapes=[(384, 1536), (1536, 384), (768, 3072), (3072, 768), (768, 768)],
             ms=[1, 32, 512, 4096], sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
@@ -168,7 +177,7 @@ def run_sprig(a, k, n, m, sparsities):
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     try:
         subprocess.run(cmd, check=True, env=env)
-        return json.load(open(tmp))
+        return load_rows(tmp)
     finally:
         os.unlink(tmp)
 
@@ -189,24 +198,27 @@ def main():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if a.sprig_json is None and not a.no_sprig and not os.path.exists(a.sprig):
         sys.exit(f"{a.sprig} not found: build it with `cargo build --release -p sprig` or pass --sprig")
-    rows = json.load(open(a.sprig_json)) if a.sprig_json else []
+    rows = load_rows(a.sprig_json) if a.sprig_json else []
     load0 = os.getloadavg()[0]
     t0 = time.time()
     for cell in cells(grid):
         if not a.sprig_json and not a.no_sprig:
             rows += run_sprig(a, *cell, grid["sparsities"])
         peers([cell], grid["sparsities"], a.threads, a.seconds, rows, seed=cell[0] * 31 + cell[1] * 7 + cell[2])
-    head = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, threads {a.threads}; "
+    command = rel_command(" ".join([os.path.relpath(sys.argv[0], os.getcwd())] + sys.argv[1:]))
+    prov = provenance(command, threads=a.threads)
+    head = (f"machine: {prov['machine']['cpu']} ({prov['machine']['simd']}), {os.cpu_count()} CPUs, threads {a.threads}; "
             f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
             f"1-min load average at start {load0:.2f}, at end {os.getloadavg()[0]:.2f}; "
-            f"wall {time.time() - t0:.0f} s; command: {' '.join(sys.argv)}")
+            f"wall {time.time() - t0:.0f} s; commit {prov['commit']}; command: {command}")
     cx = crossover(rows)
     cx_md = "| K | N | M | CSR forward break-even sparsity vs best dense |\n|---|---|---|---|\n" + \
         "\n".join(f"| {k} | {n} | {m} | {v} |" for (k, n, m), v in sorted(cx.items()))
     md = head + "\n\n" + cx_md + "\n\n" + table(rows) + "\n"
     print(md)
     if a.json:
-        tmp = a.json + ".tmp"; json.dump(rows, open(tmp, "w"), indent=1); os.replace(tmp, a.json)
+        prov["load_average_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        tmp = a.json + ".tmp"; json.dump({"provenance": prov, "rows": rows}, open(tmp, "w"), indent=1); os.replace(tmp, a.json)
     if a.md:
         tmp = a.md + ".tmp"; open(tmp, "w").write(md); os.replace(tmp, a.md)
     if a.svg:

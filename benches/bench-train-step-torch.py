@@ -36,6 +36,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from provenance import provenance, rel_command  # noqa: E402
+
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,7 +194,8 @@ def main():
         "cpu": cpu_model(),
         "nproc": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "command": rel_command(" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])),
+        "provenance": provenance(" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), threads=a.threads),
     }
     if a.sparsity > 0:
         result["sparsity_method"] = "torch.nn.utils.prune.l1_unstructured per encoder linear (masked dense)"

@@ -1,6 +1,6 @@
 //! Stand-alone CSR dot-product loops for M = 1 (no rayon): four scalar chains, AVX2 gathers, eight
 //! FMA chains; 1536 rows of ~38 random columns of 384. Ceiling probe for the small-batch kernel.
-//! `rustc -C opt-level=3 [-C target-feature=+avx2,+fma] benches/csr-dot-m1.rs -o /tmp/csrdot && /tmp/csrdot`
+//! `rustc -C opt-level=3 [-C target-feature=+avx2,+fma] benches/csr-dot-m1.rs -o csrdot && ./csrdot`
 use std::arch::x86_64::*;
 use std::time::Instant;
 #[inline(never)]

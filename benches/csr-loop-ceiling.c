@@ -2,7 +2,7 @@
 // "Where the CSR forward stands"): per stored weight one broadcast and eight FMAs, each loading
 // one 8-float piece of a 64-lane panel row; 1536 rows of PER random columns out of K, the 8
 // accumulators stored to a tile after each row.
-//   gcc -O2 -march=znver3 benches/csr-loop-ceiling.c -o /tmp/csr-loop && /tmp/csr-loop 384 38
+//   gcc -O2 -march=znver3 benches/csr-loop-ceiling.c -o csr-loop && ./csr-loop 384 38
 //   (K=384: panel 96 KiB, in L2; K=38: in L1)
 #include <immintrin.h>
 #include <stdio.h>

@@ -23,7 +23,12 @@ def cells(rows, k, n, op, fmt, s):
     return f"{t[0]:.3f} ({dense / t[0]:.2f}x)" if t else "-"
 
 
-runs = {side: [json.load(open(f)) for f in files] for side, files in (("before", a.before), ("after", a.after))}
+def load_rows(path):
+    d = json.load(open(path))
+    return d["rows"] if isinstance(d, dict) else d  # {"provenance", "rows"} or a bare list
+
+
+runs = {side: [load_rows(f) for f in files] for side, files in (("before", a.before), ("after", a.after))}
 shapes = sorted({(r["k"], r["n"]) for r in runs["after"][0] if r["m"] == a.m}, key=lambda s: (s[0] * s[1], s))
 print(f"| shape, M={a.m} | op | format | before: ms (ratio to best dense), each run | after |")
 print("|---|---|---|---|---|")

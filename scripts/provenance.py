@@ -30,8 +30,8 @@ def cpu_model():
 
 
 def simd_path():
-    """The widest SIMD path sprig-kernels picks on this CPU (AVX-512 / AVX2+FMA / scalar), as
-    `sprig_kernels::simd` does at run time; `SPRIG_SIMD` forces a lower one and is reported."""
+    """The SIMD path sprig-kernels picks on this CPU (`sprig_kernels::simd_level`: "avx2+fma" or
+    "portable"), followed by the CPU's wider vector extensions it does not use."""
     flags = set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -41,14 +41,10 @@ def simd_path():
                     break
     except OSError:
         pass
-    if {"avx512f", "avx512bw", "avx512vl"} <= flags:
-        best = "avx512"
-    elif {"avx2", "fma"} <= flags:
-        best = "avx2+fma"
-    else:
-        best = "scalar" if flags else platform.machine()
-    forced = os.environ.get("SPRIG_SIMD")
-    return f"{best} (SPRIG_SIMD={forced})" if forced else best
+    path = "avx2+fma" if {"avx2", "fma"} <= flags else "portable"
+    if "avx512f" in flags:
+        path += " (CPU also has AVX-512)"
+    return path
 
 
 def git_commit():

@@ -1,4 +1,4 @@
-//! Criterion benches: sparse forward/backward vs the dense Rust GEMMs on the headline
+//! Criterion benches: sparse forward/backward vs the dense Rust GEMMs on the headline
 //! shape (K=384, N=1536). The full grid is `sprig bench kernels --json FILE`.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sprig_kernels::bench::{random_block_mask, random_nm_mask};
