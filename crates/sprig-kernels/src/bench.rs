@@ -36,7 +36,7 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    /// The issue's grid: 5 shapes x M {1, 32, 512, 4096} x 6 sparsities, 2:4 and 4x1.
+    /// The full grid: 5 shapes x M {1, 32, 512, 4096} x 6 sparsities, 2:4 and 4x1.
     pub fn full() -> Self {
         Self {
             shapes: vec![(384, 1536), (1536, 384), (768, 3072), (3072, 768), (768, 768)],
@@ -202,4 +202,107 @@ pub fn run(cfg: &BenchConfig, mut emit: impl FnMut(&BenchRow)) -> Vec<BenchRow> 
 /// Threads the kernels use (rayon's global pool; set `RAYON_NUM_THREADS` to change).
 pub fn threads() -> usize {
     rayon::current_num_threads()
+}
+
+/// The machine a benchmark ran on: what a result file needs to say next to its numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Machine {
+    /// CPU model name (`/proc/cpuinfo` on Linux; the architecture elsewhere).
+    pub cpu: String,
+    /// The kernels' SIMD path ([`crate::simd_level`]).
+    pub simd: &'static str,
+    /// Rayon threads the kernels use.
+    pub threads: usize,
+    /// Logical CPUs of the machine.
+    pub cpus: usize,
+}
+
+impl Machine {
+    /// Detects this machine.
+    pub fn detect() -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { cpu, simd: crate::simd_level(), threads: threads(), cpus }
+    }
+}
+
+/// The current UTC time as ISO 8601 (`2026-11-27T10:28:20Z`), without a date crate.
+pub fn utc_now_iso8601() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3_600, rem % 3_600 / 60, rem % 60)
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// The `"provenance"` object of a benchmark result file, as JSON text: the command (pass it with
+/// paths relative to the repository root), this machine ([`Machine::detect`]), the date (UTC) and
+/// the commit (`None` when unknown, e.g. the binary was not built from a git checkout).
+pub fn provenance_json(command: &str, commit: Option<&str>) -> String {
+    let m = Machine::detect();
+    format!(
+        "{{\"command\": {}, \"machine\": {{\"cpu\": {}, \"simd\": {}, \"threads\": {}, \"cpus\": {}}}, \"date\": {}, \"commit\": {}}}",
+        json_str(command),
+        json_str(&m.cpu),
+        json_str(m.simd),
+        m.threads,
+        m.cpus,
+        json_str(&utc_now_iso8601()),
+        commit.map_or_else(|| "null".to_string(), json_str)
+    )
+}
+
+#[cfg(test)]
+mod provenance_tests {
+    use super::*;
+
+    #[test]
+    fn provenance_is_one_json_object_with_the_four_keys() {
+        let p = provenance_json("sprig bench kernels --json \"a b\".json", Some("abc123"));
+        assert!(p.starts_with('{') && p.ends_with('}'));
+        for key in ["\"command\": \"sprig bench kernels --json \\\"a b\\\".json\"", "\"machine\"", "\"simd\"", "\"date\"", "\"commit\": \"abc123\""] {
+            assert!(p.contains(key), "{key} missing in {p}");
+        }
+        assert!(provenance_json("x", None).contains("\"commit\": null"));
+    }
+
+    #[test]
+    fn utc_date_has_the_iso_shape() {
+        let d = utc_now_iso8601();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.starts_with("20") && d.ends_with('Z') && &d[10..11] == "T", "{d}");
+    }
 }

@@ -16,6 +16,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all: Vec<_> = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
     print!("{}", masks.report(&all)?.table());
     let tensors: Vec<_> = params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    checkpoint::save("/tmp/sprig-example-ckpt".as_ref(), &tensors, &masks, &Default::default())?;
+    checkpoint::save(&std::env::temp_dir().join("sprig-example-ckpt"), &tensors, &masks, &Default::default())?;
     Ok(())
 }

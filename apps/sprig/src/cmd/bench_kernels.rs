@@ -1,7 +1,7 @@
 //! `sprig bench kernels [--quick] --json FILE`: sprig's sparse kernels (CSR, BSR 4x1, 2:4) and
-//! the dense Rust GEMMs on the shapes of issue 3, medians written as JSON rows
+//! the dense Rust GEMMs on the standard kernel shapes, medians written as JSON rows
 //! `[{k, n, m, sparsity, format, op, impl, median_ms}]`. Peers (PyTorch, SciPy) are measured by
-//! `scripts/bench-kernels-peers.py`.
+//! `benches/bench-kernels-peers.py`.
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sprig_kernels::bench::{run as run_grid, BenchConfig};

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// From a thread outside the pool, a plain parallel iterator injects the job, and the calling
 /// thread sleeps on a lock until a worker has run it: two thread wake-ups per call. On the 2-vCPU
 /// VM that cost ~2–10 µs with one pool thread and ~8–10 µs with two (BSR 4x1 384x1536 at M = 1:
-/// 20–22 µs through the parallel iterator, 10–14 µs here; docs/results/kernels.md, session 9).
+/// 20–22 µs through the parallel iterator, 10–14 µs here; docs/results/kernels.md, small batches).
 /// Here the caller works too: it spawns `threads − 1` helpers, all claim tasks from one counter,
 /// and the caller spins (no sleep) until every claimed task has finished. With one pool thread
 /// the caller runs everything itself.

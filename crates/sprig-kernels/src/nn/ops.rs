@@ -53,7 +53,7 @@ fn cpu_tensor(v: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
 
 /// A buffer for an output its writer fully overwrites, without `vec![0; len]`'s memset (~450 MB
 /// of writes per 90%-sparse MiniLM forward at batch 32 x 128; dropping them made that forward 12%
-/// faster in an alternated A/B, see docs/results/training-throughput.md, session 8). Only for
+/// faster in an alternated A/B, see docs/results/training-step.md, 2026-11-27). Only for
 /// writers whose contract is "every element written before any is read": the sparse kernels
 /// (`forward_with`, `backward_input_with`, `grad_values`), faer with `Accum::Replace`, attention
 /// and LayerNorm; their tests start from NaN-filled buffers to check that every element is written.

@@ -1,0 +1,110 @@
+"""Provenance for result files: the command, the machine, the date and the commit.
+
+Every JSON written into docs/results carries a top-level "provenance" object made by
+`provenance(...)`; paths in it are relative to the repository root (`rel_path`, `rel_command`),
+never absolute machine paths. Imported by the benchmark scripts under benches/ and scripts/;
+`python3 scripts/provenance.py [--threads N] -- CMD ...` prints the object for shell scripts.
+"""
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def cpu_model():
+    """The CPU model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def simd_path():
+    """The SIMD path sprig-kernels picks on this CPU (`sprig_kernels::simd_level`: "avx2+fma" or
+    "portable"), followed by the CPU's wider vector extensions it does not use."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    path = "avx2+fma" if {"avx2", "fma"} <= flags else "portable"
+    if "avx512f" in flags:
+        path += " (CPU also has AVX-512)"
+    return path
+
+
+def git_commit():
+    """HEAD of the repository this script lives in, with "-dirty" when tracked files changed."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def rel_path(path):
+    """A path relative to the repository root; a path outside it keeps only what identifies it
+    without naming the machine (`~/...` for the home directory, the file name otherwise)."""
+    if not path:
+        return path
+    p = os.path.abspath(os.path.expanduser(path))
+    if p == ROOT or p.startswith(ROOT + os.sep):
+        return os.path.relpath(p, ROOT)
+    home = os.path.expanduser("~")
+    if p.startswith(home + os.sep):
+        return "~/" + os.path.relpath(p, home)
+    return os.path.basename(p)
+
+
+_ABS = re.compile(r"(?<![\w.~-])(/[^\s'\"`]+)")
+
+
+def rel_command(cmd):
+    """A command line with every absolute path rewritten by `rel_path`."""
+    return _ABS.sub(lambda m: rel_path(m.group(1)), cmd)
+
+
+def provenance(command, threads=None, extra=None):
+    """The provenance object: command (list or string), machine (CPU model, SIMD path, threads,
+    CPUs), date (UTC, ISO 8601) and commit."""
+    if isinstance(command, (list, tuple)):
+        command = " ".join(shlex.quote(c) for c in command)
+    if threads is None:
+        threads = os.environ.get("RAYON_NUM_THREADS") or os.cpu_count()
+    p = {
+        "command": rel_command(command),
+        "machine": {"cpu": cpu_model(), "simd": simd_path(), "threads": int(threads),
+                    "cpus": os.cpu_count()},
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": git_commit(),
+    }
+    if extra:
+        p.update(extra)
+    return p
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    threads = None
+    if len(args) >= 2 and args[0] == "--threads":
+        threads, args = args[1], args[2:]
+    if args and args[0] == "--":
+        args = args[1:]
+    print(json.dumps(provenance(" ".join(args), threads), indent=1))
