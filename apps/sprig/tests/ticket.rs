@@ -142,11 +142,11 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     // Export: a new directory with HF files, masks and the verification logits.
     let e = dir.path().join("export");
     run_ok(sprig().args(["export", "--ticket"]).arg(a.join("round-02/seed-0")).arg("--out").arg(&e).args(["--examples", "3"]));
-    for f in ["model.safetensors", "masks.safetensors", "sprig.json", "config.json", "tokenizer.json", "sprig-logits.json"] {
+    for f in ["model.safetensors", "masks.safetensors", "sprig.json", "config.json", "tokenizer.json", "modeling_sprig_bert.py", "sprig-logits.json"] {
         assert!(e.join(f).exists(), "export lacks {f}");
     }
     assert_eq!(json(&e.join("sprig-logits.json"))["examples"].as_array().unwrap().len(), 3);
-    assert_eq!(json(&e.join("config.json"))["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(json(&e.join("config.json"))["architectures"][0], "SprigBertForSequenceClassification");
     let again = sprig().args(["export", "--ticket"]).arg(a.join("round-02/seed-0")).arg("--out").arg(&e).output().unwrap();
     assert!(!again.status.success(), "export over an existing directory must fail");
 

@@ -1,12 +1,13 @@
 //! Loading a pretrained encoder or a fine-tuned classifier, and saving a classifier as a Hugging
-//! Face-style checkpoint directory (`config.json`, `model.safetensors`, `tokenizer.json`).
+//! Face model directory (`config.json`, `model.safetensors`, `modeling_sprig_bert.py`,
+//! `tokenizer.json`; see [`crate::hf`]).
 use crate::config::{BertConfig, Pooling};
-use crate::error::{io_err, Result};
+use crate::error::Result;
 use crate::model::{BertClassifier, BertEncoder, Init};
 use crate::source::ModelFiles;
-use crate::weights::{load_safetensors, to_safetensors_bytes};
+use crate::weights::load_safetensors;
 use candle_core::Device;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// A resolved checkpoint: its files, config and tensors.
@@ -47,28 +48,8 @@ impl Checkpoint {
     }
 }
 
-/// Write a classifier checkpoint to `dir` atomically file by file (each file is written to a
-/// temporary name and renamed). Encoder tensors get the `bert.` prefix, as
-/// `BertForSequenceClassification` stores them.
+/// Write a classifier checkpoint to `dir` as a Hugging Face directory that `transformers` runs
+/// with sprig's pooling and head (see [`crate::hf::write_classifier_dir`], the one writer).
 pub fn save_classifier(model: &BertClassifier, labels: &[String], tokenizer: &Path, dir: &Path, metadata: HashMap<String, String>) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tensors: Vec<(String, candle_core::Tensor)> = model
-        .named_params()
-        .into_iter()
-        .map(|(n, v)| (if n.starts_with("classifier.") { n } else { format!("bert.{n}") }, v.as_tensor().clone()))
-        .collect();
-    let bytes = to_safetensors_bytes(&tensors, Some(metadata.clone()))?;
-    sprig_train::write_atomic(&dir.join("model.safetensors"), &bytes)?;
-    let mut cfg = model.encoder.config.clone();
-    cfg.id2label = Some(labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect::<BTreeMap<_, _>>());
-    cfg.sprig_pooling = Some(model.pooling);
-    cfg.extra.insert("label2id".into(), serde_json::json!(labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect::<BTreeMap<_, _>>()));
-    cfg.extra.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
-    cfg.extra.entry("model_type").or_insert(serde_json::json!("bert"));
-    // Where the head came from, so that `sprig eval` rebuilds the same split.
-    cfg.extra.insert("sprig".into(), serde_json::json!(metadata));
-    sprig_train::write_json(&dir.join("config.json"), &cfg)?;
-    let tok = std::fs::read(tokenizer).map_err(io_err(tokenizer))?;
-    sprig_train::write_atomic(&dir.join("tokenizer.json"), &tok)?;
-    Ok(())
+    crate::hf::write_classifier_dir(model, labels, tokenizer, dir, metadata)
 }

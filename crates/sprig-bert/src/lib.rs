@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod finetune;
 pub mod gradual;
+pub mod hf;
 pub mod masked;
 pub mod model;
 pub mod nn;

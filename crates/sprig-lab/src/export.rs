@@ -1,12 +1,14 @@
 //! Export a fine-tuned sparse classifier (a `sprig ticket` checkpoint) as a directory that Hugging
-//! Face `transformers` loads: `model.safetensors` (dense tensors with exact zeros at pruned
-//! positions, `bert.`-prefixed names as `BertForSequenceClassification` stores them), `config.json`,
-//! `tokenizer.json`, plus sprig's `masks.safetensors` and `sprig.json` manifest, and
-//! `sprig-logits.json`: a few test sentences, their token ids and sprig's logits, which
-//! `scripts/verify-hf-export` compares with `transformers`' (pooling per `config.json`'s
-//! `sprig_pooling`, then the `classifier` linear).
+//! Face `transformers` loads with sprig's numerics: the directory of
+//! [`sprig_bert::hf::write_classifier_dir`] (`model.safetensors` with exact zeros at pruned
+//! positions, `config.json` whose `auto_map` names the shipped `modeling_sprig_bert.py`,
+//! `tokenizer.json`), plus sprig's `masks.safetensors` and `sprig.json` manifest, and
+//! `sprig-logits.json` ([`reference_logits`]): test sentences with the token ids and logits sprig
+//! computes from the written files, which `scripts/verify-hf-export` compares with `transformers`'.
+use sprig_bert::hf::hf_name;
 use sprig_bert::masked::{Base, TaskData};
 use sprig_bert::model::{BertClassifier, BertEncoder, Init};
+use sprig_bert::{BertTokenizer, Checkpoint};
 use crate::transfer::Ticket;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -43,17 +45,25 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
         .context("creating a temp directory beside the output")?;
     let stage = tmp.path().join("ckpt");
     // The HF checkpoint, config and tokenizer (model.safetensors is rewritten below with the masks).
-    let meta: HashMap<String, String> = [("task".to_string(), t.task.clone()), ("ticket".to_string(), ticket_dir.display().to_string())].into();
+    let meta: HashMap<String, String> = [
+        ("task", t.task.clone()),
+        ("ticket", ticket_dir.display().to_string()),
+        ("seed", t.recipe.seed.to_string()),
+        ("max_seq_len", t.recipe.max_seq_len.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     sprig_bert::checkpoint::save_classifier(&model, &data.classes, &base.tokenizer, &stage, meta)?;
     // Weights + masks + manifest through sprig-prune's checkpoint writer, with HF names.
     let named: Vec<(String, Tensor)> = model
         .named_params()
         .into_iter()
-        .map(|(n, v)| (if n.starts_with("classifier.") { n } else { format!("bert.{n}") }, v.as_tensor().clone()))
+        .map(|(n, v)| (hf_name(&n), v.as_tensor().clone()))
         .collect();
     let mut masks = MaskSet::new();
     for (n, m) in t.masks.iter() {
-        masks.insert(format!("bert.{n}"), m.clone());
+        masks.insert(hf_name(n), m.clone());
     }
     let parent = checkpoint::weights_sha256(ticket_dir)?;
     let ckmeta = CheckpointMeta {
@@ -68,17 +78,41 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
     for f in [checkpoint::WEIGHTS_FILE, checkpoint::MASKS_FILE, checkpoint::MANIFEST_FILE] {
         std::fs::rename(sparse.join(f), stage.join(f)).with_context(|| format!("moving {f}"))?;
     }
-    // Verification sentences: the first n test examples (sorted by the subsample), sprig's logits.
-    let n = n_examples.min(data.test.labels.len()).max(1);
-    let idx: Vec<usize> = (0..n).collect();
-    let mut rows = Vec::new();
-    for &i in &idx {
-        let (ids, types, mask) = sprig_bert::finetune::batch_tensors(&data.test, &[i], data.pad_id, &Device::Cpu)?;
-        let logits = model.forward(&ids, &types, &mask, false)?.squeeze(0)?.to_vec1::<f32>()?;
-        rows.push(serde_json::json!({"input_ids": data.test.encoded[i].ids, "logits": logits, "label": data.test.labels[i]}));
-    }
-    let verify = serde_json::json!({"pooling": t.recipe.pooling, "max_seq_len": t.recipe.max_seq_len, "examples": rows});
+    // Verification sentences: sprig's logits computed from the files just written.
+    let verify = reference_logits(&stage, n_examples, home)?;
     sprig_train::write_json(&stage.join("sprig-logits.json"), &verify)?;
     std::fs::rename(&stage, out).with_context(|| format!("moving the export into {}", out.display()))?;
     Ok(())
+}
+
+/// sprig's logits for the first `n` test sentences of the task a classifier directory records
+/// (`config.json` `"sprig"`: `task`, `seed` for the split [42], `max_seq_len` [128]), computed by
+/// loading `dir` as `sprig eval` does. JSON: `{task, split, seed, max_seq_len, pooling, examples:
+/// [{text, label, input_ids, logits}]}`, what `scripts/verify-hf-export` compares with Python.
+pub fn reference_logits(dir: &Path, n: usize, home: &Path) -> Result<serde_json::Value> {
+    let spec = dir.to_str().with_context(|| format!("{} is not a UTF-8 path", dir.display()))?;
+    let ck = Checkpoint::load(spec, &Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
+    if !ck.has_classifier() {
+        bail!("{} has no classification head (classifier.weight)", dir.display());
+    }
+    let rec = ck.config.extra.get("sprig").cloned().unwrap_or_default();
+    let field = |k: &str| rec.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let task = field("task").with_context(|| format!("{}/config.json records no task (\"sprig\": {{\"task\": ..}})", dir.display()))?;
+    let seed: u64 = field("seed").and_then(|s| s.parse().ok()).unwrap_or(42);
+    let max_len: usize = field("max_seq_len").and_then(|s| s.parse().ok()).unwrap_or(128).min(ck.config.max_position_embeddings);
+    let data = sprig_data::load_text_task(&task, home, seed).with_context(|| format!("loading task {task}"))?;
+    let tok = BertTokenizer::from_file(ck.files.tokenizer()?, max_len)?;
+    let examples = &data.test[..n.min(data.test.len())];
+    let enc = sprig_bert::finetune::tokenize(&tok, examples)?;
+    let model = ck.classifier(seed, &Device::Cpu)?;
+    let mut rows = Vec::with_capacity(examples.len());
+    let idx: Vec<usize> = (0..examples.len()).collect();
+    for chunk in idx.chunks(16) {
+        let (ids, types, mask) = sprig_bert::finetune::batch_tensors(&enc, chunk, tok.pad_id(), &Device::Cpu)?;
+        let logits = model.predict(&ids, &types, &mask)?.to_vec2::<f32>()?;
+        for (&i, l) in chunk.iter().zip(logits) {
+            rows.push(serde_json::json!({"text": examples[i].text, "label": examples[i].label, "input_ids": enc.encoded[i].ids, "logits": l}));
+        }
+    }
+    Ok(serde_json::json!({"task": task, "split": "test", "seed": seed, "max_seq_len": max_len, "pooling": model.pooling, "examples": rows}))
 }
