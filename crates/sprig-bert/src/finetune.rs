@@ -7,10 +7,11 @@ use crate::tokenizer::{BertTokenizer, Encoded};
 use crate::error::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sprig_data::batch::{bucketed_batch_indices, pad};
+use sprig_data::batch::pad;
 use sprig_data::metrics::{report, Report};
 use sprig_data::{TextDataset, TextExample};
-use sprig_train::{clip_grad_norm, AdamW, AdamWConfig, LinearWarmupDecay, MetricsLog, Optimizer};
+use sprig_train::fit::{BatchOrder, Ctx, Fit, Hooks, Lr, StepInfo, StepLoss};
+use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, MetricsLog, TrainError};
 use std::path::Path;
 use std::time::Instant;
 
@@ -172,17 +173,6 @@ pub fn evaluate(model: &BertClassifier, data: &Tokenized, batch_size: usize, pad
 }
 
 #[derive(Serialize)]
-struct StepRecord {
-    kind: &'static str,
-    epoch: usize,
-    step: usize,
-    loss: f64,
-    lr: f64,
-    grad_norm: f64,
-    examples_per_second: f64,
-}
-
-#[derive(Serialize)]
 struct EvalRecord<'a> {
     kind: &'static str,
     epoch: usize,
@@ -228,102 +218,64 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
     );
 
     let params = model.trainable_params();
-    let vars: Vec<candle_core::Var> = params.iter().map(|(_, v)| v.clone()).collect();
-    let n_trainable: usize = vars.iter().map(|v| v.elem_count()).sum();
+    let n_trainable: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(
-        params,
+        params.clone(),
         AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, eps: 1e-8, ..AdamWConfig::default() },
     )?;
     let lengths: Vec<usize> = train.encoded.iter().map(|e| e.ids.len()).collect();
-    let steps_per_epoch = train.labels.len().div_ceil(cfg.batch_size);
-    let mut total_steps = steps_per_epoch * cfg.epochs;
-    if cfg.max_steps > 0 {
-        total_steps = total_steps.min(cfg.max_steps);
-    }
-    let schedule = LinearWarmupDecay { base_lr: cfg.lr, warmup: (cfg.warmup_ratio * total_steps as f64).round() as usize, total: total_steps };
 
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     // The checkpoint lives in the run directory itself, so `--model DIR` loads it.
     let ckpt_dir = out.to_path_buf();
     let mut log = MetricsLog::create(&out.join("metrics.jsonl"))?;
-    let pb = sprig_train::progress_bar(total_steps as u64, &format!("finetune {}", data.task));
-    // Without a terminal the bar is hidden: log progress about 20 times per run instead.
-    let log_every = (total_steps / 20).max(1);
-    let mut step = 0usize;
-    let mut best: Option<(f64, usize, Report)> = None;
-    let mut train_time = 0f64;
-    let mut examples = 0usize;
-    let mut epochs_run = 0;
-    'epochs: for epoch in 0..cfg.epochs {
-        let batches = bucketed_batch_indices(&lengths, cfg.batch_size, cfg.seed, epoch as u64);
-        let epoch_start = Instant::now();
-        let mut epoch_loss = 0f64;
-        let mut epoch_batches = 0usize;
-        for idx in batches {
-            if step >= total_steps {
-                break;
-            }
-            let t = Instant::now();
-            let lr = schedule.lr(step);
-            opt.set_learning_rate(lr);
-            let (ids, types, mask) = batch_tensors(&train, &idx, tok.pad_id(), &device)?;
+    let fit = Fit::new(cfg.epochs, BatchOrder::Bucketed { lengths: &lengths, batch_size: cfg.batch_size, seed: cfg.seed })
+        .max_steps((cfg.max_steps > 0).then_some(cfg.max_steps));
+    let total_steps = fit.total_steps()?;
+    let schedule = LinearWarmupDecay { base_lr: cfg.lr, warmup: (cfg.warmup_ratio * total_steps as f64).round() as usize, total: total_steps };
+    let fit = fit
+        .lr(Lr::WarmupDecay(schedule))
+        .clip(Some(cfg.max_grad_norm))
+        .eval_each_epoch(true)
+        .progress(format!("finetune {}", data.task))
+        .metrics(&mut log);
+    let mut model = model;
+    let mut hooks = FinetuneHooks { dev: &dev, cfg, task: &data.task, classes: &data.classes, tok_path: &tok_path, ckpt_dir: &ckpt_dir, pad_id: tok.pad_id(), last: None, best: None };
+    let mut at: Option<StepInfo> = None;
+    let fitted = fit.run(
+        &mut model,
+        &mut opt,
+        params,
+        |model: &mut BertClassifier, idx: &[usize], info: &StepInfo| {
+            at = Some(*info);
+            let (ids, types, mask) = batch_tensors(&train, idx, tok.pad_id(), &device).map_err(TrainError::callback)?;
             let label_ids: Vec<u32> = idx.iter().map(|&i| train.labels[i] as u32).collect();
-            let logits = model.forward(&ids, &types, &mask, true)?;
+            let logits = model.forward(&ids, &types, &mask, true).map_err(TrainError::callback)?;
             let mut loss = match model.encoder.ops() {
                 crate::Ops::Fused => sprig_kernels::nn::ops::softmax_cross_entropy(&logits, &label_ids)?,
                 crate::Ops::Stock => candle_nn::loss::cross_entropy(&logits, &Tensor::from_vec(label_ids, idx.len(), &device)?)?,
             };
-            if cfg.debug_nan_at_step == Some(step) {
+            if cfg.debug_nan_at_step == Some(info.step) {
                 loss = (loss * f64::NAN)?;
             }
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
-                pb.abandon();
-                let kept = match &best {
-                    Some((_, e, _)) => format!("the last good checkpoint (epoch {e}) is kept in {}", ckpt_dir.display()),
-                    None => "no checkpoint had been written yet".into(),
-                };
-                log.log(&serde_json::json!({"kind": "error", "step": step, "epoch": epoch, "loss": loss_value.to_string()}))?;
-                bail!("loss became {loss_value} at step {step} (epoch {epoch}, lr {lr:.3e}); training stopped; {kept}");
-            }
-            let mut grads = loss.backward()?;
-            let gnorm = clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm)?;
-            opt.step(&grads)?;
-            let dt = t.elapsed().as_secs_f64();
-            train_time += dt;
-            examples += idx.len();
-            epoch_loss += loss_value;
-            epoch_batches += 1;
-            step += 1;
-            let eps = idx.len() as f64 / dt;
-            log.log(&StepRecord { kind: "train", epoch, step, loss: loss_value, lr, grad_norm: gnorm, examples_per_second: eps })?;
-            pb.set_message(format!("loss {:.4} {:.1} ex/s", epoch_loss / epoch_batches as f64, examples as f64 / train_time));
-            pb.inc(1);
-            if pb.is_hidden() && (step.is_multiple_of(log_every) || step == total_steps) {
-                tracing::info!(step, total_steps, epoch, loss = epoch_loss / epoch_batches as f64, examples_per_second = examples as f64 / train_time, "training");
-            }
+            Ok(StepLoss { loss, examples: idx.len() })
+        },
+        &mut hooks,
+    );
+    let fitted = match fitted {
+        Ok(f) => f,
+        Err(TrainError::NonFinite { value, step, .. }) => {
+            let (epoch, lr) = at.map_or((0, f64::NAN), |i| (i.epoch, i.lr));
+            let kept = match &hooks.best {
+                Some((e, _)) => format!("the last good checkpoint (epoch {e}) is kept in {}", ckpt_dir.display()),
+                None => "no checkpoint had been written yet".into(),
+            };
+            bail!("loss became {value} at step {step} (epoch {epoch}, lr {lr:.3e}); training stopped; {kept}");
         }
-        epochs_run = epoch + 1;
-        let dev_report = evaluate(&model, &dev, cfg.eval_batch_size, tok.pad_id())?;
-        log.log(&EvalRecord { kind: "eval", epoch, step, split: "dev", report: &dev_report })?;
-        tracing::info!(
-            epoch, step, train_loss = epoch_loss / epoch_batches.max(1) as f64, dev_accuracy = dev_report.accuracy,
-            seconds = epoch_start.elapsed().as_secs_f64(), "epoch done"
-        );
-        if best.as_ref().is_none_or(|(acc, _, _)| dev_report.accuracy > *acc) {
-            let meta = [("task", data.task.clone()), ("epoch", epoch.to_string()), ("step", step.to_string()), ("seed", cfg.seed.to_string())]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            save_classifier(&model, &data.classes, &tok_path, &ckpt_dir, meta)?;
-            best = Some((dev_report.accuracy, epoch, dev_report));
-        }
-        if step >= total_steps {
-            break 'epochs;
-        }
-    }
-    pb.finish_and_clear();
-    let (_, best_epoch, dev_report) = best.expect("at least one epoch ran");
+        Err(e) => return Err(e.into()),
+    };
+    let step = fitted.steps;
+    let (best_epoch, dev_report) = hooks.best.take().context("no evaluation ran")?;
     // Evaluate the best-on-dev checkpoint on test.
     let best_model = Checkpoint::load(ckpt_dir.to_str().context("non-UTF-8 output path")?, &device)?.classifier(cfg.seed, &device)?;
     let test_report = evaluate(&best_model, &test, cfg.eval_batch_size, tok.pad_id())?;
@@ -333,10 +285,10 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
         model: cfg.model.clone(),
         seed: cfg.seed,
         steps: step,
-        epochs_run,
+        epochs_run: fitted.epochs_run,
         best_epoch,
-        train_seconds: train_time,
-        train_examples_per_second: examples as f64 / train_time.max(1e-9),
+        train_seconds: fitted.train_seconds,
+        train_examples_per_second: fitted.examples as f64 / fitted.train_seconds.max(1e-9),
         dev_accuracy: dev_report.accuracy,
         test_accuracy: test_report.accuracy,
         test_macro_f1: test_report.macro_f1,
@@ -350,4 +302,39 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
     };
     sprig_train::write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// The fine-tune's evaluation and best-on-dev checkpoint, as hooks of the training loop.
+struct FinetuneHooks<'a> {
+    dev: &'a Tokenized,
+    cfg: &'a FinetuneConfig,
+    task: &'a str,
+    classes: &'a [String],
+    tok_path: &'a Path,
+    ckpt_dir: &'a Path,
+    pad_id: u32,
+    /// The latest dev report, and the best one with its epoch.
+    last: Option<Report>,
+    best: Option<(usize, Report)>,
+}
+
+impl Hooks<BertClassifier> for FinetuneHooks<'_> {
+    fn evaluate(&mut self, model: &mut BertClassifier, ctx: &mut Ctx) -> sprig_train::error::Result<Option<f64>> {
+        let r = evaluate(model, self.dev, self.cfg.eval_batch_size, self.pad_id).map_err(TrainError::callback)?;
+        ctx.log(&EvalRecord { kind: "eval", epoch: ctx.epoch, step: ctx.step, split: "dev", report: &r })?;
+        tracing::info!(epoch = ctx.epoch, step = ctx.step, dev_accuracy = r.accuracy, "epoch done");
+        let acc = r.accuracy;
+        self.last = Some(r);
+        Ok(Some(acc))
+    }
+
+    fn checkpoint(&mut self, model: &mut BertClassifier, ctx: &mut Ctx, _score: f64) -> sprig_train::error::Result<()> {
+        let meta = [("task", self.task.to_string()), ("epoch", ctx.epoch.to_string()), ("step", ctx.step.to_string()), ("seed", self.cfg.seed.to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        save_classifier(model, self.classes, self.tok_path, self.ckpt_dir, meta).map_err(TrainError::callback)?;
+        self.best = self.last.take().map(|r| (ctx.epoch, r));
+        Ok(())
+    }
 }

@@ -5,15 +5,16 @@
 //! stays pruned). A single global threshold on movement scores, whose scale differs between
 //! matrices, emptied whole matrices and left rt-sentiment at chance (docs/results/bert-tickets.md).
 //!
-//! Sparsity follows Zhu & Gupta's cubic schedule (eq. 1, with s_i = 0):
-//! `s_t = s_f · (1 − (1 − (t − t₀)/(t₁ − t₀))³)` for `t₀ ≤ t < t₁`, `s_f` from `t₁` on. Movement
-//! scores are the first-order ones of Sanh et al. (§3): `S = −Σ_t ∂L/∂W ⊙ W`, accumulated every step
-//! after gradient clipping; the weights with the lowest `S` are pruned.
+//! Both are configurations of [`sprig_prune::Pruner`] ([`PrunerConfig::gmp`],
+//! [`PrunerConfig::movement`]): Zhu & Gupta's cubic schedule (eq. 1, with s_i = 0) from step
+//! `t₀ = round(start · T)` to `t₁ = round(end · T)`, pruning at `t₀ + k·every` and at `t₁`;
+//! movement scores `S = −Σ_t ∂L/∂W ⊙ W` (Sanh et al. §3) accumulate every step after gradient
+//! clipping. [`GradualHooks`] drives the pruner from the training loop's hooks.
 use crate::error::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use sprig_prune::{prune, Allocation, Granularity, MaskSet, Scores};
-use sprig_train::Optimizer;
+use sprig_prune::{Inputs, MaskSet, Pruner, PrunerConfig, Scores};
+use sprig_train::fit::{Ctx, Hooks};
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,85 +55,52 @@ impl Gradual {
         Ok(())
     }
 
-    /// Sparsity after `step` of `total` steps (Zhu & Gupta eq. 1).
-    pub fn sparsity_at(&self, step: usize, total: usize) -> f64 {
-        let (t0, t1) = (self.start * total as f64, self.end * total as f64);
-        let t = step as f64;
-        if t < t0 {
-            0.0
-        } else if t >= t1 {
-            self.target
-        } else {
-            self.target * (1.0 - (1.0 - (t - t0) / (t1 - t0)).powi(3))
-        }
+    /// The [`Pruner`] configuration over a fine-tune of `total` steps: `t₀ = round(start · total)`,
+    /// `t₁ = round(end · total)` (at least `t₀ + 1`).
+    pub fn config(&self, total: usize) -> Result<PrunerConfig> {
+        self.validate()?;
+        let t0 = (self.start * total as f64).round() as usize;
+        let t1 = ((self.end * total as f64).round() as usize).max(t0 + 1);
+        Ok(match self.criterion {
+            GradualCriterion::Magnitude => PrunerConfig::gmp(self.target, t0, t1, self.every),
+            GradualCriterion::Movement => PrunerConfig::movement(self.target, t0, t1, self.every),
+        })
     }
 }
 
-/// The running state of a [`Gradual`] schedule inside a fine-tune.
-pub struct GradualState {
-    g: Gradual,
-    total: usize,
+/// A [`Gradual`] schedule as hooks of the training loop: gradients feed the pruner before each
+/// optimizer step ([`Pruner::observe`]), and after it the pruner prunes when the schedule says so,
+/// installing the new masks in the optimizer (pruned weights and their state become zero).
+pub struct GradualHooks {
+    pub pruner: Pruner,
     prunable: Vec<(String, Var)>,
-    shapes: Vec<(String, Vec<usize>)>,
-    movement: HashMap<String, Vec<f32>>,
-    pub mask: Option<MaskSet>,
-    pub sparsity: f64,
 }
 
-impl GradualState {
+impl GradualHooks {
+    /// `g` over `prunable` for a fine-tune of `total` steps.
     pub fn new(g: Gradual, prunable: Vec<(String, Var)>, total: usize) -> Result<Self> {
-        g.validate()?;
         if prunable.is_empty() {
             bail!("gradual pruning: no prunable parameters");
         }
-        let shapes = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
-        let movement = match g.criterion {
-            GradualCriterion::Movement => prunable.iter().map(|(n, v)| (n.clone(), vec![0f32; v.elem_count()])).collect(),
-            GradualCriterion::Magnitude => HashMap::new(),
-        };
-        Ok(Self { g, total, prunable, shapes, movement, mask: None, sparsity: 0.0 })
+        Ok(Self { pruner: Pruner::for_params(g.config(total)?, &prunable)?, prunable })
     }
 
-    /// Accumulates movement scores from this step's (clipped) gradients; a no-op for magnitude.
-    pub fn observe(&mut self, grads: &GradStore) -> Result<()> {
-        if self.g.criterion != GradualCriterion::Movement {
-            return Ok(());
-        }
-        for (n, v) in &self.prunable {
-            let Some(g) = grads.get(v.as_tensor()) else { continue };
-            let gw = g.mul(v.as_tensor())?.flatten_all()?.to_vec1::<f32>()?;
-            let s = self.movement.get_mut(n).context("movement scores")?;
-            s.iter_mut().zip(gw).for_each(|(s, x)| *s -= x);
-        }
-        Ok(())
+    /// The current masks.
+    pub fn masks(&self) -> &MaskSet {
+        self.pruner.masks()
+    }
+}
+
+impl<M: ?Sized> Hooks<M> for GradualHooks {
+    fn before_step(&mut self, _model: &mut M, _ctx: &mut Ctx, grads: &mut GradStore) -> sprig_train::error::Result<()> {
+        Ok(self.pruner.observe(&self.prunable, grads)?)
     }
 
-    /// After optimizer step `step` (1-based): prunes to the scheduled sparsity when a pruning
-    /// event falls here, installing the mask in `opt` (zeroing the weights and their state).
-    pub fn after_step(&mut self, step: usize, opt: &mut dyn Optimizer) -> Result<()> {
-        let s = self.g.sparsity_at(step, self.total);
-        let last = step as f64 >= self.g.end * self.total as f64;
-        if s <= self.sparsity + 1e-12 || (!step.is_multiple_of(self.g.every) && !last) {
-            return Ok(());
+    fn after_step(&mut self, _model: &mut M, ctx: &mut Ctx, _loss: f64) -> sprig_train::error::Result<()> {
+        if let Some(m) = self.pruner.step(ctx.step, &self.prunable, &mut Inputs::none())? {
+            ctx.opt.set_masks(m)?;
+            tracing::debug!(step = ctx.step, sparsity = m.sparsity(), "gradual prune");
         }
-        let scores: Scores = match self.g.criterion {
-            GradualCriterion::Magnitude => {
-                let t: HashMap<String, Tensor> = self.prunable.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-                magnitude_scores(&t, &self.shapes)?
-            }
-            GradualCriterion::Movement => self.shapes.iter().map(|(n, _)| (n.clone(), self.movement[n].clone())).collect(),
-        };
-        let allocation = match self.g.criterion {
-            GradualCriterion::Magnitude => Allocation::global(),
-            GradualCriterion::Movement => Allocation::uniform(),
-        };
-        let m = prune(&scores, &self.shapes, s, Granularity::Unstructured, &allocation, self.mask.as_ref())?;
-        for (n, mask) in m.iter() {
-            opt.set_mask(n, Some(&mask.to_bools()))?;
-        }
-        self.sparsity = m.sparsity();
-        self.mask = Some(m);
-        tracing::debug!(step, sparsity = self.sparsity, "gradual prune");
         Ok(())
     }
 }
@@ -151,40 +119,47 @@ pub fn magnitude_scores(tensors: &HashMap<String, Tensor>, shapes: &[(String, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
+    use sprig_train::fit::{BatchOrder, Fit, StepInfo, StepLoss};
+    use sprig_train::{AdamW, AdamWConfig};
 
     #[test]
-    fn cubic_schedule_reaches_the_target_at_end_and_starts_at_zero() {
+    fn standard_schedule_prunes_from_10_to_70_percent_and_reaches_the_target() {
         let g = Gradual::standard(GradualCriterion::Magnitude, 0.6);
-        assert_eq!(g.sparsity_at(0, 100), 0.0);
-        assert_eq!(g.sparsity_at(9, 100), 0.0);
-        assert!((g.sparsity_at(70, 100) - 0.6).abs() < 1e-12);
-        assert!((g.sparsity_at(100, 100) - 0.6).abs() < 1e-12);
-        let mid = g.sparsity_at(40, 100);
+        let p = Pruner::new(g.config(100).unwrap(), vec![("w".into(), vec![10, 10])]).unwrap();
+        assert_eq!(p.target_at(8), None);
+        assert_eq!(p.target_at(10), Some(0.0));
+        assert!(p.target_at(11).is_none() && p.target_at(12).is_some());
+        assert!((p.target_at(70).unwrap() - 0.6).abs() < 1e-12);
+        assert_eq!(p.target_at(72), None);
+        let mid = p.target_at(40).unwrap();
         assert!((mid - 0.6 * (1.0 - 0.5f64.powi(3))).abs() < 1e-12, "{mid}");
-        let v: Vec<f64> = (0..=100).map(|t| g.sparsity_at(t, 100)).collect();
-        assert!(v.windows(2).all(|w| w[1] >= w[0]), "not monotone");
+        // A tiny run still has t₁ > t₀.
+        assert!(Gradual::standard(GradualCriterion::Movement, 0.5).config(1).is_ok());
         assert!(Gradual { target: 1.0, ..g }.validate().is_err());
         assert!(Gradual { every: 0, ..g }.validate().is_err());
     }
 
     /// Movement scores of a matrix with 1000x larger gradients would win every global comparison;
-    /// per matrix, both matrices end at the target sparsity. Magnitude stays global.
+    /// per matrix, both matrices end at the target sparsity. Magnitude stays global. One step of
+    /// the training loop drives the hooks (SGD with lr 0 keeps the weights).
     #[test]
     fn movement_prunes_each_matrix_to_the_target_magnitude_globally() {
-        use candle_core::Device;
-        use sprig_train::{AdamW, AdamWConfig};
         let d = Device::Cpu;
         let run = |criterion| {
             let a = Var::from_tensor(&Tensor::arange(1f32, 101., &d).unwrap().reshape((10, 10)).unwrap()).unwrap();
             let b = Var::from_tensor(&(Tensor::arange(1f32, 101., &d).unwrap().reshape((10, 10)).unwrap() * 1e-3).unwrap()).unwrap();
             let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
-            let mut opt = AdamW::new(params.clone(), AdamWConfig::default()).unwrap();
-            let mut st = GradualState::new(Gradual { criterion, target: 0.5, start: 0.0, end: 1.0, every: 1 }, params, 10).unwrap();
+            let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: 0.0, ..AdamWConfig::default() }).unwrap();
+            let mut hooks = GradualHooks::new(Gradual { criterion, target: 0.5, start: 0.0, end: 1.0, every: 1 }, params.clone(), 1).unwrap();
             // Loss −(a² + 1000·b²)/2: g = −w and −1000·w, so S = −g⊙w is 1000x larger on b.
-            let loss = ((a.as_tensor().sqr().unwrap().sum_all().unwrap() + (b.as_tensor().sqr().unwrap().sum_all().unwrap() * 1000.0).unwrap()).unwrap() * -0.5).unwrap();
-            st.observe(&loss.backward().unwrap()).unwrap();
-            st.after_step(10, &mut opt).unwrap();
-            let m = st.mask.unwrap();
+            Fit::new(1, BatchOrder::Shuffled { n: 1, batch_size: 1, seed: 0 })
+                .run(&mut (), &mut opt, params, |_: &mut (), _: &[usize], _: &StepInfo| {
+                    let loss = ((a.as_tensor().sqr()?.sum_all()? + (b.as_tensor().sqr()?.sum_all()? * 1000.0)?)? * -0.5)?;
+                    Ok(StepLoss { loss, examples: 1 })
+                }, &mut hooks)
+                .unwrap();
+            let m = hooks.masks();
             (m.get("a").unwrap().sparsity(), m.get("b").unwrap().sparsity(), m.sparsity())
         };
         let (sa, sb, all) = run(GradualCriterion::Movement);

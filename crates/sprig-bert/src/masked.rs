@@ -7,17 +7,19 @@
 //! that an experiment with dozens of fine-tunes pays for neither more than once.
 use crate::checkpoint::Checkpoint;
 use crate::config::BertConfig;
-use crate::gradual::{Gradual, GradualState};
+use crate::gradual::{Gradual, GradualHooks};
 use crate::finetune::{batch_tensors, evaluate, tokenize, FinetuneConfig, Tokenized};
 use crate::model::{is_encoder_linear_weight, BertClassifier, BertEncoder, Init};
 use crate::tokenizer::BertTokenizer;
-use crate::error::{Context, Result};
+use crate::error::{BertError, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sprig_data::batch::bucketed_batch_indices;
 use sprig_data::metrics::Report;
 use sprig_prune::{GradAccumulator, MaskSet, Scores};
-use sprig_train::{clip_grad_norm, AdamW, AdamWConfig, LinearWarmupDecay, Optimizer};
+use candle_core::backprop::GradStore;
+use sprig_train::fit::{BatchOrder, Ctx, Fit, Hooks, Lr, StepInfo, StepLoss};
+use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, Optimizer, TrainError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -173,103 +175,93 @@ fn finetune_with(
     }
     let mut encoder = BertEncoder::new(&base.config, Init::Pretrained { tensors: &merged, origin: base.origin.clone() }, seed, &device)?;
     encoder.set_train_word_embeddings(cfg.train_word_embeddings);
+    encoder.set_ops(cfg.ops);
     let head = if start.head { Some((&merged, base.origin.clone())) } else { None };
-    let model = BertClassifier::new(encoder, data.classes.len(), cfg.pooling, head, seed)?;
+    let mut model = BertClassifier::new(encoder, data.classes.len(), cfg.pooling, head, seed)?;
     let params = model.trainable_params();
-    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, eps: 1e-8, ..AdamWConfig::default() })?;
+    let all_params = model.named_params();
     let mut sparsity = 0.0;
     if let Some(m) = masks {
-        let all = model.named_params();
-        m.check_against(&all)?;
-        for (name, mask) in m.iter() {
-            if !is_encoder_linear_weight(name) {
-                bail!("mask for `{name}`: only the encoder linears are prunable");
-            }
-            if params.iter().any(|(n, _)| n == name) {
-                opt.set_mask(name, Some(&mask.to_bools()))?;
-            } else {
-                mask.apply(name, &all.iter().find(|(n, _)| n == name).context("masked parameter not in model")?.1)?;
-            }
+        m.check_against(&all_params)?;
+        if let Some(name) = m.names().into_iter().find(|n| !is_encoder_linear_weight(n)) {
+            bail!("mask for `{name}`: only the encoder linears are prunable");
         }
+        let (mut trained, mut frozen) = (MaskSet::new(), MaskSet::new());
+        for (name, mask) in m.iter() {
+            let set = if params.iter().any(|(n, _)| n == name) { &mut trained } else { &mut frozen };
+            set.insert(name.clone(), mask.clone());
+        }
+        opt.set_masks(&trained)?;
+        frozen.apply(&all_params)?;
         sparsity = m.sparsity();
     }
     let lengths: Vec<usize> = data.train.encoded.iter().map(|e| e.ids.len()).collect();
-    let steps_per_epoch = data.train.labels.len().div_ceil(cfg.batch_size);
-    let mut total = steps_per_epoch * cfg.epochs;
-    if cfg.max_steps > 0 {
-        total = total.min(cfg.max_steps);
-    }
-    if let Some(k) = snapshot_step {
-        if k > total {
-            bail!("rewind step {k} is past the end of training ({total} steps)");
-        }
+    let fit = Fit::new(cfg.epochs, BatchOrder::Bucketed { lengths: &lengths, batch_size: cfg.batch_size, seed })
+        .max_steps((cfg.max_steps > 0).then_some(cfg.max_steps));
+    let total = fit.total_steps()?;
+    if let Some(k) = snapshot_step.filter(|&k| k > total) {
+        bail!("rewind step {k} is past the end of training ({total} steps)");
     }
     let schedule = LinearWarmupDecay { base_lr: cfg.lr, warmup: (cfg.warmup_ratio * total as f64).round() as usize, total };
-    let all_params = model.named_params();
     let mut gradual = match gradual {
-        Some(g) => {
-            let prunable: Vec<(String, Var)> = params.iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect();
-            Some(GradualState::new(g, prunable, total)?)
+        Some(g) => Some(GradualHooks::new(g, params.iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect(), total)?),
+        None => None,
+    };
+    let t0 = Instant::now();
+    let fitted = fit.lr(Lr::WarmupDecay(schedule)).clip(Some(cfg.max_grad_norm)).snapshot_at(snapshot_step).run(
+        &mut model,
+        &mut opt,
+        params.clone(),
+        |model: &mut BertClassifier, idx: &[usize], _: &StepInfo| {
+            let (ids, types, mask) = batch_tensors(&data.train, idx, data.pad_id, &device).map_err(TrainError::callback)?;
+            let labels = Tensor::from_vec(idx.iter().map(|&i| data.train.labels[i] as u32).collect::<Vec<_>>(), idx.len(), &device)?;
+            let logits = model.forward(&ids, &types, &mask, true).map_err(TrainError::callback)?;
+            // candle's cross-entropy whatever the ops: the reference every ticket run used.
+            Ok(StepLoss { loss: candle_nn::loss::cross_entropy(&logits, &labels)?, examples: idx.len() })
+        },
+        &mut MaybeGradual(&mut gradual),
+    );
+    let fitted = fitted.map_err(|e| match e {
+        TrainError::NonFinite { value, step, .. } => {
+            BertError::Invalid(format!("loss became {value} at step {step} (task {}, seed {seed}, sparsity {sparsity:.3})", data.task))
+        }
+        e => e.into(),
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    // The loop snapshots the trained parameters; frozen ones (word embeddings) never change.
+    let snap = match fitted.snapshot {
+        Some(trained) => {
+            let mut snap: HashMap<String, Tensor> = trained.into_iter().collect();
+            for (n, v) in &all_params {
+                if !snap.contains_key(n) {
+                    snap.insert(n.clone(), v.as_tensor().copy()?);
+                }
+            }
+            Some(snap)
         }
         None => None,
     };
-    let mut snap = if snapshot_step == Some(0) { Some(snapshot(&all_params)?) } else { None };
-    let t0 = Instant::now();
-    let mut step = 0usize;
-    'epochs: for epoch in 0..cfg.epochs {
-        for idx in bucketed_batch_indices(&lengths, cfg.batch_size, seed, epoch as u64) {
-            if step >= total {
-                break 'epochs;
-            }
-            opt.set_learning_rate(schedule.lr(step));
-            let (ids, types, mask) = batch_tensors(&data.train, &idx, data.pad_id, &device)?;
-            let labels = Tensor::from_vec(idx.iter().map(|&i| data.train.labels[i] as u32).collect::<Vec<_>>(), idx.len(), &device)?;
-            let logits = model.forward(&ids, &types, &mask, true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            let lv = loss.to_scalar::<f32>()?;
-            if !lv.is_finite() {
-                bail!("loss became {lv} at step {step} (task {}, seed {seed}, sparsity {sparsity:.3})", data.task);
-            }
-            let mut grads = loss.backward()?;
-            clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm)?;
-            if let Some(g) = gradual.as_mut() {
-                g.observe(&grads)?;
-            }
-            opt.step(&grads)?;
-            step += 1;
-            if let Some(g) = gradual.as_mut() {
-                g.after_step(step, &mut opt)?;
-            }
-            if snapshot_step == Some(step) {
-                snap = Some(snapshot(&all_params)?);
-            }
-            if step.is_multiple_of(10) {
-                tracing::debug!(step, total, loss = lv, "masked finetune");
-            }
-        }
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let gradual_mask = gradual.and_then(|g| g.mask);
+    let gradual_mask = gradual.map(|g| g.pruner.into_masks());
     if let Some(m) = masks.or(gradual_mask.as_ref()) {
-        check_masked_zero(&all_params, m)?;
+        m.check_pruned_zero(&all_params)?;
         sparsity = m.sparsity();
     }
     let dev = evaluate(&model, &data.dev, cfg.eval_batch_size, data.pad_id)?;
     let test = evaluate(&model, &data.test, cfg.eval_batch_size, data.pad_id)?;
-    Ok(MaskedRun { metrics: RunMetrics::from(&dev, &test, step, secs, sparsity), gradual_mask, model, snapshot: snap })
+    Ok(MaskedRun { metrics: RunMetrics::from(&dev, &test, fitted.steps, secs, sparsity), gradual_mask, model, snapshot: snap })
 }
 
-/// Errors unless every pruned weight is exactly zero (the mask invariant).
-pub fn check_masked_zero(params: &[(String, Var)], masks: &MaskSet) -> Result<()> {
-    for (name, mask) in masks.iter() {
-        let v = &params.iter().find(|(n, _)| n == name).with_context(|| format!("mask names unknown parameter {name}"))?.1;
-        let w = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        if let Some(i) = (0..w.len()).find(|&i| !mask.get(i) && w[i] != 0.0) {
-            bail!("mask invariant broken: {name}[{i}] = {} is pruned but non-zero", w[i]);
-        }
+/// The gradual pruner's hooks when there is one.
+struct MaybeGradual<'a>(&'a mut Option<GradualHooks>);
+
+impl Hooks<BertClassifier> for MaybeGradual<'_> {
+    fn before_step(&mut self, m: &mut BertClassifier, ctx: &mut Ctx, grads: &mut GradStore) -> sprig_train::error::Result<()> {
+        self.0.as_mut().map_or(Ok(()), |g| g.before_step(m, ctx, grads))
     }
-    Ok(())
+    fn after_step(&mut self, m: &mut BertClassifier, ctx: &mut Ctx, loss: f64) -> sprig_train::error::Result<()> {
+        self.0.as_mut().map_or(Ok(()), |g| g.after_step(m, ctx, loss))
+    }
 }
 
 /// Training examples whose loss gradients estimate the Fisher for [`obs_scores`], and the batch.

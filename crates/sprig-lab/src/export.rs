@@ -37,7 +37,7 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
     let enc = BertEncoder::new(&base.config, Init::Pretrained { tensors: &tensors, origin: origin.clone() }, 0, &Device::Cpu)?;
     let data = TaskData::load(&t.recipe, &base, home)?;
     let model = BertClassifier::new(enc, data.classes.len(), t.recipe.pooling, Some((&tensors, origin)), 0)?;
-    sprig_bert::masked::check_masked_zero(&model.named_params(), &t.masks)?;
+    t.masks.check_pruned_zero(&model.named_params())?;
 
     let tmp = tempfile::Builder::new()
         .prefix(".export-")

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sprig_data::ImageDataset;
-use sprig_prune::{criteria, prune, Allocation, Criterion, Granularity, MaskSet, Selector};
+use sprig_prune::{Criterion, Inputs, MaskSet, Pruner, PrunerConfig, Selector};
 
 use crate::lottery::mean_std;
 use sprig_train::run::write_json;
@@ -41,11 +41,13 @@ pub struct PaiCell {
     pub seconds: f64,
 }
 
-/// The mask a criterion gives at init (global allocation over the rank >= 2 weights).
+/// The mask a criterion gives at init (global allocation over the rank >= 2 weights): a one-shot
+/// [`Pruner`] with the calibration loss (SNIP, GraSP) or the all-ones forward (SynFlow, iterated).
 pub fn mask_at_init(model: &VisionModel, data: &ImageDataset, method: Criterion, sparsity: f64, seed: u64, cfg: &PaiConfig) -> Result<MaskSet> {
+    if !matches!(method, Criterion::Magnitude | Criterion::Random | Criterion::Snip | Criterion::Grasp | Criterion::Synflow) {
+        bail!("{} is not a pruning-at-init criterion here (use magnitude, random, snip, grasp, synflow)", method.name());
+    }
     let prunable: Vec<(String, Var)> = Selector::weights().select(&model.params);
-    let shapes: Vec<(String, Vec<usize>)> = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
-    let names: Vec<String> = shapes.iter().map(|(n, _)| n.clone()).collect();
     let device = model.params[0].1.device().clone();
     let hw = model.height * model.width;
     let calib: Vec<Vec<usize>> = sprig_data::batch::batch_indices(data.train.len(), cfg.calib_batch_size, true, seed ^ 0x5eed, 0)
@@ -56,20 +58,16 @@ pub fn mask_at_init(model: &VisionModel, data: &ImageDataset, method: Criterion,
         let (x, y) = batch_tensor(&data.train, &calib[b], hw, &device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)
     };
-    let g = Granularity::Unstructured;
-    let a = Allocation::global();
-    let scores = match method {
-        Criterion::Magnitude => criteria::magnitude(&prunable)?,
-        Criterion::Random => criteria::random(&prunable, seed.wrapping_add(0xabcdef)),
-        Criterion::Snip => criteria::snip(&prunable, &mut loss, calib.len())?,
-        Criterion::Grasp => criteria::grasp(&prunable, &mut loss, calib.len(), 1e-2)?,
-        Criterion::Synflow => {
-            let mut fwd = || model.forward(&Tensor::ones((1, hw), DType::F32, &device)?);
-            return Ok(criteria::synflow_prune(&model.params, &names, sparsity, cfg.synflow_iterations, g, &a, &mut fwd)?);
-        }
-        other => bail!("{} is not a pruning-at-init criterion here (use magnitude, random, snip, grasp, synflow)", other.name()),
+    let mut fwd = || model.forward(&Tensor::ones((1, hw), DType::F32, &device)?);
+    let iterations = if method == Criterion::Synflow { cfg.synflow_iterations } else { 1 };
+    let config = PrunerConfig::one_shot(method, sparsity).seed(seed.wrapping_add(0xabcdef)).iterations(iterations);
+    let mut pruner = Pruner::for_params(config, &prunable)?;
+    let mut inputs = match method {
+        Criterion::Snip | Criterion::Grasp => Inputs::none().with_loss(&mut loss, calib.len()),
+        Criterion::Synflow => Inputs::none().with_forward_ones(&model.params, &mut fwd),
+        _ => Inputs::none(),
     };
-    Ok(prune(&scores, &shapes, sparsity, g, &a, None)?)
+    Ok(pruner.one_shot(&prunable, &mut inputs)?.clone())
 }
 
 /// Runs (or resumes) the comparison into `out`, writing `out/cells/*.json`, `out/summary.json` and `out/table.md`.

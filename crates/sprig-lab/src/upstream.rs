@@ -17,7 +17,7 @@
 //! A round's checkpoint (`OUT/round-RR/seed-S`) has the layout of a `sprig ticket` checkpoint with
 //! task `upstream`, so `sprig transfer --ticket OUT/round-RR` fine-tunes it on any task.
 use sprig_bert::finetune::{batch_tensors, FinetuneConfig, Tokenized};
-use sprig_bert::masked::{check_masked_zero, Base, TaskData};
+use sprig_bert::masked::{Base, TaskData};
 use sprig_bert::model::{is_encoder_linear_weight, pool, BertEncoder, Init};
 use crate::ticket::{global_magnitude_mask, round_dir};
 use crate::ticket_summary::mean_std;
@@ -25,10 +25,10 @@ use sprig_bert::Pooling;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
-use sprig_data::batch::bucketed_batch_indices;
 use sprig_prune::checkpoint::{self, CheckpointMeta};
 use sprig_prune::{MaskSet, RoundRate, Schedule};
-use sprig_train::{clip_grad_norm, AdamW, AdamWConfig, LinearWarmupDecay, Optimizer};
+use sprig_train::fit::{BatchOrder, Fit, Lr, StepInfo, StepLoss};
+use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, Optimizer, TrainError};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
@@ -181,63 +181,47 @@ fn train_round(cfg: &UpstreamConfig, base: &Base, corpus: &Corpus, dense_emb: &[
     enc.set_train_word_embeddings(cfg.recipe.train_word_embeddings);
     let params: Vec<(String, Var)> =
         enc.named_params().iter().filter(|(n, _)| cfg.recipe.train_word_embeddings || n != "embeddings.word_embeddings.weight").cloned().collect();
-    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: cfg.recipe.lr, weight_decay: cfg.recipe.weight_decay, eps: 1e-8, ..AdamWConfig::default() })?;
     let prunable: Vec<(String, Var)> = params.iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect();
     let mask = match masks {
         Some(m) => {
             m.check_against(&prunable)?;
-            for (name, mk) in m.iter() {
-                opt.set_mask(name, Some(&mk.to_bools()))?;
-            }
+            opt.set_masks(m)?;
             m.clone()
         }
         None => MaskSet::ones_for(&prunable),
     };
     let r = &cfg.recipe;
     let lengths: Vec<usize> = corpus.train.encoded.iter().map(|e| e.ids.len()).collect();
-    let per_epoch = lengths.len() / r.batch_size;
-    let mut total = per_epoch * r.epochs;
-    if r.max_steps > 0 {
-        total = total.min(r.max_steps);
-    }
+    // In-batch negatives need full batches: the ragged last one is skipped.
+    let fit = Fit::new(r.epochs, BatchOrder::Bucketed { lengths: &lengths, batch_size: r.batch_size, seed })
+        .drop_last(true)
+        .max_steps((r.max_steps > 0).then_some(r.max_steps));
+    let total = fit.total_steps().with_context(|| format!("upstream training (corpus of {} texts, batch {})", lengths.len(), r.batch_size))?;
     let schedule = LinearWarmupDecay { base_lr: r.lr, warmup: (r.warmup_ratio * total as f64).round() as usize, total };
     let t0 = Instant::now();
-    let (mut step, mut last_epoch_losses) = (0usize, Vec::new());
-    'epochs: for epoch in 0..r.epochs {
-        last_epoch_losses.clear();
-        for idx in bucketed_batch_indices(&lengths, r.batch_size, seed, epoch as u64) {
-            // In-batch negatives need full batches: the ragged last one is skipped.
-            if idx.len() < r.batch_size {
-                continue;
-            }
-            if step >= total {
-                break 'epochs;
-            }
-            opt.set_learning_rate(schedule.lr(step));
+    let sparsity = mask.sparsity();
+    let out = fit.lr(Lr::WarmupDecay(schedule)).clip(Some(r.max_grad_norm)).run(
+        &mut enc,
+        &mut opt,
+        params.clone(),
+        |enc: &mut BertEncoder, idx: &[usize], _: &StepInfo| {
             let twice: Vec<usize> = idx.iter().chain(idx.iter()).copied().collect();
-            let (ids, types, am) = batch_tensors(&corpus.train, &twice, corpus.pad_id, &device)?;
-            let emb = pool(&enc.forward(&ids, &types, &am, true)?, &am, Pooling::Mean)?;
-            let loss = contrastive_loss(&emb, cfg.temperature)?;
-            let lv = loss.to_scalar::<f32>()?;
-            if !lv.is_finite() {
-                bail!("upstream loss became {lv} at step {step} (seed {seed}, sparsity {:.3})", mask.sparsity());
-            }
-            last_epoch_losses.push(lv as f64);
-            let mut grads = loss.backward()?;
-            clip_grad_norm(&mut grads, &vars, r.max_grad_norm)?;
-            opt.step(&grads)?;
-            step += 1;
-            if step % 10 == 0 {
-                tracing::debug!(step, total, loss = lv, "upstream");
-            }
-        }
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    if step == 0 {
-        bail!("upstream training ran no step (corpus of {} texts, batch {})", lengths.len(), r.batch_size);
-    }
-    check_masked_zero(&prunable, &mask)?;
+            let (ids, types, am) = batch_tensors(&corpus.train, &twice, corpus.pad_id, &device).map_err(TrainError::callback)?;
+            let h = enc.forward(&ids, &types, &am, true).map_err(TrainError::callback)?;
+            let emb = pool(&h, &am, Pooling::Mean).map_err(TrainError::callback)?;
+            let loss = contrastive_loss(&emb, cfg.temperature).map_err(TrainError::callback)?;
+            Ok(StepLoss { loss, examples: idx.len() })
+        },
+        &mut (),
+    );
+    let out = match out {
+        Ok(o) => o,
+        Err(TrainError::NonFinite { value, step, .. }) => bail!("upstream loss became {value} at step {step} (seed {seed}, sparsity {sparsity:.3})"),
+        Err(e) => return Err(e.into()),
+    };
+    let (step, secs) = (out.steps, t0.elapsed().as_secs_f64());
+    mask.check_pruned_zero(&prunable)?;
     let emb = embed(&enc, &corpus.heldout, corpus.pad_id)?;
     let n = emb.len().max(1) as f64;
     let cosine = emb.iter().zip(dense_emb).map(|(a, b)| dot(a, b)).sum::<f64>() / n;
@@ -250,7 +234,7 @@ fn train_round(cfg: &UpstreamConfig, base: &Base, corpus: &Corpus, dense_emb: &[
         })
         .count();
     let metrics = UpstreamMetrics {
-        train_loss: last_epoch_losses.iter().sum::<f64>() / last_epoch_losses.len().max(1) as f64,
+        train_loss: out.epoch_loss.last().copied().unwrap_or(f64::NAN),
         heldout_cosine_to_dense: cosine,
         heldout_retrieval_at_1: hits as f64 / n,
         steps: step,

@@ -23,9 +23,10 @@ use sprig_data::ImageSplit;
 use sprig_kernels::candle::sparse_matmul;
 use sprig_kernels::{Bitmask, Csr, SparseMatrix};
 use sprig_kernels::nn::ops::{conv2d, relu_max_pool2x2};
-use sprig_prune::dst::{drop_and_grow, granet_update, kept_counts, magnitude_prune_to, random_masks, Grow, ItopTracker, UpdateSchedule};
-use sprig_prune::{Allocation, Mask, MaskSet, Schedule};
+use sprig_prune::dst::{ItopTracker, UpdateSchedule};
+use sprig_prune::{Allocation, Criterion, GrowRule, Inputs, Mask, MaskSet, Pruner, PrunerConfig, Schedule, Scores};
 
+use crate::fit::{BatchOrder, Ctx, Fit, FitOutcome, Hooks, Lr, StepInfo, StepLoss};
 use crate::optim::{AdamW, AdamWConfig, Optimizer};
 use crate::schedule::LrSchedule;
 use crate::sgd::{Sgd, SgdConfig};
@@ -366,11 +367,9 @@ pub struct DstTrainer {
     pub model: DstModel,
     pub opt: Box<dyn Optimizer>,
     total_steps: usize,
-    pub itop: ItopTracker,
+    /// The prune-and-grow rule (SET, RigL, GraNet, GMP) or static mask; `None` for dense.
+    pub pruner: Option<Pruner>,
     updates: UpdateSchedule,
-    prune_sched: Schedule,
-    shapes: Vec<(String, Vec<usize>)>,
-    seed: u64,
     pub mask_updates: usize,
     dev: Device,
 }
@@ -396,10 +395,25 @@ impl DstTrainer {
             prune_sched.validate()?;
         }
         let shapes = DstModel::fc_shapes(cfg.arch, height, width, classes);
-        let start = match cfg.method {
-            Method::Dense | Method::Gmp => None,
-            Method::Granet => Some(random_masks(&shapes, initial, &Allocation::erk(), seed)?),
-            _ => Some(random_masks(&shapes, cfg.sparsity, &Allocation::erk(), seed)?),
+        // The prune-and-grow rule as a Pruner configuration (ERK allocation, RigL §3).
+        let config = match cfg.method {
+            Method::Dense => None,
+            Method::Static => Some(PrunerConfig::one_shot(Criterion::Magnitude, cfg.sparsity).allocation(Allocation::erk())),
+            Method::Set => Some(PrunerConfig::dst(cfg.sparsity, updates, GrowRule::Random)),
+            Method::Rigl => Some(PrunerConfig::dst(cfg.sparsity, updates, GrowRule::Gradient)),
+            Method::Granet => Some(PrunerConfig::new(Criterion::Magnitude, prune_sched).allocation(Allocation::erk()).regrow(updates, GrowRule::Gradient)),
+            // GMP on the DST clock: GraNet's schedule from dense, with no regrowth (α = 0).
+            Method::Gmp => Some(
+                PrunerConfig::new(Criterion::Magnitude, prune_sched).allocation(Allocation::erk()).regrow(UpdateSchedule { alpha: 0.0, ..updates }, GrowRule::Random),
+            ),
+        };
+        let mut pruner = match config {
+            Some(c) => Some(Pruner::new(c.seed(seed), shapes)?),
+            None => None,
+        };
+        let start = match (&mut pruner, cfg.method) {
+            (Some(p), Method::Static | Method::Set | Method::Rigl | Method::Granet) => Some(p.start_random()?.clone()),
+            _ => None,
         };
         let sparse = start.is_some();
         let model = DstModel::new(cfg.arch, height, width, classes, seed, start.as_ref(), sparse, dev)?;
@@ -407,8 +421,7 @@ impl DstTrainer {
             DstOptimizer::Adam => Box::new(AdamW::new(model.params(), AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() })?),
             DstOptimizer::Sgd => Box::new(Sgd::new(model.params(), SgdConfig { lr: cfg.lr, momentum: 0.9, nesterov: false, weight_decay: cfg.weight_decay })?),
         };
-        let itop = ItopTracker::new(&model.masks());
-        Ok(Self { cfg: cfg.clone(), model, opt, total_steps: total, itop, updates, prune_sched, shapes, seed, mask_updates: 0, dev: dev.clone() })
+        Ok(Self { cfg: cfg.clone(), model, opt, total_steps: total, pruner, updates, mask_updates: 0, dev: dev.clone() })
     }
 
     /// One dense gradient of the loss w.r.t. every linear weight, with a masked-dense pass.
@@ -421,39 +434,49 @@ impl DstTrainer {
 
     /// Mask update after `step` finished steps (a no-op off the schedule); `x, y` is the current batch.
     pub fn maybe_update(&mut self, step: usize, x: &Tensor, y: &Tensor) -> Result<bool> {
+        let mut opt = std::mem::replace(&mut self.opt, placeholder_optimizer()?);
+        let r = self.update_with(opt.as_mut(), step, x, y);
+        self.opt = opt;
+        r
+    }
+
+    /// ITOP's R_s (Liu et al. 2021, §4): the fraction of linear weights ever active (the starting
+    /// mask's density for dense and static runs).
+    pub fn itop_rate(&self) -> f64 {
+        match self.pruner.as_ref().and_then(Pruner::itop_rate) {
+            Some(r) => r,
+            None => ItopTracker::new(&self.model.masks()).rate(),
+        }
+    }
+
+    /// Whether a mask update falls after `step` finished steps.
+    fn is_update_step(&self, step: usize) -> bool {
+        !matches!(self.cfg.method, Method::Dense | Method::Static) && self.updates.is_update_step(step)
+    }
+
+    /// [`DstTrainer::maybe_update`] with the optimizer lent by the training loop.
+    fn update_with(&mut self, opt: &mut dyn Optimizer, step: usize, x: &Tensor, y: &Tensor) -> Result<bool> {
         let m = self.cfg.method;
-        if matches!(m, Method::Dense | Method::Static) || !self.updates.is_update_step(step) {
+        if !self.is_update_step(step) {
             return Ok(false);
         }
-        let frac = self.updates.drop_fraction(step);
-        let grads = if matches!(m, Method::Rigl | Method::Granet) { Some(self.dense_grads(x, y)?) } else { None };
-        let target = match m {
-            Method::Granet | Method::Gmp => Some(kept_counts(&self.shapes, self.prune_sched.sparsity_at(step), &Allocation::erk())?),
-            _ => None,
+        let grads: Option<Scores> = if matches!(m, Method::Rigl | Method::Granet) {
+            Some(self.model.fcs.iter().map(|f| format!("{}.weight", f.name)).zip(self.dense_grads(x, y)?).collect())
+        } else {
+            None
         };
-        for (li, fc) in self.model.fcs.iter_mut().enumerate() {
-            let w = fc.dense_weight()?;
-            let name = format!("{}.weight", fc.name);
-            let kept = fc.mask.count_kept();
-            let new = match m {
-                Method::Set | Method::Rigl => {
-                    let n = (frac * kept as f64).round() as usize;
-                    let grow = match &grads {
-                        Some(g) => Grow::Gradient(&g[li]),
-                        None => Grow::Random { seed: self.seed.wrapping_mul(1_000_003).wrapping_add((step * 64 + li) as u64) },
-                    };
-                    drop_and_grow(&name, &w, &fc.mask, n, grow, None)?.mask
-                }
-                Method::Granet => {
-                    let n_keep = target.as_ref().expect("set for GraNet")[&name].min(kept);
-                    let regrow = (frac * n_keep as f64).round() as usize;
-                    granet_update(&name, &w, &grads.as_ref().expect("set for GraNet")[li], &fc.mask, n_keep, regrow)?.mask
-                }
-                Method::Gmp => magnitude_prune_to(&name, &w, &fc.mask, target.as_ref().expect("set for GMP")[&name].min(kept))?,
-                Method::Dense | Method::Static => unreachable!("returned above"),
-            };
-            recompile(fc, new, self.opt.as_mut(), &self.dev)?;
-            self.itop.observe(&name, &fc.mask)?;
+        // The pruner scores dense copies of the weights; the layers are then recompiled at its masks.
+        let dense: Vec<(String, Var)> =
+            self.model.fcs.iter().map(|f| Ok((format!("{}.weight", f.name), Var::from_vec(f.dense_weight()?, (f.n, f.k), &self.dev)?))).collect::<Result<_>>()?;
+        let pruner = self.pruner.as_mut().context("a DST method without a pruner")?;
+        let mut inputs = match &grads {
+            Some(g) => Inputs::none().with_dense_grads(g),
+            None => Inputs::none(),
+        };
+        let Some(masks) = pruner.step(step, &dense, &mut inputs)? else { return Ok(false) };
+        for fc in self.model.fcs.iter_mut() {
+            let new = masks.require(&format!("{}.weight", fc.name))?.clone();
+            recompile(fc, new, opt, &self.dev)?;
         }
         self.mask_updates += 1;
         Ok(true)
@@ -472,28 +495,31 @@ impl DstTrainer {
         Ok(())
     }
 
-    /// Trains for the configured epochs; `data_seed` orders the batches.
+    /// Trains for the configured epochs on the training loop ([`Fit`]); `data_seed` orders the
+    /// batches. Returns the steps, the last step's loss and the wall seconds of each epoch.
     pub fn train(&mut self, split: &ImageSplit, data_seed: u64) -> Result<(usize, f64, Vec<f64>)> {
         ensure!(!split.is_empty(), "training split is empty");
-        let hw = self.model.height * self.model.width;
-        let (mut step, mut last, mut epoch_s) = (0usize, f64::NAN, Vec::new());
-        for epoch in 0..self.cfg.epochs {
-            let t0 = std::time::Instant::now();
-            for idx in sprig_data::batch::batch_indices(split.len(), self.cfg.batch_size, true, data_seed, epoch as u64) {
-                let (x, y) = batch_tensor(split, &idx, hw, &self.dev)?;
-                let loss = candle_nn::loss::cross_entropy(&self.model.forward(&x, None)?, &y)?;
-                let grads = loss.backward()?;
-                self.opt.set_learning_rate(self.cfg.lr_schedule.lr(self.cfg.lr, step, self.total_steps));
-                self.opt.step(&grads)?;
-                step += 1;
-                self.maybe_update(step, &x, &y)?;
-                last = loss.to_scalar::<f32>()? as f64;
-            }
-            epoch_s.push(t0.elapsed().as_secs_f64());
-            tracing::debug!("epoch {epoch}: loss {last:.4}, sparsity {:.4}, R_s {:.4}", self.model.sparsity(), self.itop.rate());
-        }
-        ensure!(last.is_finite(), "training diverged (final loss {last})");
-        Ok((step, last, epoch_s))
+        let mut opt = std::mem::replace(&mut self.opt, placeholder_optimizer()?);
+        let r = self.fit(opt.as_mut(), split, data_seed);
+        self.opt = opt;
+        let out = r?;
+        Ok((out.steps, out.last_loss, out.epoch_seconds))
+    }
+
+    fn fit(&mut self, opt: &mut dyn Optimizer, split: &ImageSplit, data_seed: u64) -> Result<FitOutcome> {
+        let (hw, dev) = (self.model.height * self.model.width, self.dev.clone());
+        let lr = Lr::Schedule { schedule: self.cfg.lr_schedule, base: self.cfg.lr, total: self.total_steps };
+        let params = self.model.params();
+        Fit::new(self.cfg.epochs, BatchOrder::Shuffled { n: split.len(), batch_size: self.cfg.batch_size, seed: data_seed }).lr(lr).run(
+            self,
+            opt,
+            params,
+            |t: &mut DstTrainer, idx: &[usize], _: &StepInfo| {
+                let (x, y) = batch_tensor(split, idx, hw, &dev)?;
+                Ok(StepLoss { loss: candle_nn::loss::cross_entropy(&t.model.forward(&x, None)?, &y)?, examples: idx.len() })
+            },
+            &mut DstHooks { split, hw },
+        )
     }
 
     /// Accuracy on `split`.
@@ -510,6 +536,36 @@ impl DstTrainer {
     }
 }
 
+/// The DST side of the training loop: the mask update after each step (on the current batch),
+/// and a per-epoch debug line.
+struct DstHooks<'a> {
+    split: &'a ImageSplit,
+    hw: usize,
+}
+
+impl Hooks<DstTrainer> for DstHooks<'_> {
+    fn after_step(&mut self, t: &mut DstTrainer, ctx: &mut Ctx, _loss: f64) -> Result<()> {
+        if !t.is_update_step(ctx.step) {
+            return Ok(());
+        }
+        let (x, y) = batch_tensor(self.split, ctx.batch, self.hw, &t.dev)?;
+        if t.update_with(ctx.opt, ctx.step, &x, &y)? {
+            *ctx.params = t.model.params();
+        }
+        Ok(())
+    }
+
+    fn epoch_end(&mut self, t: &mut DstTrainer, ctx: &mut Ctx, mean_loss: f64) -> Result<()> {
+        tracing::debug!("epoch {}: mean loss {mean_loss:.4}, sparsity {:.4}, R_s {:.4}", ctx.epoch, t.model.sparsity(), t.itop_rate());
+        Ok(())
+    }
+}
+
+/// An optimizer over no parameters, held by [`DstTrainer`] while the real one is lent out.
+fn placeholder_optimizer() -> Result<Box<dyn Optimizer>> {
+    Ok(Box::new(Sgd::new(Vec::new(), SgdConfig::default())?))
+}
+
 /// Trains one seed end to end and evaluates it.
 pub fn run_one(cfg: &DstConfig, data: &sprig_data::ImageDataset, seed: u64, dev: &Device) -> Result<RunResult> {
     let mut t = DstTrainer::new(cfg, data.height, data.width, data.classes.len(), data.train.len(), seed, dev)?;
@@ -521,7 +577,7 @@ pub fn run_one(cfg: &DstConfig, data: &sprig_data::ImageDataset, seed: u64, dev:
         seed,
         test_acc: t.evaluate(&data.test)?,
         dev_acc: t.evaluate(&data.dev)?,
-        itop_rate: t.itop.rate(),
+        itop_rate: t.itop_rate(),
         train_seconds,
         epoch_seconds,
         final_sparsity: t.model.sparsity(),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sprig_data::ImageSplit;
 use sprig_kernels::nn::ops::{conv2d, relu_max_pool2x2};
 
+use crate::fit::{AfterStep, BatchOrder, Ctx, Fit, StepInfo, StepLoss};
 use crate::optim::{AdamW, AdamWConfig, Optimizer};
 use crate::sgd::{Sgd, SgdConfig};
 
@@ -215,27 +216,22 @@ pub fn train(
     for (n, keep) in masks {
         opt.set_mask(n, Some(keep))?;
     }
-    let mut step = 0usize;
-    let mut snapshot = if cfg.snapshot_step == Some(0) { Some(model.snapshot()?) } else { None };
-    let mut last = f64::NAN;
-    for epoch in 0..cfg.epochs {
-        for idx in sprig_data::batch::batch_indices(split.len(), cfg.batch_size, true, cfg.data_seed, epoch as u64) {
-            let (x, y) = batch_tensor(split, &idx, hw, &device)?;
-            let loss = candle_nn::loss::cross_entropy(&model.forward(&x)?, &y)?;
-            let grads = loss.backward()?;
-            opt.step(&grads)?;
-            step += 1;
-            if cfg.snapshot_step == Some(step) {
-                snapshot = Some(model.snapshot()?);
-            }
-            after_step(step, model)?;
-            last = loss.to_scalar::<f32>()? as f64;
-        }
-    }
-    if !last.is_finite() {
-        bail!("training diverged (final loss {last})");
-    }
-    Ok(TrainOutcome { steps: step, final_train_loss: last, snapshot })
+    let mut model = model.clone();
+    let params = model.params.clone();
+    let out = Fit::new(cfg.epochs, BatchOrder::Shuffled { n: split.len(), batch_size: cfg.batch_size, seed: cfg.data_seed })
+        .snapshot_at(cfg.snapshot_step)
+        .run(
+            &mut model,
+            opt.as_mut(),
+            params,
+            |m: &mut VisionModel, idx: &[usize], _: &StepInfo| {
+                let (x, y) = batch_tensor(split, idx, hw, &device)?;
+                Ok(StepLoss { loss: candle_nn::loss::cross_entropy(&m.forward(&x)?, &y)?, examples: idx.len() })
+            },
+            &mut AfterStep(|m: &mut VisionModel, ctx: &mut Ctx| after_step(ctx.step, m)),
+        )?;
+    let snapshot = out.snapshot.map(|s| s.into_iter().map(|(_, t)| t).collect());
+    Ok(TrainOutcome { steps: out.steps, final_train_loss: out.last_loss, snapshot })
 }
 
 /// Accuracy of `model` on `split`.

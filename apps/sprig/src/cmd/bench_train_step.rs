@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use sprig_bert::{is_encoder_linear_weight, BertClassifier, BertEncoder, Checkpoint, Ops, Pooling};
 use sprig_kernels::candle::Format;
-use sprig_prune::{criteria::magnitude, prune, Allocation, Granularity};
+use sprig_prune::{Allocation, Criterion, Granularity, Inputs, Pruner, PrunerConfig};
 use sprig_train::{AdamW, AdamWConfig, Optimizer};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -85,15 +85,10 @@ fn compile(encoder: &mut BertEncoder, sparsity: f64, format: &str) -> Result<()>
     let format = parse_format(format)?;
     let prunable: Vec<(String, candle_core::Var)> =
         encoder.named_params().iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect();
-    let shapes: Vec<(String, Vec<usize>)> = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
     // Prune in the format's own structure, so the compiled pattern has no fill-in (an unstructured
     // mask stored as 4x1 blocks keeps every block that holds any weight: ~34% dense at 90%).
-    let granularity = match format {
-        Format::Nm(n, m) => Granularity::NM { n, m },
-        Format::Bsr(r, c) => Granularity::Block { r, c },
-        _ => Granularity::Unstructured,
-    };
-    let masks = prune(&magnitude(&prunable)?, &shapes, sparsity, granularity, &Allocation::uniform(), None)?;
+    let config = PrunerConfig::one_shot(Criterion::Magnitude, sparsity).granularity(Granularity::for_format(format)).allocation(Allocation::uniform());
+    let masks = Pruner::for_params(config, &prunable)?.one_shot(&prunable, &mut Inputs::none())?.clone();
     let keep = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
     encoder.compile_sparse(&keep, format)?;
     Ok(())
