@@ -81,7 +81,7 @@ pub fn compile_ticket(dir: &Path, o: &CompileOptions) -> Result<CompileReport> {
     let mut tensors = base.tensors.clone();
     tensors.extend(ck.tensors);
     let dense = classifier(&t, &base, &tensors, classes, None)?;
-    sprig_bert::masked::check_masked_zero(&dense.named_params(), &t.masks)?;
+    t.masks.check_pruned_zero(&dense.named_params())?;
     let mut sparse_enc = classifier(&t, &base, &tensors, classes, Some(o.format))?;
     let (dense_bytes, sparse_bytes) = sparse_enc.encoder.linear_weight_bytes();
 
