@@ -207,7 +207,7 @@ pub fn plot_svg(s: &TicketSummary) -> Result<String> {
 mod tests {
     use super::*;
     use crate::ticket::{Control, Metric, TicketConfig};
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
 
     fn m(acc: f64) -> RunMetrics {
         RunMetrics { test_accuracy: acc, test_macro_f1: acc, test_mcc: acc, dev_accuracy: acc, dev_macro_f1: acc, steps: 1, train_seconds: 1.0, sparsity: 0.0 }
