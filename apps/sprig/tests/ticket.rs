@@ -73,12 +73,14 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!b.join("round-02/seed-0/sprig.json").exists(), "killed too late to test resuming");
+    assert_eq!(json(&b.join("summary.json"))["complete"], false);
     run_ok(&mut ticket(&b));
 
     let (mut sa, mut sb) = (json(&a.join("summary.json")), json(&b.join("summary.json")));
     strip_time(&mut sa);
     strip_time(&mut sb);
     assert_eq!(sa, sb, "resumed summary differs from the uninterrupted one");
+    assert_eq!(sa["complete"], true);
     let (mut ra, mut rb) = (json(&a.join("results.json")), json(&b.join("results.json")));
     strip_time(&mut ra);
     strip_time(&mut rb);
@@ -110,10 +112,11 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     let rows = sg["rounds"].as_array().unwrap();
     assert!(rows[1]["gmp_mean"].is_null() && rows[1]["obs_mean"].is_null(), "gmp or obs ran outside --control-rounds");
     assert!(rows[2]["gmp_mean"].is_number() && rows[2]["obs_mean"].is_number() && rows[2]["random_mask_mean"].is_number(), "{}", rows[2]);
-    let o = json(&a.join("round-02/seed-0.obs.json"));
+    let o = json(&a.join("round-02/seed-0/control-obs.json"))["metrics"].clone();
     assert!((o["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "one-shot OBS reached {}", o["sparsity"]);
-    let g = json(&a.join("round-02/seed-0.gmp.json"));
+    let g = json(&a.join("round-02/seed-0/control-gmp.json"))["metrics"].clone();
     assert!((g["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "gradual pruning reached {}", g["sparsity"]);
+    assert!(!a.join("round-01/seed-0/control-gmp.json").exists(), "gmp ran outside --control-rounds");
     // The stored masks have the schedule's sparsity over the prunable set.
     let man = json(&a.join("round-02/seed-0/sprig.json"));
     assert!((man["prunable_sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{}", man["prunable_sparsity"]);
@@ -121,7 +124,8 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     // Another --out with a different recipe is refused on resume.
     let bad = sprig().arg("ticket").args(&TINY[..22]).args(["--lr", "2e-4", "--out"]).arg(&a).output().unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("different experiment"));
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("different experiment") && e.contains("`finetune.lr`"), "{e}");
 
     // Transfer the 60% ticket to sms-spam with its mask fixed, against dense fine-tuning.
     let t = dir.path().join("t");

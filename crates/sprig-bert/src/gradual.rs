@@ -10,12 +10,11 @@
 //! `t₀ = round(start · T)` to `t₁ = round(end · T)`, pruning at `t₀ + k·every` and at `t₁`;
 //! movement scores `S = −Σ_t ∂L/∂W ⊙ W` (Sanh et al. §3) accumulate every step after gradient
 //! clipping. [`GradualHooks`] drives the pruner from the training loop's hooks.
-use crate::error::{Context, Result};
+use crate::error::Result;
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
-use sprig_prune::{Inputs, MaskSet, Pruner, PrunerConfig, Scores};
+use candle_core::Var;
+use sprig_prune::{Inputs, MaskSet, Pruner, PrunerConfig};
 use sprig_train::fit::{Ctx, Hooks};
-use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GradualCriterion {
@@ -105,21 +104,10 @@ impl<M: ?Sized> Hooks<M> for GradualHooks {
     }
 }
 
-/// |w| of the prunable tensors (Han et al. 2015).
-pub fn magnitude_scores(tensors: &HashMap<String, Tensor>, shapes: &[(String, Vec<usize>)]) -> Result<Scores> {
-    shapes
-        .iter()
-        .map(|(n, _)| {
-            let t = tensors.get(n).with_context(|| format!("no tensor {n}"))?;
-            Ok((n.clone(), t.abs()?.flatten_all()?.to_vec1::<f32>()?))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
     use sprig_train::fit::{BatchOrder, Fit, StepInfo, StepLoss};
     use sprig_train::{AdamW, AdamWConfig};
 

@@ -1,5 +1,6 @@
 //! The README's example: a two-round lottery ticket on 3000 Fashion-MNIST images.
 use candle_core::Device;
+use sprig_lab::imp::Control;
 use sprig_lab::lottery::{run_lottery, LotteryConfig};
 use sprig_prune::Rewind;
 use sprig_train::vision::{Arch, OptimChoice, TrainConfig};
@@ -18,7 +19,8 @@ fn main() -> anyhow::Result<()> {
         rewind: Rewind::Step(10),
         seeds: vec![0],
         train: TrainConfig { epochs: 1, batch_size: 100, optim: OptimChoice::Adam { lr: 1.2e-3 }, data_seed: 0, snapshot_step: None },
-        controls: true,
+        controls: vec![Control::RandomMask, Control::Reinit],
+        control_rounds: vec![],
     };
     let out = std::env::temp_dir().join("sprig-lottery-readme");
     for row in run_lottery(&cfg, &data, &out, &Device::Cpu)? {

@@ -1,5 +1,5 @@
 //! `sprig compile`: turn a ticket's masked encoder into sprig-kernels sparse layers, check that it
-//! computes what the masked-dense model computes, and time both side by side (issue 7, item 6).
+//! computes what the masked-dense model computes, and time both side by side.
 //!
 //! The masked model keeps dense `[N, K]` weights with exact zeros and runs dense GEMMs; the compiled
 //! one stores only the kept weights (CSR, BSR or N:M, see `sprig_kernels::candle::Format`) and runs

@@ -18,31 +18,29 @@
 //! own rule), so a killed and resumed run ends with the same checkpoints, bit for bit, as an
 //! uninterrupted one.
 //!
-//! # Porting the three experiments (method by method)
+//! # The three experiments (method by method)
 //! Each builds an [`ImpPlan`] from its config (`rounds`, `seeds`, `rewind`, `controls`,
 //! `control_rounds`), implements [`crate::run_dir::RunConfig`] for its config (`validate` = the
-//! config's checks + `plan.validate(S::CONTROLS)`; `identity` = `without_fields(json, &ImpPlan::GROWABLE)`
-//! for tickets/upstream; lottery's old check also let nothing but `rounds`/`seeds` grow), opens
-//! `RunDir::open(out, &cfg)`, then loads data and calls [`run_imp`].
+//! config's checks + `plan.validate(S::CONTROLS)`; `identity` = `without_fields(json, &ImpPlan::GROWABLE)`),
+//! opens its [`RunDir`] (after loading data where loading may fail: `RunDir::check` first), then
+//! calls [`run_imp`]. Pruning steps are [`sprig_prune::Pruner`] configurations.
 //!
-//! | method | lottery (`run_lottery`) | tickets (`run_tickets`) | upstream (`run_upstream`) |
+//! | method | lottery ([`crate::lottery`]) | tickets ([`crate::ticket`]) | upstream ([`crate::upstream`]) |
 //! |---|---|---|---|
-//! | `Metrics` | `RoundResult` minus round/seed/controls: test/dev acc, steps, seconds | `RunMetrics` | `UpstreamMetrics` |
-//! | `CONTROLS` | `[Reinit, RandomMask]` (old `controls: bool` -> both or none) | all seven | `[]` |
+//! | `Metrics` | `LotteryMetrics`: test/dev acc, steps, seconds | `RunMetrics` | `UpstreamMetrics` |
+//! | `CONTROLS` | `[RandomMask, Reinit]` | all seven | `[]` |
 //! | `method`/`schedule` | "imp-magnitude-layerwise", `Schedule::Imp{FractionOfRemaining(rate)}` | "bert-tickets-imp-global-magnitude", `cfg.schedule()` | "upstream-imp-contrastive-global-magnitude", `cfg.schedule()` |
 //! | `round_sparsity` | hidden-layer schedule `1-(1-rate)^r` | `cfg.schedule().round_sparsity(r)` | same |
-//! | `dense_mask` | `MaskSet::ones_for(Selector::weights().select(&new_model(seed).params))` | ones over `base.prunable_shapes()` | same |
-//! | `prune` | `layerwise_masks(cfg, shapes, magnitude(prev.tensors), r, Some(&prev.masks))` | `global_magnitude_mask(prev.tensors, shapes, s, if r == 1 {None} else {Some(&prev.masks)})` | same as tickets |
-//! | `train` | model `new_model(seed)`; `Start::Init` = its θ₀, `Start::Weights(w)` = `v.set(w[n])`; `data_seed = seed*1_000_003 + r`; `snapshot_step` -> `TrainConfig.snapshot_step`; return `init.named_tensors()` and the snapshot | `finetune_masked(.., seed, Start{tensors: w or {}, head: w present}, mask or None when r == 0, snapshot_step)`; tensors = `trainable_params` | `train_round(.., seed, mask or None when r == 0)` (rewind is always `Init`) |
-//! | `control` | Reinit: `new_model(seed + 7919 r + 104_729)` trained on `imp_mask`; RandomMask: start + `layerwise_masks(random(prunable, seed*31 + r))` | body of `Ctx::control` with `salt = seed*1_000_003 + 7919 r`; Obs loads `cell_dir(run, 0, seed)` | — |
-//! | `extra` | `{}` | `{task, classes, model, finetune}` | `{task: "upstream", classes: [], model, finetune, corpus}` |
-//! | `summary`/`plot` | `summarize` rows, `plot_svg` via `run.write_plot("lottery.svg", ..)` | `ticket_summary::summarize`/`plot_svg` ("tickets.svg"); `results.json` from the returned cells | `UpstreamSummary` built from the cells |
+//! | `dense_mask` | ones over `Selector::weights()` of the seed's model | ones over `base.prunable_shapes()` | same |
+//! | `prune` | `PrunerConfig::imp(.., FractionOfRemaining(rate))`, uniform allocation, the output weight in a group at `output_rate` | `ticket::imp_step`: `PrunerConfig::imp(.., LinearOfOriginal(rate))`, global | same as tickets |
+//! | `train` | model of the seed, `data_seed = seed*1_000_003 + r` | `finetune_masked`, no mask in round 0 | `train_round`, no mask in round 0 |
+//! | `control` | Reinit: model of `seed + 7919 r + 104_729` on the IMP mask; RandomMask: the rewound start under the layerwise pruner with a random criterion seeded `seed*31 + r` | salt `seed*1_000_003 + 7919 r`; random mask / one-shot / OBS are one-shot pruners; Obs reads `cell_dir(run, 0, seed)` | — |
+//! | `extra` | none | `{task, classes, model, finetune}` | `{task: "upstream", classes: [], model, finetune, corpus}` |
+//! | `summary`/`plot` | rows per round, `lottery.svg` | `ticket_summary`, `tickets.svg`; `results.json` from the returned cells | `UpstreamSummary` |
 //!
-//! Notes for the port: lottery's old layout was `seed-S/round-RR` with the result at the top of
-//! `extra` and `seed-S/rewind.safetensors`; its old run directories do not resume under this
-//! layout (ticket and upstream ones do, except tickets' control files, which were
-//! `round-RR/seed-S.<name>.json` and are now `round-RR/seed-S/control-<name>.json`). Lottery's
-//! controls were stored inside the cell's result; here they are control files like tickets'.
+//! Earlier layouts: lottery's was `seed-S/round-RR` with the result at the top of `extra` and
+//! `seed-S/rewind.safetensors` (those run directories do not resume under this layout); tickets'
+//! control files were `round-RR/seed-S.<name>.json` (ticket and upstream checkpoints are unchanged).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

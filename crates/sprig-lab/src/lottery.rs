@@ -1,20 +1,26 @@
 //! Lottery tickets by iterative magnitude pruning (Frankle & Carbin 2019, Alg. 1 / "Strategy 2" with
-//! rewinding), with the paper's two controls at every round: the same mask with a fresh random init
-//! ("reinit", §2) and a random mask at the same per-layer sparsity ("random pruning").
+//! rewinding), with the paper's two controls: the same mask with a fresh random init ("reinit",
+//! §2) and a random mask at the same per-layer sparsity ("random pruning").
 //!
-//! Resumable: every finished (round, seed) is a sparse checkpoint `DIR/seed-S/round-RR/` written
-//! atomically; a restarted run skips them and continues from the last one.
-use std::path::{Path, PathBuf};
+//! Runs on the resumable IMP runner ([`crate::imp::run_imp`]) in a [`RunDir`]: every finished
+//! (round, seed) is a sparse checkpoint `OUT/round-RR/seed-S/` and every control a file
+//! `OUT/round-RR/seed-S/control-<name>.json`, all written atomically; a restarted run reads them
+//! back and continues from the first missing one, ending with the same files as an uninterrupted
+//! run. `summary.json` (per round: remaining weights, accuracies mean ± std) and `lottery.svg`
+//! are redrawn as cells finish.
+use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Var};
 use serde::{Deserialize, Serialize};
 use sprig_data::ImageDataset;
-use sprig_prune::checkpoint::{self, CheckpointMeta};
-use sprig_prune::{criteria, prune, Allocation, Granularity, MaskSet, Rewind, RoundRate, Schedule, Selector};
+use sprig_prune::checkpoint::SparseCheckpoint;
+use sprig_prune::{Allocation, Criterion, GroupRate, Inputs, MaskSet, Pruner, PrunerConfig, Rewind, RoundRate, Schedule, Selector};
+use sprig_train::vision::{evaluate, train, Arch, OptimChoice, TrainConfig, VisionModel};
 
-use sprig_train::run::write_json;
-use sprig_train::vision::{evaluate, train, Arch, TrainConfig, VisionModel};
+use crate::imp::{run_imp, Cell, CellResult, Control, ImpPlan, ImpSubject, Start, Trained};
+use crate::run_dir::{without_fields, RunConfig, RunDir};
 
 /// A lottery experiment.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -28,22 +34,63 @@ pub struct LotteryConfig {
     pub output_rate: f64,
     pub rewind: Rewind,
     pub seeds: Vec<u64>,
+    /// The training recipe of every run (`data_seed` and `snapshot_step` are set per run).
     pub train: TrainConfig,
-    /// Run the reinit and random-mask controls.
-    pub controls: bool,
+    /// Controls: `reinit` and/or `random_mask` ([`Lottery::CONTROLS`]).
+    pub controls: Vec<Control>,
+    /// Rounds in which `controls` run (empty = every round >= 1).
+    #[serde(default)]
+    pub control_rounds: Vec<usize>,
 }
 
-/// One (round, seed) result.
+impl LotteryConfig {
+    /// What the IMP runner needs.
+    pub fn plan(&self) -> ImpPlan {
+        ImpPlan { rounds: self.rounds, seeds: self.seeds.clone(), rewind: self.rewind, controls: self.controls.clone(), control_rounds: self.control_rounds.clone() }
+    }
+
+    /// The hidden layers' schedule, s_r = 1 − (1 − rate)^r.
+    pub fn schedule(&self) -> Schedule {
+        Schedule::Imp { rounds: self.rounds, rate: RoundRate::FractionOfRemaining(self.rate), rewind: self.rewind }
+    }
+}
+
+impl RunConfig for LotteryConfig {
+    fn validate(&self) -> Result<()> {
+        for (what, p) in [("--rate", self.rate), ("--output-rate", self.output_rate)] {
+            if !(p > 0.0 && p < 1.0) {
+                bail!("{what} {p} must be in (0, 1)");
+            }
+        }
+        let t = &self.train;
+        if t.epochs == 0 || t.batch_size == 0 {
+            bail!("--epochs and --batch-size must be at least 1 (got {} and {})", t.epochs, t.batch_size);
+        }
+        let (lr, momentum) = match t.optim {
+            OptimChoice::Adam { lr } => (lr, 0.0),
+            OptimChoice::Sgd { lr, momentum } => (lr, momentum),
+        };
+        if !(lr > 0.0 && lr.is_finite()) {
+            bail!("--lr {lr} must be positive and finite");
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            bail!("--sgd-momentum {momentum} must be in [0, 1)");
+        }
+        self.schedule().validate()?;
+        self.plan().validate(Lottery::CONTROLS)
+    }
+
+    /// Everything but the fields that may grow (`rounds`, `seeds`, `controls`, `control_rounds`).
+    fn identity(&self) -> Result<serde_json::Value> {
+        Ok(without_fields(serde_json::to_value(self)?, &ImpPlan::GROWABLE))
+    }
+}
+
+/// What one training run measured (the ticket's or a control's).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RoundResult {
-    pub round: usize,
-    pub seed: u64,
-    /// Fraction of prunable weights remaining.
-    pub remaining: f64,
-    pub ticket_test_acc: f64,
-    pub ticket_dev_acc: f64,
-    pub reinit_test_acc: Option<f64>,
-    pub random_mask_test_acc: Option<f64>,
+pub struct LotteryMetrics {
+    pub test_acc: f64,
+    pub dev_acc: f64,
     pub steps: usize,
     pub seconds: f64,
 }
@@ -52,6 +99,7 @@ pub struct RoundResult {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SummaryRow {
     pub round: usize,
+    /// Fraction of prunable weights remaining.
     pub remaining: f64,
     pub seeds: usize,
     pub test_acc_mean: f64,
@@ -70,169 +118,165 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, s)
 }
 
-fn round_dir(out: &Path, seed: u64, round: usize) -> PathBuf {
-    out.join(format!("seed-{seed}")).join(format!("round-{round:02}"))
+/// The experiment as an [`ImpSubject`]: vision models of `sprig_train`, the layerwise IMP step.
+pub struct Lottery<'a> {
+    cfg: &'a LotteryConfig,
+    data: &'a ImageDataset,
+    device: Device,
 }
 
-/// Per-layer masks at round `r`: hidden weights at 1 − (1 − rate)^r, the output layer at 1 − (1 − output_rate)^r,
-/// from `scores` and never reviving weights pruned in `current`.
-fn layerwise_masks(cfg: &LotteryConfig, shapes: &[(String, Vec<usize>)], scores: &sprig_prune::Scores, r: usize, current: Option<&MaskSet>) -> Result<MaskSet> {
-    let out_name = cfg.arch.output_weight();
-    let (hidden, output): (Vec<_>, Vec<_>) = shapes.iter().cloned().partition(|(n, _)| n != out_name);
-    let s = |p: f64| Schedule::Imp { rounds: cfg.rounds, rate: RoundRate::FractionOfRemaining(p), rewind: cfg.rewind }.round_sparsity(r);
-    let mut m = prune(scores, &hidden, s(cfg.rate)?, Granularity::Unstructured, &Allocation::uniform(), current)?;
-    if !output.is_empty() {
-        for (n, mk) in prune(scores, &output, s(cfg.output_rate)?, Granularity::Unstructured, &Allocation::uniform(), current)?.iter() {
-            m.insert(n.clone(), mk.clone());
-        }
+impl Lottery<'_> {
+    fn model(&self, seed: u64) -> Result<VisionModel> {
+        Ok(VisionModel::new(self.cfg.arch, self.data.height, self.data.width, self.data.classes.len(), seed, &self.device)?)
     }
-    Ok(m)
+
+    /// The prunable weights (every weight matrix and kernel, not the biases), in model order.
+    fn prunable(model: &VisionModel) -> Vec<(String, Var)> {
+        Selector::weights().select(&model.params)
+    }
+
+    /// The layerwise IMP pruner (Frankle & Carbin 2019, §2): every hidden layer at
+    /// 1 − (1 − rate)^r on its own (uniform allocation), the output layer at 1 − (1 − output_rate)^r.
+    fn pruner(&self, criterion: Criterion, prunable: &[(String, Var)]) -> PrunerConfig {
+        let c = &self.cfg;
+        let mut p = PrunerConfig::imp(c.rounds, RoundRate::FractionOfRemaining(c.rate), c.rewind).allocation(Allocation::uniform());
+        p.criterion = criterion;
+        let out = c.arch.output_weight();
+        if prunable.iter().any(|(n, _)| n == out) {
+            p = p.group([out], GroupRate::Round(RoundRate::FractionOfRemaining(c.output_rate)));
+        }
+        p
+    }
+
+    /// The recipe of a run in `cell`: batch order seeded by (seed, round).
+    fn recipe(&self, cell: &Cell, snapshot_step: Option<usize>) -> TrainConfig {
+        TrainConfig { data_seed: cell.seed.wrapping_mul(1_000_003).wrapping_add(cell.round as u64), snapshot_step, ..self.cfg.train.clone() }
+    }
+
+    /// Trains `model` under `mask` and measures it.
+    fn fit(&self, model: &VisionModel, cell: &Cell, mask: &MaskSet, snapshot_step: Option<usize>) -> Result<(LotteryMetrics, Option<Vec<candle_core::Tensor>>)> {
+        let t0 = Instant::now();
+        let keep: Vec<(String, Vec<bool>)> = mask.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
+        let out = train(model, &self.data.train, &self.recipe(cell, snapshot_step), &keep, &mut |_, _| Ok(()))?;
+        let metrics = LotteryMetrics { test_acc: evaluate(model, &self.data.test)?, dev_acc: evaluate(model, &self.data.dev)?, steps: out.steps, seconds: t0.elapsed().as_secs_f64() };
+        Ok((metrics, out.snapshot))
+    }
 }
 
-fn mask_bools(m: &MaskSet) -> Vec<(String, Vec<bool>)> {
-    m.iter().map(|(n, mk)| (n.clone(), mk.to_bools())).collect()
+/// Sets every parameter of `model` from `w` (by name); a missing or unknown name is an error.
+fn set_weights(model: &VisionModel, w: &std::collections::BTreeMap<String, candle_core::Tensor>) -> Result<()> {
+    if let Some(n) = w.keys().find(|n| !model.params.iter().any(|(p, _)| p == *n)) {
+        bail!("the start weights name `{n}`, which the model does not have");
+    }
+    for (n, v) in &model.params {
+        v.set(w.get(n).with_context(|| format!("the start weights lack `{n}`"))?)?;
+    }
+    Ok(())
 }
 
-/// Runs (or resumes) the experiment into `out`; returns the summary rows (also written to `out/summary.json`).
+impl ImpSubject for Lottery<'_> {
+    type Metrics = LotteryMetrics;
+    const CONTROLS: &'static [Control] = &[Control::RandomMask, Control::Reinit];
+
+    fn device(&self) -> Device {
+        self.device.clone()
+    }
+    fn method(&self) -> String {
+        "imp-magnitude-layerwise".into()
+    }
+    fn schedule(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.cfg.schedule()).ok()
+    }
+    fn round_sparsity(&self, round: usize) -> Result<f64> {
+        Ok(self.cfg.schedule().round_sparsity(round)?)
+    }
+    fn dense_mask(&self, seed: u64) -> Result<MaskSet> {
+        Ok(MaskSet::ones_for(&Self::prunable(&self.model(seed)?)))
+    }
+    fn train(&self, cell: &Cell, start: &Start, mask: &MaskSet, snapshot_step: Option<usize>) -> Result<Trained<LotteryMetrics>> {
+        let model = self.model(cell.seed)?;
+        if let Start::Weights(w) = start {
+            set_weights(&model, w)?;
+        }
+        let (metrics, snap) = self.fit(&model, cell, mask, snapshot_step)?;
+        let snapshot = snap.map(|s| model.params.iter().map(|(n, _)| n.clone()).zip(s).collect());
+        tracing::info!(round = cell.round, seed = cell.seed, remaining = 1.0 - mask.sparsity(), test_acc = metrics.test_acc, "lottery ticket trained");
+        Ok(Trained { metrics, tensors: model.named_tensors(), snapshot })
+    }
+    /// Layerwise magnitude pruning of the previous round's trained weights, never reviving.
+    fn prune(&self, cell: &Cell, prev: &SparseCheckpoint) -> Result<MaskSet> {
+        let prunable = Self::prunable(&self.model(cell.seed)?);
+        let vars: Vec<(String, Var)> = prev
+            .tensors
+            .iter()
+            .filter(|(n, _)| prunable.iter().any(|(p, _)| p == n))
+            .map(|(n, t)| Ok((n.clone(), Var::from_tensor(t)?)))
+            .collect::<Result<_>>()?;
+        let shapes = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+        let mut pruner = Pruner::new(self.pruner(Criterion::Magnitude, &prunable), shapes)?.with_masks(prev.masks.clone())?;
+        Ok(pruner.round(cell.round, &vars, &mut Inputs::none())?.clone())
+    }
+    fn control(&self, control: Control, cell: &Cell, imp_mask: &MaskSet, start: &Start) -> Result<LotteryMetrics> {
+        let (seed, r) = (cell.seed, cell.round);
+        let (metrics, _) = match control {
+            // The IMP mask on a fresh init from another seed.
+            Control::Reinit => self.fit(&self.model(seed.wrapping_add(7919 * r as u64 + 104_729))?, cell, imp_mask, None)?,
+            // The rewound weights under a random mask with the same per-layer sparsities.
+            Control::RandomMask => {
+                let model = self.model(seed)?;
+                if let Start::Weights(w) = start {
+                    set_weights(&model, w)?;
+                }
+                let prunable = Self::prunable(&model);
+                let cfg = self.pruner(Criterion::Random, &prunable).seed(seed.wrapping_mul(31).wrapping_add(r as u64));
+                let mask = Pruner::for_params(cfg, &prunable)?.round(r, &prunable, &mut Inputs::none())?.clone();
+                self.fit(&model, cell, &mask, None)?
+            }
+            c => bail!("control `{c}` is not part of the lottery experiment"),
+        };
+        tracing::info!(round = r, seed, control = control.name(), test_acc = metrics.test_acc, "lottery control trained");
+        Ok(metrics)
+    }
+    fn summary(&self, cells: &[CellResult<LotteryMetrics>]) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "arch": self.cfg.arch, "dataset": self.cfg.dataset, "rounds": summarize(cells) }))
+    }
+    fn plot(&self, run: &RunDir, cells: &[CellResult<LotteryMetrics>]) -> Result<()> {
+        let rows = summarize(cells);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        run.write_plot("lottery.svg", || plot_svg(&rows, &format!("IMP tickets, {:?} on {}", self.cfg.arch, self.cfg.dataset)))
+    }
+}
+
+/// Runs (or resumes) the experiment into `out`; returns the summary rows (also in `out/summary.json`).
 pub fn run_lottery(cfg: &LotteryConfig, data: &ImageDataset, out: &Path, device: &Device) -> Result<Vec<SummaryRow>> {
-    if cfg.seeds.is_empty() {
-        bail!("--seeds must be at least 1");
-    }
-    for (what, p) in [("rate", cfg.rate), ("output rate", cfg.output_rate)] {
-        if !(p > 0.0 && p < 1.0) {
-            bail!("{what} {p} must be in (0, 1)");
-        }
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let cfg_path = out.join("config.json");
-    if cfg_path.exists() {
-        let old: LotteryConfig = serde_json::from_slice(&std::fs::read(&cfg_path)?).with_context(|| format!("reading {}", cfg_path.display()))?;
-        if old.arch != cfg.arch || old.dataset != cfg.dataset || old.rate != cfg.rate || old.rewind != cfg.rewind || old.train != cfg.train || old.output_rate != cfg.output_rate || old.controls != cfg.controls {
-            bail!("{} holds a different experiment (see its config.json); use another --out", out.display());
-        }
-    }
-    write_json(&cfg_path, cfg)?;
-    let classes = data.classes.len();
-    let new_model = |seed: u64| VisionModel::new(cfg.arch, data.height, data.width, classes, seed, device);
-    let mut results: Vec<RoundResult> = Vec::new();
-    for r in 0..=cfg.rounds {
-        for &seed in &cfg.seeds {
-            let dir = round_dir(out, seed, r);
-            if let Ok(man) = checkpoint::read_manifest(&dir) {
-                let res: RoundResult = serde_json::from_value(man.meta.extra.clone()).with_context(|| format!("reading result of {}", dir.display()))?;
-                tracing::info!("round {r} seed {seed}: done before (ticket {:.4})", res.ticket_test_acc);
-                results.push(res);
-                continue;
-            }
-            let t0 = std::time::Instant::now();
-            let init = new_model(seed)?;
-            let theta0 = init.snapshot()?;
-            let prunable: Vec<(String, Var)> = Selector::weights().select(&init.params);
-            let shapes: Vec<(String, Vec<usize>)> = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
-            let rewind_file = out.join(format!("seed-{seed}")).join("rewind.safetensors");
-            let tcfg = TrainConfig { data_seed: seed.wrapping_mul(1_000_003).wrapping_add(r as u64), ..cfg.train.clone() };
-            let (mask, parent) = if r == 0 {
-                (MaskSet::ones_for(&prunable), None)
-            } else {
-                let prev_dir = round_dir(out, seed, r - 1);
-                let prev = checkpoint::load(&prev_dir, device).with_context(|| format!("loading {}", prev_dir.display()))?;
-                let vars: Vec<(String, Var)> = prev.tensors.iter().filter(|(n, _)| shapes.iter().any(|(s, _)| s == n)).map(|(n, t)| Ok((n.clone(), Var::from_tensor(t)?))).collect::<Result<_>>()?;
-                let scores = criteria::magnitude(&vars)?;
-                let m = layerwise_masks(cfg, &shapes, &scores, r, Some(&prev.masks))?;
-                // start of the ticket run: rewound weights
-                match cfg.rewind {
-                    Rewind::Init => init.restore(&theta0)?,
-                    Rewind::Step(_) => {
-                        let st = candle_core::safetensors::load(&rewind_file, device).with_context(|| format!("loading {}", rewind_file.display()))?;
-                        for (n, v) in &init.params {
-                            v.set(st.get(n).with_context(|| format!("{} lacks {n}", rewind_file.display()))?)?;
-                        }
-                    }
-                    Rewind::LearningRate => {
-                        for (n, v) in &init.params {
-                            let t = prev.tensors.iter().find(|(pn, _)| pn == n).map(|(_, t)| t).with_context(|| format!("{} lacks {n}", prev_dir.display()))?;
-                            v.set(t)?;
-                        }
-                    }
-                }
-                (m, Some(checkpoint::weights_sha256(&prev_dir)?))
-            };
-            let start = init.snapshot()?;
-            let tcfg0 = TrainConfig { snapshot_step: match (r, cfg.rewind) { (0, Rewind::Step(k)) => Some(k), _ => None }, ..tcfg.clone() };
-            let outcome = train(&init, &data.train, &tcfg0, &mask_bools(&mask), &mut |_, _| Ok(()))?;
-            if r == 0 {
-                if let Rewind::Step(k) = cfg.rewind {
-                    let snap = outcome.snapshot.with_context(|| format!("rewind step {k} is past the end of training ({} steps)", outcome.steps))?;
-                    let named: Vec<(String, Tensor)> = init.params.iter().map(|(n, _)| n.clone()).zip(snap).collect();
-                    let bytes = safetensors::serialize(named.iter().map(|(n, t)| (n.as_str(), t)), None)?;
-                    sprig_train::run::write_atomic(&rewind_file, &bytes)?;
-                }
-            }
-            let ticket_test_acc = evaluate(&init, &data.test)?;
-            let ticket_dev_acc = evaluate(&init, &data.dev)?;
-            let (mut reinit_test_acc, mut random_mask_test_acc) = (None, None);
-            if cfg.controls && r > 0 {
-                let re = new_model(seed.wrapping_add(7919 * r as u64 + 104_729))?;
-                train(&re, &data.train, &tcfg, &mask_bools(&mask), &mut |_, _| Ok(()))?;
-                reinit_test_acc = Some(evaluate(&re, &data.test)?);
-                let rm_model = new_model(seed)?;
-                rm_model.restore(&start)?;
-                let rscores = criteria::random(&prunable, seed.wrapping_mul(31).wrapping_add(r as u64));
-                let rmask = layerwise_masks(cfg, &shapes, &rscores, r, None)?;
-                train(&rm_model, &data.train, &tcfg, &mask_bools(&rmask), &mut |_, _| Ok(()))?;
-                random_mask_test_acc = Some(evaluate(&rm_model, &data.test)?);
-            }
-            let res = RoundResult {
-                round: r,
-                seed,
-                remaining: 1.0 - mask.sparsity(),
-                ticket_test_acc,
-                ticket_dev_acc,
-                reinit_test_acc,
-                random_mask_test_acc,
-                steps: outcome.steps,
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            tracing::info!(
-                "round {r} seed {seed}: remaining {:.4} ticket {:.4} reinit {:?} random-mask {:?} ({:.0}s)",
-                res.remaining, res.ticket_test_acc, res.reinit_test_acc, res.random_mask_test_acc, res.seconds
-            );
-            let meta = CheckpointMeta {
-                method: "imp-magnitude-layerwise".into(),
-                schedule: Some(serde_json::to_value(Schedule::Imp { rounds: cfg.rounds, rate: RoundRate::FractionOfRemaining(cfg.rate), rewind: cfg.rewind })?),
-                seed: Some(seed),
-                parent_sha256: parent,
-                extra: serde_json::to_value(&res)?,
-            };
-            checkpoint::save(&dir, &init.named_tensors(), &mask, &meta)?;
-            results.push(res);
-        }
-        let rows = summarize(&results);
-        write_json(&out.join("summary.json"), &rows)?;
-        plot_svg(&rows, &out.join("lottery.svg"), &format!("IMP tickets, {:?} on {}", cfg.arch, cfg.dataset))?;
-    }
-    Ok(summarize(&results))
+    let run = RunDir::open(out, cfg)?;
+    let subject = Lottery { cfg, data, device: device.clone() };
+    Ok(summarize(&run_imp(&run, &cfg.plan(), &subject)?))
 }
 
-/// Summary rows per round (mean and std over seeds).
-pub fn summarize(results: &[RoundResult]) -> Vec<SummaryRow> {
-    let max_r = results.iter().map(|r| r.round).max().unwrap_or(0);
+/// Summary rows per round (mean and std over seeds; a control's columns only when every seed of
+/// the round has it).
+pub fn summarize(cells: &[CellResult<LotteryMetrics>]) -> Vec<SummaryRow> {
+    let max_r = cells.iter().map(|c| c.round).max().unwrap_or(0);
     (0..=max_r)
         .filter_map(|round| {
-            let rs: Vec<&RoundResult> = results.iter().filter(|r| r.round == round).collect();
+            let rs: Vec<&CellResult<LotteryMetrics>> = cells.iter().filter(|c| c.round == round).collect();
             if rs.is_empty() {
                 return None;
             }
-            let col = |f: &dyn Fn(&RoundResult) -> Option<f64>| -> Option<(f64, f64)> {
-                let v: Vec<f64> = rs.iter().filter_map(|r| f(r)).collect();
+            let col = |f: &dyn Fn(&CellResult<LotteryMetrics>) -> Option<f64>| -> Option<(f64, f64)> {
+                let v: Vec<f64> = rs.iter().filter_map(|c| f(c)).collect();
                 if v.len() == rs.len() { Some(mean_std(&v)) } else { None }
             };
-            let (tm, ts) = col(&|r| Some(r.ticket_test_acc))?;
-            let re = col(&|r| r.reinit_test_acc);
-            let rm = col(&|r| r.random_mask_test_acc);
+            let control = |c: Control| move |x: &CellResult<LotteryMetrics>| x.controls.get(c.name()).map(|m| m.test_acc);
+            let (tm, ts) = col(&|c| Some(c.metrics.test_acc))?;
+            let re = col(&control(Control::Reinit));
+            let rm = col(&control(Control::RandomMask));
             Some(SummaryRow {
                 round,
-                remaining: rs[0].remaining,
+                remaining: 1.0 - rs[0].sparsity,
                 seeds: rs.len(),
                 test_acc_mean: tm,
                 test_acc_std: ts,
@@ -245,11 +289,11 @@ pub fn summarize(results: &[RoundResult]) -> Vec<SummaryRow> {
         .collect()
 }
 
-/// Test accuracy vs remaining weights (log x axis), like the LTH paper's figures, as SVG.
-pub fn plot_svg(rows: &[SummaryRow], path: &Path, title: &str) -> Result<()> {
+/// Test accuracy vs remaining weights (log x axis), like the LTH paper's figures: the SVG text.
+pub fn plot_svg(rows: &[SummaryRow], title: &str) -> Result<String> {
     use plotters::prelude::*;
     if rows.is_empty() {
-        return Ok(());
+        bail!("no rows to plot");
     }
     let mut svg = String::new();
     {
@@ -306,5 +350,5 @@ pub fn plot_svg(rows: &[SummaryRow], path: &Path, title: &str) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    Ok(sprig_train::run::write_atomic(path, svg.as_bytes())?)
+    Ok(svg)
 }

@@ -135,9 +135,11 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Opens or creates the run directory `root` for `cfg` (validate, check identity, clean
-    /// orphans, write `config.json`; see the module doc). Nothing is written when it fails.
-    pub fn open<C: RunConfig>(root: &Path, cfg: &C) -> Result<RunDir> {
+    /// Checks, writing nothing, that `cfg` may run in `root`: the config is valid, and `root` is
+    /// absent, empty, or holds a config with the same identity (steps 1 and 2 of the module doc).
+    /// Callers that load data before [`RunDir::open`] call this first, so that a refused start
+    /// fails fast and a start whose loading fails leaves no `config.json` behind.
+    pub fn check<C: RunConfig>(root: &Path, cfg: &C) -> Result<()> {
         cfg.validate().with_context(|| format!("invalid config for {}", root.display()))?;
         let new_id = cfg.identity()?;
         let cfg_path = root.join(CONFIG_FILE);
@@ -161,9 +163,16 @@ impl RunDir {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Opens or creates the run directory `root` for `cfg` (validate, check identity, clean
+    /// orphans, write `config.json`; see the module doc). Nothing is written when it fails.
+    pub fn open<C: RunConfig>(root: &Path, cfg: &C) -> Result<RunDir> {
+        Self::check(root, cfg)?;
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         clean_orphans(root)?;
-        sprig_train::write_json(&cfg_path, cfg)?;
+        sprig_train::write_json(&root.join(CONFIG_FILE), cfg)?;
         Ok(RunDir { root: root.to_path_buf() })
     }
 

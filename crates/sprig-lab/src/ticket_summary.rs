@@ -3,10 +3,11 @@
 //! at which the ticket is *matching* — within one standard deviation of full fine-tuning (Chen et
 //! al. 2020, §3: "a subnetwork is matching if its performance is within one standard deviation of
 //! the full model's").
-use crate::ticket::{Control, RoundResult, TicketConfig};
-use anyhow::Result;
+use crate::imp::{CellResult, Control};
+use crate::ticket::TicketConfig;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use sprig_bert::masked::RunMetrics;
 
 /// Mean and sample standard deviation (0 for one value).
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -70,18 +71,18 @@ pub struct TicketSummary {
     pub total_train_seconds: f64,
 }
 
-/// Summary rows from the results so far.
-pub fn summarize(cfg: &TicketConfig, task: &str, results: &[RoundResult]) -> TicketSummary {
+/// Summary rows from the cells finished so far.
+pub fn summarize(cfg: &TicketConfig, task: &str, results: &[CellResult<RunMetrics>]) -> TicketSummary {
     let metric = cfg.metric;
     let max_r = results.iter().map(|r| r.round).max().unwrap_or(0);
     let mut rows = Vec::new();
     for round in 0..=max_r {
-        let rs: Vec<&RoundResult> = results.iter().filter(|r| r.round == round).collect();
+        let rs: Vec<&CellResult<RunMetrics>> = results.iter().filter(|r| r.round == round).collect();
         if rs.is_empty() {
             continue;
         }
-        let (m, s) = mean_std(&rs.iter().map(|r| metric.of(&r.ticket)).collect::<Vec<_>>());
-        let (dm, _) = mean_std(&rs.iter().map(|r| r.ticket.dev_accuracy).collect::<Vec<_>>());
+        let (m, s) = mean_std(&rs.iter().map(|r| metric.of(&r.metrics)).collect::<Vec<_>>());
+        let (dm, _) = mean_std(&rs.iter().map(|r| r.metrics.dev_accuracy).collect::<Vec<_>>());
         let ctl = |c: Control| -> (Option<f64>, Option<f64>) {
             let v: Vec<f64> = rs.iter().filter_map(|r| r.controls.get(c.name()).map(|x| metric.of(x))).collect();
             if v.is_empty() {
@@ -98,10 +99,10 @@ pub fn summarize(cfg: &TicketConfig, task: &str, results: &[RoundResult]) -> Tic
         let (gm, gmsd) = ctl(Control::Gmp);
         let (mv, mvsd) = ctl(Control::Movement);
         let (ob, obsd) = ctl(Control::Obs);
-        let secs: f64 = rs.iter().map(|r| r.ticket.train_seconds + r.controls.values().map(|c| c.train_seconds).sum::<f64>()).sum();
+        let secs: f64 = rs.iter().map(|r| r.metrics.train_seconds + r.controls.values().map(|c| c.train_seconds).sum::<f64>()).sum();
         rows.push(RoundRow {
             round,
-            sparsity: rs[0].sparsity,
+            sparsity: rs[0].target_sparsity,
             seeds: rs.len(),
             metric_mean: m,
             metric_std: s,
@@ -150,13 +151,13 @@ pub fn summarize(cfg: &TicketConfig, task: &str, results: &[RoundResult]) -> Tic
     }
 }
 
-/// Test metric vs sparsity for the ticket and every control, as SVG (like Chen et al.'s Fig. 2).
-pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
+/// Test metric vs sparsity for the ticket and every control, as SVG text (like Chen et al.'s Fig. 2).
+pub fn plot_svg(s: &TicketSummary) -> Result<String> {
     use plotters::prelude::*;
     if s.rounds.is_empty() {
-        return Ok(());
+        bail!("no rounds to plot");
     }
-    let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("plot {}: {e}", path.display());
+    let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 520)).into_drawing_area();
@@ -199,26 +200,26 @@ pub fn plot_svg(s: &TicketSummary, path: &Path) -> Result<()> {
         chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
     }
-    Ok(sprig_train::write_atomic(path, svg.as_bytes())?)
+    Ok(svg)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sprig_bert::masked::RunMetrics;
-    use crate::ticket::{Control, Metric, RoundResult, TicketConfig};
-    use std::collections::HashMap;
+    use crate::ticket::{Control, Metric, TicketConfig};
+    use std::collections::{BTreeMap, HashMap};
 
     fn m(acc: f64) -> RunMetrics {
         RunMetrics { test_accuracy: acc, test_macro_f1: acc, test_mcc: acc, dev_accuracy: acc, dev_macro_f1: acc, steps: 1, train_seconds: 1.0, sparsity: 0.0 }
     }
 
-    fn res(round: usize, seed: u64, acc: f64, random: Option<f64>) -> RoundResult {
-        let mut controls = HashMap::new();
+    fn res(round: usize, seed: u64, acc: f64, random: Option<f64>) -> CellResult<RunMetrics> {
+        let mut controls = BTreeMap::new();
         if let Some(r) = random {
             controls.insert(Control::RandomMask.name().to_string(), m(r));
         }
-        RoundResult { round, seed, sparsity: 0.1 * round as f64, ticket: m(acc), controls }
+        let sparsity = 0.1 * round as f64;
+        CellResult { round, seed, target_sparsity: sparsity, sparsity, metrics: m(acc), controls, weights_sha256: String::new(), masks_sha256: String::new() }
     }
 
     fn cfg(seeds: usize) -> TicketConfig {

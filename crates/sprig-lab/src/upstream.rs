@@ -19,17 +19,18 @@
 use sprig_bert::finetune::{batch_tensors, FinetuneConfig, Tokenized};
 use sprig_bert::masked::{Base, TaskData};
 use sprig_bert::model::{is_encoder_linear_weight, pool, BertEncoder, Init};
-use crate::ticket::{global_magnitude_mask, round_dir};
+use crate::imp::{run_imp, Cell, CellResult, Control, ImpPlan, ImpSubject, Start, Trained};
+use crate::run_dir::{without_fields, RunConfig, RunDir};
+use crate::ticket::{dense_mask, imp_step};
 use crate::ticket_summary::mean_std;
 use sprig_bert::Pooling;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
-use sprig_prune::checkpoint::{self, CheckpointMeta};
+use sprig_prune::checkpoint::SparseCheckpoint;
 use sprig_prune::{MaskSet, RoundRate, Schedule};
 use sprig_train::fit::{BatchOrder, Fit, Lr, StepInfo, StepLoss};
 use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, Optimizer, TrainError};
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -57,7 +58,14 @@ impl UpstreamConfig {
         Schedule::Imp { rounds: self.rounds, rate: RoundRate::LinearOfOriginal(self.rate), rewind: sprig_prune::Rewind::Init }
     }
 
-    pub fn validate(&self) -> Result<()> {
+    /// What the IMP runner needs (no controls; rewinding to θ₀).
+    pub fn plan(&self) -> ImpPlan {
+        ImpPlan { rounds: self.rounds, seeds: self.seeds.clone(), rewind: sprig_prune::Rewind::Init, controls: vec![], control_rounds: vec![] }
+    }
+}
+
+impl RunConfig for UpstreamConfig {
+    fn validate(&self) -> Result<()> {
         self.recipe.validate()?;
         if self.corpus.is_empty() {
             bail!("the upstream corpus needs at least one task");
@@ -72,7 +80,12 @@ impl UpstreamConfig {
             bail!("the contrastive loss needs batches of at least 2 texts (in-batch negatives)");
         }
         self.schedule().validate().with_context(|| format!("rate {} x rounds {} must stay below sparsity 1", self.rate, self.rounds))?;
-        Ok(())
+        self.plan().validate(&[])
+    }
+
+    /// Everything but `rounds` and `seeds`, which may grow.
+    fn identity(&self) -> Result<serde_json::Value> {
+        Ok(without_fields(serde_json::to_value(self)?, &ImpPlan::GROWABLE))
     }
 }
 
@@ -245,73 +258,90 @@ fn train_round(cfg: &UpstreamConfig, base: &Base, corpus: &Corpus, dense_emb: &[
     Ok((metrics, tensors, mask))
 }
 
-/// Runs (or resumes) upstream IMP into `out`; corpus from `home` (`$SPRIG_HOME`).
-pub fn run_upstream(cfg: &UpstreamConfig, out: &Path, home: &Path) -> Result<UpstreamSummary> {
-    cfg.validate()?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let cfg_path = out.join("config.json");
-    if cfg_path.exists() {
-        let old: UpstreamConfig = serde_json::from_slice(&std::fs::read(&cfg_path)?).with_context(|| format!("reading {}", cfg_path.display()))?;
-        if (UpstreamConfig { rounds: cfg.rounds, seeds: cfg.seeds.clone(), ..old }) != *cfg {
-            bail!("{} holds a different upstream run (see its config.json); use another --out", out.display());
+/// Upstream IMP as an [`ImpSubject`]: no controls, rewinding to θ₀.
+struct Upstream<'a> {
+    cfg: &'a UpstreamConfig,
+    base: &'a Base,
+    corpus: &'a Corpus,
+    dense_emb: &'a [Vec<f32>],
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl Upstream<'_> {
+    fn summarize(&self, cells: &[CellResult<UpstreamMetrics>]) -> UpstreamSummary {
+        let mut rounds = Vec::new();
+        for r in 0..=cells.iter().map(|c| c.round).max().unwrap_or(0) {
+            let ms: Vec<&CellResult<UpstreamMetrics>> = cells.iter().filter(|c| c.round == r).collect();
+            let Some(first) = ms.first() else { continue };
+            let f = |g: fn(&UpstreamMetrics) -> f64| mean_std(&ms.iter().map(|c| g(&c.metrics)).collect::<Vec<_>>()).0;
+            rounds.push(UpstreamRound {
+                round: r,
+                sparsity: first.target_sparsity,
+                seeds: ms.len(),
+                train_loss_mean: f(|m| m.train_loss),
+                cosine_to_dense_mean: f(|m| m.heldout_cosine_to_dense),
+                retrieval_at_1_mean: f(|m| m.heldout_retrieval_at_1),
+                train_seconds: ms.iter().map(|c| c.metrics.train_seconds).sum(),
+            });
+        }
+        UpstreamSummary {
+            model: self.base.spec.clone(),
+            corpus: self.cfg.corpus.clone(),
+            corpus_texts: self.corpus.train.encoded.len(),
+            total_train_seconds: rounds.iter().map(|r| r.train_seconds).sum(),
+            rounds,
         }
     }
-    sprig_train::write_json(&cfg_path, cfg)?;
+}
+
+impl ImpSubject for Upstream<'_> {
+    type Metrics = UpstreamMetrics;
+    const CONTROLS: &'static [Control] = &[];
+
+    fn method(&self) -> String {
+        "upstream-imp-contrastive-global-magnitude".into()
+    }
+    fn schedule(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.cfg.schedule()).ok()
+    }
+    fn round_sparsity(&self, round: usize) -> Result<f64> {
+        Ok(self.cfg.schedule().round_sparsity(round)?)
+    }
+    fn dense_mask(&self, _seed: u64) -> Result<MaskSet> {
+        Ok(dense_mask(&self.shapes))
+    }
+    fn train(&self, cell: &Cell, start: &Start, mask: &MaskSet, _snapshot_step: Option<usize>) -> Result<Trained<UpstreamMetrics>> {
+        if !matches!(start, Start::Init) {
+            bail!("upstream IMP rewinds to the pre-trained weights only");
+        }
+        let (m, tensors, _) = train_round(self.cfg, self.base, self.corpus, self.dense_emb, cell.seed, (cell.round > 0).then_some(mask))?;
+        tracing::info!(round = cell.round, seed = cell.seed, sparsity = cell.target_sparsity, loss = m.train_loss, cosine = m.heldout_cosine_to_dense, seconds = m.train_seconds, "upstream round done");
+        Ok(Trained { metrics: m, tensors, snapshot: None })
+    }
+    fn prune(&self, cell: &Cell, prev: &SparseCheckpoint) -> Result<MaskSet> {
+        imp_step(self.cfg.schedule(), &self.shapes, prev, cell.round)
+    }
+    fn extra(&self, _cell: &Cell) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "task": UPSTREAM_TASK, "classes": [], "model": self.base.spec, "finetune": self.cfg.recipe, "corpus": self.cfg.corpus }))
+    }
+    fn summary(&self, cells: &[CellResult<UpstreamMetrics>]) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(self.summarize(cells))?)
+    }
+}
+
+/// Runs (or resumes) upstream IMP into `out`; corpus from `home` (`$SPRIG_HOME`).
+pub fn run_upstream(cfg: &UpstreamConfig, out: &Path, home: &Path) -> Result<UpstreamSummary> {
+    // Checked before the (slow) loading, opened after it: a start that fails to load writes nothing.
+    RunDir::check(out, cfg)?;
     let base = Base::load(&cfg.recipe.model)?;
     let corpus = load_corpus(cfg, &base, home)?;
-    let shapes = base.prunable_shapes()?;
     let dense = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, 0, &Device::Cpu)?;
     let dense_emb = embed(&dense, &corpus.heldout, corpus.pad_id)?;
     drop(dense);
-    let mut summary = UpstreamSummary { model: base.spec.clone(), corpus: cfg.corpus.clone(), corpus_texts: corpus.train.encoded.len(), rounds: vec![], total_train_seconds: 0.0 };
-    for r in 0..=cfg.rounds {
-        let sparsity = cfg.schedule().round_sparsity(r)?;
-        let mut ms = Vec::new();
-        for &seed in &cfg.seeds {
-            let dir = round_dir(out, r).join(format!("seed-{seed}"));
-            let m: UpstreamMetrics = if let Ok(man) = checkpoint::read_manifest(&dir) {
-                serde_json::from_value(man.meta.extra["metrics"].clone()).with_context(|| format!("bad manifest in {}", dir.display()))?
-            } else {
-                let (mask, parent) = if r == 0 {
-                    (None, None)
-                } else {
-                    let prev = round_dir(out, r - 1).join(format!("seed-{seed}"));
-                    let ck = checkpoint::load(&prev, &Device::Cpu).with_context(|| format!("loading {}", prev.display()))?;
-                    let trained: HashMap<String, Tensor> = ck.tensors.into_iter().collect();
-                    let cur = if r == 1 { None } else { Some(&ck.masks) };
-                    (Some(global_magnitude_mask(&trained, &shapes, sparsity, cur)?), Some(checkpoint::weights_sha256(&prev)?))
-                };
-                let (m, tensors, mask) = train_round(cfg, &base, &corpus, &dense_emb, seed, mask.as_ref())?;
-                let meta = CheckpointMeta {
-                    method: "upstream-imp-contrastive-global-magnitude".into(),
-                    schedule: Some(serde_json::to_value(cfg.schedule())?),
-                    seed: Some(seed),
-                    parent_sha256: parent,
-                    extra: serde_json::json!({
-                        "round": r, "sparsity": sparsity, "metrics": m, "task": UPSTREAM_TASK, "classes": [],
-                        "model": base.spec, "finetune": cfg.recipe, "corpus": cfg.corpus,
-                    }),
-                };
-                checkpoint::save(&dir, &tensors, &mask, &meta)?;
-                tracing::info!(round = r, seed, sparsity, loss = m.train_loss, cosine = m.heldout_cosine_to_dense, seconds = m.train_seconds, "upstream round done");
-                m
-            };
-            summary.total_train_seconds += m.train_seconds;
-            ms.push(m);
-        }
-        let f = |g: fn(&UpstreamMetrics) -> f64| mean_std(&ms.iter().map(g).collect::<Vec<_>>()).0;
-        summary.rounds.push(UpstreamRound {
-            round: r,
-            sparsity,
-            seeds: ms.len(),
-            train_loss_mean: f(|m| m.train_loss),
-            cosine_to_dense_mean: f(|m| m.heldout_cosine_to_dense),
-            retrieval_at_1_mean: f(|m| m.heldout_retrieval_at_1),
-            train_seconds: ms.iter().map(|m| m.train_seconds).sum(),
-        });
-        sprig_train::write_json(&out.join("summary.json"), &summary)?;
-    }
-    Ok(summary)
+    let run = RunDir::open(out, cfg)?;
+    let subject = Upstream { cfg, base: &base, corpus: &corpus, dense_emb: &dense_emb, shapes: base.prunable_shapes()? };
+    let cells = run_imp(&run, &cfg.plan(), &subject)?;
+    Ok(subject.summarize(&cells))
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A sparse checkpoint directory (model.safetensors + masks.safetensors + sprig.json).
+    /// A sparse checkpoint directory (model.safetensors + masks.safetensors + sprig.json), e.g. a
+    /// ticket `OUT/round-RR/seed-S` of `sprig lottery`, `ticket` or `upstream`.
     pub ckpt: PathBuf,
     /// Only read the manifest (skip verifying hashes, masks and zeros).
     #[arg(long)]

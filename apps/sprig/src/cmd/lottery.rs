@@ -1,9 +1,13 @@
 //! `sprig lottery`: lottery tickets by iterative magnitude pruning, with the reinit and random-mask
-//! controls at every round, several seeds, resumable (see `sprig_lab::lottery`).
+//! controls at every round, several seeds, resumable (see `sprig_lab::lottery`): each ticket is a
+//! sparse checkpoint `OUT/round-RR/seed-S` (`sprig inspect` reads it), each control a file
+//! `OUT/round-RR/seed-S/control-<name>.json`.
 use anyhow::{Context, Result};
 use candle_core::Device;
 use sprig_prune::Rewind;
+use sprig_lab::imp::Control;
 use sprig_lab::lottery::{run_lottery, LotteryConfig};
+use sprig_lab::run_dir::RunDir;
 use sprig_train::vision::{Arch, OptimChoice, TrainConfig};
 use std::path::PathBuf;
 
@@ -43,9 +47,15 @@ pub struct Args {
     /// Skip the reinit / random-mask controls.
     #[arg(long)]
     pub no_controls: bool,
+    /// Comma-separated rounds in which the controls run (default: every round). Controls already
+    /// on disk are always reported.
+    #[arg(long, value_delimiter = ',')]
+    pub control_rounds: Vec<usize>,
     /// Data split seed.
     #[arg(long, default_value_t = 42)]
     pub split_seed: u64,
+    /// Run directory: `round-RR/seed-S` tickets, control files, `summary.json`, `lottery.svg`.
+    /// A rerun with the same settings resumes; `--rounds`, `--seeds` and the controls may grow.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -66,8 +76,11 @@ pub fn run(a: Args) -> Result<()> {
         rewind,
         seeds: (0..a.seeds).collect(),
         train: TrainConfig { epochs: a.epochs, batch_size: a.batch_size, optim, data_seed: 0, snapshot_step: None },
-        controls: !a.no_controls,
+        controls: if a.no_controls { vec![] } else { vec![Control::RandomMask, Control::Reinit] },
+        control_rounds: a.control_rounds.clone(),
     };
+    // Refuse bad settings or another experiment's directory before loading the data.
+    RunDir::check(&a.out, &cfg)?;
     let data = sprig_data::load_image_task(&a.dataset, &sprig_data::sprig_home(), a.split_seed)
         .with_context(|| format!("loading {}", a.dataset))?;
     let rows = run_lottery(&cfg, &data, &a.out, &Device::Cpu)?;

@@ -1,5 +1,6 @@
 //! `sprig ticket`: lottery tickets in a pre-trained BERT (Chen et al. 2020) with the random-mask,
-//! reinit, shuffled and one-shot controls, several seeds, resumable (see `sprig_lab::ticket`).
+//! reinit, shuffled and one-shot controls, several seeds, resumable (see `sprig_lab::ticket`):
+//! tickets in `OUT/round-RR/seed-S`, controls in `OUT/round-RR/seed-S/control-<name>.json`.
 use anyhow::{Context, Result};
 use sprig_lab::ticket::{run_tickets, Control, Metric, TicketConfig};
 use sprig_prune::Rewind;
