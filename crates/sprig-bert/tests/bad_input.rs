@@ -111,6 +111,13 @@ fn nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     let ckpt = Checkpoint::load(out.path().to_str().unwrap(), &Device::Cpu).unwrap();
     assert!(ckpt.has_classifier());
     let names: Vec<String> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(names.iter().all(|n| ["config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl"].contains(&n.as_str())), "{names:?}");
+    // The Hugging Face layout of the checkpoint (with sprig's modeling file and the tokenizer's
+    // side files) plus the metrics log; no temporary file, no summary.
+    let allowed = [
+        "config.json", "model.safetensors", "modeling_sprig_bert.py", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "vocab.txt", "metrics.jsonl",
+    ];
+    assert!(names.iter().all(|n| allowed.contains(&n.as_str())), "{names:?}");
+    assert!(names.iter().any(|n| n == "model.safetensors") && names.iter().any(|n| n == "modeling_sprig_bert.py"), "{names:?}");
     assert!(!out.path().join("summary.json").exists());
 }
