@@ -242,25 +242,26 @@ impl BertEncoder {
         })
     }
 
-    /// Compile the encoder linears named in `keep` (weight name → keep mask, row-major) into
-    /// sparse layers of `format`. Their trainable parameter becomes the stored values, listed
-    /// by [`BertEncoder::named_params`] as `"<weight name>:values"` in place of the dense weight.
-    pub fn compile_sparse(&mut self, keep: &std::collections::BTreeMap<String, Vec<bool>>, format: sprig_kernels::candle::Format) -> Result<()> {
+    /// Compile the encoder linears masked in `masks` into sparse layers of `format` (each mask's
+    /// bits go to the kernels as a `Bitmask`, no boolean pass). Their trainable parameter becomes
+    /// the stored values, listed by [`BertEncoder::named_params`] as `"<weight name>:values"` in
+    /// place of the dense weight.
+    pub fn compile_sparse(&mut self, masks: &sprig_prune::MaskSet, format: sprig_kernels::candle::Format) -> Result<()> {
         let mut replaced = HashMap::new();
         for (name, lin) in self.linears_mut() {
-            if let Some(k) = keep.get(&name) {
-                if k.len() != lin.weight.elem_count() {
+            if let Some(m) = masks.get(&name) {
+                if m.len() != lin.weight.elem_count() {
                     return Err(BertError::Candle(candle_core::Error::Msg(format!(
                         "mask for {name} has {} entries, the weight has {}",
-                        k.len(),
+                        m.len(),
                         lin.weight.elem_count()
                     ))));
                 }
-                lin.compile(k, format)?;
+                lin.compile(&m.to_bitmask()?, format)?;
                 replaced.insert(name, lin.sparse.as_ref().expect("compiled").values.clone());
             }
         }
-        if let Some(unknown) = keep.keys().find(|n| !replaced.contains_key(*n)) {
+        if let Some((unknown, _)) = masks.iter().find(|(n, _)| !replaced.contains_key(*n)) {
             return Err(BertError::Candle(candle_core::Error::Msg(format!("{unknown} is not an encoder linear weight"))));
         }
         for (name, var) in self.params.iter_mut() {

@@ -35,8 +35,8 @@ pub struct Linear {
 
 impl Linear {
     /// Compile to `format` keeping the positions where `keep` is true.
-    pub fn compile(&mut self, keep: &[bool], format: Format) -> Result<()> {
-        let sl = SparseLinear::from_dense(self.weight.as_tensor(), keep, None, format)?;
+    pub fn compile(&mut self, keep: &sprig_kernels::Bitmask, format: Format) -> Result<()> {
+        let sl = SparseLinear::from_bitmask(self.weight.as_tensor(), keep, None, format)?;
         self.sparse = Some(SparseWeight { pattern: sl.pattern().clone(), values: sl.values().clone() });
         Ok(())
     }

@@ -88,18 +88,18 @@ fn fused_and_stock_paths_agree_on_outputs_and_every_gradient() {
 #[test]
 fn compiled_sparse_encoder_matches_masked_dense() {
     use sprig_kernels::candle::Format;
-    use std::collections::BTreeMap;
+    use sprig_prune::{Mask, MaskSet};
     let device = Device::Cpu;
     let ckpt = Checkpoint::load(MINILM, &device).expect("run scripts/fetch-assets");
     let (r, _) = reference();
     let masked = ckpt.encoder(1, &device).unwrap();
-    let mut keep = BTreeMap::new();
+    let mut keep = MaskSet::new();
     for (i, (name, var)) in masked.named_params().iter().filter(|(n, _)| sprig_bert::is_encoder_linear_weight(n)).enumerate() {
         let w = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let k: Vec<bool> = w.iter().enumerate().map(|(j, _)| (j * 7 + i) % 10 < 3).collect();
         let wm: Vec<f32> = w.iter().zip(&k).map(|(v, &k)| if k { *v } else { 0.0 }).collect();
         var.set(&Tensor::from_vec(wm, var.shape(), &device).unwrap()).unwrap();
-        keep.insert(name.clone(), k);
+        keep.insert(name.clone(), Mask::from_bools(var.dims(), &k).unwrap());
     }
     let mut sparse = ckpt.encoder(1, &device).unwrap();
     sparse.compile_sparse(&keep, Format::Csr).unwrap();
@@ -119,7 +119,7 @@ fn compiled_sparse_encoder_matches_masked_dense() {
     let mut checked = 0;
     for (name, var) in masked.named_params().iter().filter(|(n, _)| sprig_bert::is_encoder_linear_weight(n)) {
         let gd = gm.get(var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let want: Vec<f32> = gd.iter().zip(&keep[name]).filter(|(_, &k)| k).map(|(g, _)| *g).collect();
+        let want: Vec<f32> = gd.iter().zip(&keep.get(name).unwrap().to_bools()).filter(|(_, &k)| k).map(|(g, _)| *g).collect();
         let sv = &sparse_params.iter().find(|(n, _)| *n == format!("{name}:values")).unwrap().1;
         let got = gsp.get(sv).unwrap().to_vec1::<f32>().unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
@@ -130,6 +130,7 @@ fn compiled_sparse_encoder_matches_masked_dense() {
     }
     assert_eq!(checked, 6 * ckpt.config.num_hidden_layers);
     sparse.sync_dense().unwrap();
-    let bad: BTreeMap<String, Vec<bool>> = [("embeddings.word_embeddings.weight".to_string(), vec![true])].into();
+    let mut bad = MaskSet::new();
+    bad.insert("embeddings.word_embeddings.weight", Mask::from_bools(&[1], &[true]).unwrap());
     assert!(ckpt.encoder(1, &device).unwrap().compile_sparse(&bad, Format::Csr).is_err());
 }

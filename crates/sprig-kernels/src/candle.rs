@@ -149,12 +149,22 @@ impl SparseLinear {
     /// Compiles a dense weight `[N, K]` and a keep mask (`&[bool]`, row-major) to `format`.
     pub fn from_dense(w: &Tensor, keep: &[bool], bias: Option<Tensor>, format: Format) -> Result<Self> {
         let (n, k) = w.dims2()?;
-        let dense = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mask = Bitmask::from_bools(n, k, keep).map_err(kerr)?;
+        Self::from_bitmask(w, &mask, bias, format)
+    }
+
+    /// Compiles a dense weight `[N, K]` and its keep [`Bitmask`] (the bit layout of
+    /// `sprig_prune::Mask`, so a pruning mask reaches the kernels without a pass over booleans).
+    pub fn from_bitmask(w: &Tensor, mask: &Bitmask, bias: Option<Tensor>, format: Format) -> Result<Self> {
+        let (n, k) = w.dims2()?;
+        if (mask.rows(), mask.cols()) != (n, k) {
+            candle_core::bail!("sparse linear: mask is {}x{}, the weight is {n}x{k}", mask.rows(), mask.cols());
+        }
+        let dense = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let pattern: Arc<dyn SparseMatrix> = match format {
-            Format::Csr => Arc::new(Csr::from_dense(&dense, n, k, &mask).map_err(kerr)?),
-            Format::Bsr(r, c) => Arc::new(Bsr::from_dense(&dense, n, k, (r, c), &mask).map_err(kerr)?),
-            Format::Nm(nn, mm) => Arc::new(NmSparse::from_dense(&dense, n, k, (nn, mm), &mask).map_err(kerr)?),
+            Format::Csr => Arc::new(Csr::from_dense(&dense, n, k, mask).map_err(kerr)?),
+            Format::Bsr(r, c) => Arc::new(Bsr::from_dense(&dense, n, k, (r, c), mask).map_err(kerr)?),
+            Format::Nm(nn, mm) => Arc::new(NmSparse::from_dense(&dense, n, k, (nn, mm), mask).map_err(kerr)?),
         };
         Self::new(pattern, bias, w.device())
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use sprig_kernels::candle::Format;
 use sprig_prune::checkpoint;
 use crate::dst_run::median;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -58,8 +58,7 @@ fn classifier(t: &Ticket, base: &Base, tensors: &HashMap<String, Tensor>, classe
     let origin = t.dir.join(checkpoint::WEIGHTS_FILE);
     let mut enc = BertEncoder::new(&base.config, Init::Pretrained { tensors, origin: origin.clone() }, 0, &Device::Cpu)?;
     if let Some(f) = compile {
-        let keep: BTreeMap<String, Vec<bool>> = t.masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
-        enc.compile_sparse(&keep, f)?;
+        enc.compile_sparse(&t.masks, f)?;
     }
     Ok(BertClassifier::new(enc, classes, t.recipe.pooling, Some((tensors, origin)), 0)?)
 }

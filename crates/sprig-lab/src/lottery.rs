@@ -156,8 +156,7 @@ impl Lottery<'_> {
     /// Trains `model` under `mask` and measures it.
     fn fit(&self, model: &VisionModel, cell: &Cell, mask: &MaskSet, snapshot_step: Option<usize>) -> Result<(LotteryMetrics, Option<Vec<candle_core::Tensor>>)> {
         let t0 = Instant::now();
-        let keep: Vec<(String, Vec<bool>)> = mask.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
-        let out = train(model, &self.data.train, &self.recipe(cell, snapshot_step), &keep, &mut |_, _| Ok(()))?;
+        let out = train(model, &self.data.train, &self.recipe(cell, snapshot_step), mask, &mut |_, _| Ok(()))?;
         let metrics = LotteryMetrics { test_acc: evaluate(model, &self.data.test)?, dev_acc: evaluate(model, &self.data.dev)?, steps: out.steps, seconds: t0.elapsed().as_secs_f64() };
         Ok((metrics, out.snapshot))
     }

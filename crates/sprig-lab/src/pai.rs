@@ -106,9 +106,8 @@ pub fn run_pai(cfg: &PaiConfig, data: &ImageDataset, out: &Path, device: &Device
                 Some(m) => mask_at_init(&model, data, m, s, seed, cfg)?,
                 None => MaskSet::ones_for(&Selector::weights().select(&model.params)),
             };
-            let bools: Vec<(String, Vec<bool>)> = mask.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
             let tcfg = TrainConfig { data_seed: seed.wrapping_mul(1_000_003), ..cfg.train.clone() };
-            train(&model, &data.train, &tcfg, &bools, &mut |_, _| Ok(()))?;
+            train(&model, &data.train, &tcfg, &mask, &mut |_, _| Ok(()))?;
             let cell = PaiCell { method: name, sparsity: s, seed, realised_sparsity: mask.sparsity(), test_acc: evaluate(&model, &data.test)?, seconds: t0.elapsed().as_secs_f64() };
             tracing::info!("{} at {:.2}: seed {seed} test {:.4} ({:.0}s)", cell.method, s, cell.test_acc, cell.seconds);
             write_json(&path, &cell)?;

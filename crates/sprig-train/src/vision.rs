@@ -1,5 +1,6 @@
 //! Small vision models for pruning experiments — LeNet-300-100 and LeNet-5 — as named `Var`s, with a
 //! seeded init and a mask-aware train/eval loop over [`sprig_data::ImageDataset`] splits.
+use sprig_prune::MaskSet;
 use crate::error::{Context, Result};
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
@@ -196,7 +197,7 @@ pub fn train(
     model: &VisionModel,
     split: &ImageSplit,
     cfg: &TrainConfig,
-    masks: &[(String, Vec<bool>)],
+    masks: &MaskSet,
     after_step: &mut dyn FnMut(usize, &VisionModel) -> Result<()>,
 ) -> Result<TrainOutcome> {
     if split.is_empty() {
@@ -213,9 +214,7 @@ pub fn train(
             Box::new(Sgd::new(model.params.clone(), SgdConfig { lr, momentum, ..Default::default() })?)
         }
     };
-    for (n, keep) in masks {
-        opt.set_mask(n, Some(keep))?;
-    }
+    opt.set_masks(masks)?;
     let mut model = model.clone();
     let params = model.params.clone();
     let out = Fit::new(cfg.epochs, BatchOrder::Shuffled { n: split.len(), batch_size: cfg.batch_size, seed: cfg.data_seed })

@@ -10,7 +10,7 @@ use sprig_train::sgd::{Sgd, SgdConfig};
 use sprig_train::vision::{batch_tensor, train, Arch, OptimChoice, TrainConfig, VisionModel};
 use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, MetricsLog, Optimizer, TrainError};
 
-type Masks = Vec<(String, Vec<bool>)>;
+type Masks = sprig_prune::MaskSet;
 
 fn fashion(n: usize) -> (ImageSplit, usize, usize) {
     let d = load_image_task("fashion-mnist", &sprig_home(), 42).unwrap_or_else(|e| panic!("loading fashion-mnist (run scripts/fetch-assets): {e}"));
@@ -26,13 +26,13 @@ fn bits(t: &Tensor) -> Vec<u32> {
 fn magnitude_masks(model: &VisionModel) -> Masks {
     let prunable: Vec<(String, Var)> = Selector::weights().select(&model.params);
     let shapes: Vec<(String, Vec<usize>)> = prunable.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
-    let m = prune(&criteria::magnitude(&prunable).unwrap(), &shapes, 0.8, Granularity::Unstructured, &Allocation::global(), None).unwrap();
-    m.iter().map(|(n, k)| (n.clone(), k.to_bools())).collect()
+    prune(&criteria::magnitude(&prunable).unwrap(), &shapes, 0.8, Granularity::Unstructured, &Allocation::global(), None).unwrap()
 }
 
 /// Errors unless every pruned weight of `model` is exactly zero.
 fn check_pruned_zero(model: &VisionModel, masks: &Masks) -> sprig_train::error::Result<()> {
-    for (name, keep) in masks {
+    for (name, mask) in masks.iter() {
+        let keep = mask.to_bools();
         let w = model.params.iter().find(|(n, _)| n == name).unwrap().1.as_tensor().flatten_all()?.to_vec1::<f32>()?;
         if let Some(i) = (0..w.len()).find(|&i| !keep[i] && w[i] != 0.0) {
             return Err(TrainError::Invalid(format!("{name}[{i}] = {} is pruned but non-zero", w[i])));
@@ -55,9 +55,7 @@ fn fit_vision(
         OptimChoice::Adam { lr } => Box::new(AdamW::new(params.clone(), AdamWConfig { lr, weight_decay: 0.0, ..Default::default() })?),
         OptimChoice::Sgd { lr, momentum } => Box::new(Sgd::new(params.clone(), SgdConfig { lr, momentum, ..Default::default() })?),
     };
-    for (n, keep) in masks {
-        opt.set_mask(n, Some(keep))?;
-    }
+    opt.set_masks(masks)?;
     let (hw, dev) = (model.height * model.width, Device::Cpu);
     let mut fit = Fit::new(cfg.epochs, BatchOrder::Shuffled { n: split.len(), batch_size: cfg.batch_size, seed: cfg.data_seed })
         .snapshot_at(cfg.snapshot_step);
@@ -114,7 +112,7 @@ fn reproduces_vision_train_bit_for_bit_with_a_mask() {
         // The snapshot was taken mid-training, not at the end.
         assert_ne!(bits(&s_new[0].1), bits(new.params[0].1.as_tensor()));
         check_pruned_zero(&new, &masks).unwrap();
-        assert!(masks.iter().all(|(_, k)| k.iter().filter(|x| !**x).count() > 0));
+        assert!(masks.iter().all(|(_, m)| m.sparsity() > 0.0));
     }
 }
 

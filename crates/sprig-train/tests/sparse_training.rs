@@ -31,7 +31,7 @@ fn realised_sparsity_holds_after_every_step() {
         let bools: Vec<(String, Vec<bool>)> = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
         let cfg = TrainConfig { epochs: 1, batch_size: 60, optim: optim.clone(), data_seed: 3, snapshot_step: None };
         let mut checked = 0;
-        let out = train(&model, &data.train, &cfg, &bools, &mut |_, m| {
+        let out = train(&model, &data.train, &cfg, &masks, &mut |_, m| {
             for (name, keep) in &bools {
                 let w = m.params.iter().find(|(n, _)| n == name).unwrap().1.as_tensor().flatten_all()?.to_vec1::<f32>()?;
                 let zeros_at_pruned = w.iter().zip(keep).filter(|(x, k)| !**k && **x == 0.0).count();
@@ -63,7 +63,7 @@ fn lenet5_trains_with_a_mask() {
     let masks = prune(&criteria::random(&prunable, 5), &shapes, 0.5, Granularity::Unstructured, &Allocation::erk(), None).unwrap();
     let bools: Vec<(String, Vec<bool>)> = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
     let cfg = TrainConfig { epochs: 1, batch_size: 100, optim: OptimChoice::Adam { lr: 2e-3 }, data_seed: 1, snapshot_step: None };
-    let out = train(&model, &data.train, &cfg, &bools, &mut |_, _| Ok(())).unwrap();
+    let out = train(&model, &data.train, &cfg, &masks, &mut |_, _| Ok(())).unwrap();
     assert_eq!(out.steps, 30);
     let w = model.params.iter().find(|(n, _)| n == "conv2.weight").unwrap().1.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let keep = &bools.iter().find(|(n, _)| n == "conv2.weight").unwrap().1;

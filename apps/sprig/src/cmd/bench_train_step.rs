@@ -89,8 +89,7 @@ fn compile(encoder: &mut BertEncoder, sparsity: f64, format: &str) -> Result<()>
     // mask stored as 4x1 blocks keeps every block that holds any weight: ~34% dense at 90%).
     let config = PrunerConfig::one_shot(Criterion::Magnitude, sparsity).granularity(Granularity::for_format(format)).allocation(Allocation::uniform());
     let masks = Pruner::for_params(config, &prunable)?.one_shot(&prunable, &mut Inputs::none())?.clone();
-    let keep = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
-    encoder.compile_sparse(&keep, format)?;
+    encoder.compile_sparse(&masks, format)?;
     Ok(())
 }
 
@@ -104,8 +103,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(dir) = &a.masks {
         let masks = sprig_prune::checkpoint::load(dir, &device).with_context(|| format!("loading masks from {}", dir.display()))?.masks;
         sparsity = masks.sparsity();
-        let keep = masks.iter().map(|(n, m)| (n.clone(), m.to_bools())).collect();
-        encoder.compile_sparse(&keep, parse_format(&a.format)?)?;
+        encoder.compile_sparse(&masks, parse_format(&a.format)?)?;
     } else if a.sparsity > 0.0 {
         compile(&mut encoder, a.sparsity, &a.format)?;
     }
