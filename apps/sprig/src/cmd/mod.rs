@@ -10,6 +10,7 @@ pub mod export;
 pub mod finetune;
 pub mod inspect;
 pub mod lottery;
+pub mod prune;
 pub mod prune_at_init;
 pub mod ticket;
 pub mod transfer;
