@@ -1,0 +1,477 @@
+//! The Optimal BERT Surgeon (oBERT; Kurtic et al. 2022, "The Optimal BERT Surgeon: Scalable and
+//! Accurate Second-Order Pruning for Large Language Models", arXiv 2203.07259): block-wise OBS
+//! with an empirical Fisher.
+//!
+//! Each prunable tensor, flattened row-major, is cut into contiguous blocks of `B` weights (the last
+//! one may be shorter; the paper uses B = 50). Inside a block the Hessian is the damped empirical
+//! Fisher over the last m gradients (§3, eq. 2),
+//! F = λI + (1/m) Σ_{j=1..m} g_j g_jᵀ, and blocks are independent (F is block-diagonal).
+//!
+//! * saliency of one weight (eq. 4 with Q = {i}): ρ_i = w_i² / (2 [F⁻¹]_ii) ([`scores`]);
+//! * removing a set Q of a block (eq. 3 and 5): ρ_Q = ½ w_Qᵀ ([F⁻¹]_{Q,Q})⁻¹ w_Q and the optimal
+//!   change of the other weights δw = −F⁻¹_{:,Q} ([F⁻¹]_{Q,Q})⁻¹ w_Q, after which w_Q = 0 ([`update`]).
+//!
+//! F⁻¹ is never formed at size B x B when m < B: with G the m x B matrix of gradients,
+//! F⁻¹ = (1/λ)(I − Gᵀ (λmI + GGᵀ)⁻¹ G) (Woodbury, the closed form of the paper's m rank-1
+//! Sherman–Morrison updates), so one m x m Cholesky factor L (LLᵀ = λmI + GGᵀ) and Y = L⁻¹G give
+//! [F⁻¹]_ab = (δ_ab − y_aᵀ y_b)/λ. When the block has no more coordinates than gradients, the
+//! small F itself is factorised and inverted. All of it is f64, blocks run in parallel (rayon),
+//! each block's arithmetic in a fixed order, so results are bit-identical run to run.
+//!
+//! **Pruned coordinates.** Weights already pruned are zero and stay masked: F is restricted to the
+//! block's currently kept coordinates S (equivalently, their gradients are masked to zero, which
+//! makes F block-diagonal between S and the pruned ones). Scores of pruned weights are 0; an update
+//! never moves them. The diagonal case B = 1 is [`crate::Criterion::Fisher`]
+//! ([`crate::GradAccumulator::fisher`], there over every observed step, here over the window).
+//!
+//! **Memory.** The [`GradWindow`] holds m gradients of every prunable tensor as f32:
+//! m x numel x 4 bytes (MiniLM-L6's encoder linears, 10.6 M weights, m = 32: 1.36 GB).
+use std::collections::BTreeMap;
+
+use candle_core::{backprop::GradStore, DType, Var};
+use rayon::prelude::*;
+
+use crate::allocation::Scores;
+use crate::criteria::grad_of;
+use crate::error::{PruneError, Result};
+use crate::mask::{Mask, MaskSet};
+
+/// The last `m` gradients of each prunable tensor (a ring buffer), for [`scores`] and [`update`].
+#[derive(Debug, Clone)]
+pub struct GradWindow {
+    capacity: usize,
+    steps: usize,
+    slots: BTreeMap<String, Vec<Vec<f32>>>,
+}
+
+impl GradWindow {
+    /// An empty window keeping the last `m` gradients; errors when `m` is 0.
+    pub fn new(m: usize) -> Result<Self> {
+        if m == 0 {
+            return Err(PruneError::BadValue { what: "OBS gradient count m", value: 0.0, why: "must be >= 1" });
+        }
+        Ok(Self { capacity: m, steps: 0, slots: BTreeMap::new() })
+    }
+    /// m, the number of gradients kept.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Number of gradients held now, min(steps, m).
+    pub fn len(&self) -> usize {
+        self.steps.min(self.capacity)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.steps == 0
+    }
+    /// Number of steps observed since creation.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+    /// Bytes held by the stored gradients.
+    pub fn bytes(&self) -> usize {
+        self.slots.values().flatten().map(|g| g.len() * 4).sum()
+    }
+
+    /// Adds one step's gradients of `params` (call after `backward`, before the optimizer step),
+    /// matched by `Var` as [`crate::GradAccumulator::update`] does. Every step must bring the same tensors.
+    pub fn update(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<()> {
+        let flat: BTreeMap<String, Vec<f32>> = params
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), grad_of(grads, n, v)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)))
+            .collect::<Result<_>>()?;
+        self.push(flat)
+    }
+
+    /// Adds one step's flat row-major gradients by name (the candle-free form of [`GradWindow::update`]).
+    pub fn push(&mut self, grads: BTreeMap<String, Vec<f32>>) -> Result<()> {
+        if self.steps > 0 {
+            if let Some(n) = grads.keys().find(|n| !self.slots.contains_key(*n)) {
+                return Err(PruneError::UnknownParam(n.clone()));
+            }
+            if let Some(n) = self.slots.keys().find(|n| !grads.contains_key(*n)) {
+                return Err(PruneError::NoGradient(n.clone()));
+            }
+            for (n, g) in &grads {
+                let want = self.slots[n][0].len();
+                if g.len() != want {
+                    return Err(PruneError::ShapeMismatch { name: n.clone(), expected: vec![want], got: vec![g.len()] });
+                }
+            }
+        }
+        let slot = self.steps % self.capacity;
+        for (n, g) in grads {
+            let ring = self.slots.entry(n).or_default();
+            if slot < ring.len() {
+                ring[slot] = g;
+            } else {
+                ring.push(g);
+            }
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// The held gradients of `name`, oldest first.
+    fn ordered(&self, name: &str) -> Result<Vec<&[f32]>> {
+        let ring = self.slots.get(name).ok_or_else(|| PruneError::NoGradient(name.into()))?;
+        let start = if self.steps > self.capacity { self.steps % self.capacity } else { 0 };
+        Ok((0..ring.len()).map(|k| ring[(start + k) % ring.len()].as_slice()).collect())
+    }
+}
+
+/// What [`update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ObsUpdate {
+    /// Weights newly set to zero.
+    pub pruned: usize,
+    /// Σ over blocks of ρ_Q, the predicted loss increase (eq. 3, under the quadratic model).
+    pub saliency: f64,
+}
+
+fn check(block: usize, damp: f64) -> Result<()> {
+    if block == 0 {
+        return Err(PruneError::BadValue { what: "OBS block size B", value: 0.0, why: "must be >= 1" });
+    }
+    if !(damp.is_finite() && damp > 0.0) {
+        return Err(PruneError::BadValue { what: "OBS dampening λ (ScoreOptions::fisher_damp)", value: damp, why: "must be finite and > 0 (oBERT uses 1e-7)" });
+    }
+    Ok(())
+}
+
+/// The gradients, weights and mask of one tensor, checked against each other.
+fn tensor<'a>(window: &'a GradWindow, name: &str, var: &Var, mask: Option<&'a Mask>) -> Result<(Vec<&'a [f32]>, Vec<f32>)> {
+    let grads = window.ordered(name)?;
+    let w: Vec<f32> = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    if let Some(g) = grads.first().filter(|g| g.len() != w.len()) {
+        return Err(PruneError::ShapeMismatch { name: name.into(), expected: var.dims().to_vec(), got: vec![g.len()] });
+    }
+    if let Some(m) = mask {
+        m.check_shape(name, var.dims())?;
+    }
+    Ok((grads, w))
+}
+
+/// Per-weight OBS saliencies ρ_i = w_i² / (2 [F⁻¹]_ii) (eq. 4) with B-blocks of the flattened
+/// tensors, F restricted to the weights kept in `masks` (none = all kept); pruned weights score 0.
+/// `damp` is λ (> 0). Higher = more important, as for every criterion.
+pub fn scores(window: &GradWindow, params: &[(String, Var)], masks: Option<&MaskSet>, block: usize, damp: f64) -> Result<Scores> {
+    check(block, damp)?;
+    if window.is_empty() {
+        return Err(PruneError::MissingInput { criterion: "obs", needs: "at least one GradWindow::update (Pruner::observe)" });
+    }
+    let mut out = Scores::new();
+    for (name, var) in params {
+        let mask = masks.and_then(|m| m.get(name));
+        let (grads, w) = tensor(window, name, var, mask)?;
+        let mut s = vec![0f32; w.len()];
+        let bad: Option<usize> = s
+            .par_chunks_mut(block)
+            .enumerate()
+            .map_init(Scratch::default, |scr, (b, out)| {
+                let off = b * block;
+                scr.kept.clear();
+                scr.kept.extend((0..out.len()).filter(|&i| mask.is_none_or(|m| m.get(off + i))));
+                if scr.kept.is_empty() {
+                    return None;
+                }
+                if !scr.factor(&grads, off, damp) {
+                    return Some(b);
+                }
+                for (t, &i) in scr.kept.iter().enumerate() {
+                    let d = scr.finv(t, t);
+                    if d <= 0.0 {
+                        return Some(b);
+                    }
+                    let wi = w[off + i] as f64;
+                    out[i] = (wi * wi / (2.0 * d)) as f32;
+                }
+                None
+            })
+            .find_first(Option::is_some)
+            .flatten();
+        if let Some(b) = bad {
+            return Err(PruneError::NotPositiveDefinite { name: name.clone(), block: b });
+        }
+        out.insert(name.clone(), s);
+    }
+    Ok(out)
+}
+
+/// The OBS weight update of a pruning event (eq. 3 and 5): in every block, Q = weights kept in
+/// `before` and pruned in `after`; the block's other kept weights move by
+/// δw = −F⁻¹_{:,Q} ([F⁻¹]_{Q,Q})⁻¹ w_Q (F restricted to the block's weights kept in `before`),
+/// w_Q becomes exactly 0, and weights pruned in `before` stay untouched. Tensors of `params`
+/// without a mask in `before` count as dense. Writes the new values into the `Var`s.
+pub fn update(window: &GradWindow, params: &[(String, Var)], before: &MaskSet, after: &MaskSet, block: usize, damp: f64) -> Result<ObsUpdate> {
+    check(block, damp)?;
+    let mut total = ObsUpdate::default();
+    let mut new_values = Vec::new();
+    for (name, var) in params {
+        let Some(a) = after.get(name) else { continue };
+        a.check_shape(name, var.dims())?;
+        let b = before.get(name);
+        if let Some(b) = b {
+            b.check_shape(name, var.dims())?;
+        }
+        let kept_before = |i: usize| b.is_none_or(|b| b.get(i));
+        let numel = a.len();
+        if !(0..numel).any(|i| kept_before(i) && !a.get(i)) {
+            continue;
+        }
+        if window.is_empty() {
+            return Err(PruneError::MissingInput { criterion: "obs", needs: "at least one GradWindow::update (Pruner::observe)" });
+        }
+        let (grads, mut w) = tensor(window, name, var, b)?;
+        let res: Vec<std::result::Result<(usize, f64), usize>> = w
+            .par_chunks_mut(block)
+            .enumerate()
+            .map_init(Scratch::default, |scr, (bi, wb)| {
+                let off = bi * block;
+                scr.kept.clear();
+                scr.kept.extend((0..wb.len()).filter(|&i| kept_before(off + i)));
+                scr.q.clear();
+                scr.q.extend((0..scr.kept.len()).filter(|&t| !a.get(off + scr.kept[t])));
+                if scr.q.is_empty() {
+                    return Ok((0, 0.0));
+                }
+                if !scr.factor(&grads, off, damp) {
+                    return Err(bi);
+                }
+                let rho = scr.solve_q(wb).ok_or(bi)?;
+                scr.apply(wb, damp);
+                Ok((scr.q.len(), rho))
+            })
+            .collect();
+        for r in res {
+            let (n, rho) = r.map_err(|b| PruneError::NotPositiveDefinite { name: name.clone(), block: b })?;
+            total.pruned += n;
+            total.saliency += rho;
+        }
+        new_values.push((var, candle_core::Tensor::from_vec(w, var.dims(), var.device())?.to_dtype(var.dtype())?));
+    }
+    for (var, t) in new_values {
+        var.set(&t)?;
+    }
+    Ok(total)
+}
+
+/// Per-thread work space of one block: kept coordinates S (block offsets), the removed set Q
+/// (positions in S), and the factorisation of F restricted to S.
+#[derive(Default)]
+struct Scratch {
+    kept: Vec<usize>,
+    q: Vec<usize>,
+    /// Gradients at S, m x k row-major; after [`Scratch::factor`] on the Woodbury path, Y = L⁻¹G.
+    y: Vec<f64>,
+    /// m x m (Woodbury) or k x k (direct) Cholesky work matrix.
+    l: Vec<f64>,
+    /// Direct path only: F⁻¹ restricted to S, k x k.
+    finv: Vec<f64>,
+    m: usize,
+    lam: f64,
+    direct: bool,
+    /// ([F⁻¹]_QQ)⁻¹ w_Q, and its scratch.
+    z: Vec<f64>,
+    qq: Vec<f64>,
+}
+
+impl Scratch {
+    /// Factorises F = λI + (1/m) Σ g gᵀ restricted to `self.kept`; false if not positive definite.
+    fn factor(&mut self, grads: &[&[f32]], off: usize, lam: f64) -> bool {
+        let (m, k) = (grads.len(), self.kept.len());
+        self.m = m;
+        self.lam = lam;
+        self.y.clear();
+        for g in grads {
+            self.y.extend(self.kept.iter().map(|&i| g[off + i] as f64));
+        }
+        self.direct = k <= m;
+        if self.direct {
+            // A = λI + GᵀG/m (k x k), then F⁻¹ = A⁻¹ = L⁻ᵀ L⁻¹.
+            self.l.clear();
+            self.l.resize(k * k, 0.0);
+            for j in 0..m {
+                let row = &self.y[j * k..(j + 1) * k];
+                for a in 0..k {
+                    let ga = row[a] / m as f64;
+                    for b in 0..=a {
+                        self.l[a * k + b] += ga * row[b];
+                    }
+                }
+            }
+            for a in 0..k {
+                self.l[a * k + a] += lam;
+            }
+            if !cholesky(&mut self.l, k) {
+                return false;
+            }
+            // finv rows: M = L⁻¹ (lower), then F⁻¹ = MᵀM.
+            let minv = &mut self.finv;
+            minv.clear();
+            minv.resize(k * k, 0.0);
+            for c in 0..k {
+                for r in c..k {
+                    let mut s = if r == c { 1.0 } else { 0.0 };
+                    for t in c..r {
+                        s -= self.l[r * k + t] * minv[t * k + c];
+                    }
+                    minv[r * k + c] = s / self.l[r * k + r];
+                }
+            }
+            let mut f = vec![0.0; k * k];
+            for a in 0..k {
+                for b in 0..=a {
+                    let s: f64 = (a..k).map(|r| minv[r * k + a] * minv[r * k + b]).sum();
+                    f[a * k + b] = s;
+                    f[b * k + a] = s;
+                }
+            }
+            self.finv = f;
+        } else {
+            // K = λmI + GGᵀ (m x m), L = chol(K), Y = L⁻¹G row by row.
+            self.l.clear();
+            self.l.resize(m * m, 0.0);
+            for a in 0..m {
+                let ra = &self.y[a * k..(a + 1) * k];
+                for b in 0..=a {
+                    let rb = &self.y[b * k..(b + 1) * k];
+                    self.l[a * m + b] = dot(ra, rb);
+                }
+                self.l[a * m + a] += lam * m as f64;
+            }
+            if !cholesky(&mut self.l, m) {
+                return false;
+            }
+            for a in 0..m {
+                let (done, rest) = self.y.split_at_mut(a * k);
+                let ya = &mut rest[..k];
+                for b in 0..a {
+                    let c = self.l[a * m + b];
+                    ya.iter_mut().zip(&done[b * k..(b + 1) * k]).for_each(|(x, y)| *x -= c * y);
+                }
+                let d = self.l[a * m + a];
+                ya.iter_mut().for_each(|x| *x /= d);
+            }
+        }
+        true
+    }
+
+    /// [F⁻¹]_{ab} for positions a, b in S.
+    fn finv(&self, a: usize, b: usize) -> f64 {
+        let k = self.kept.len();
+        if self.direct {
+            return self.finv[a * k + b];
+        }
+        let s: f64 = (0..self.m).map(|j| self.y[j * k + a] * self.y[j * k + b]).sum();
+        ((if a == b { 1.0 } else { 0.0 }) - s) / self.lam
+    }
+
+    /// z = ([F⁻¹]_QQ)⁻¹ w_Q by Cholesky; returns ρ_Q = ½ w_Qᵀ z, or `None` if [F⁻¹]_QQ is not positive definite.
+    fn solve_q(&mut self, wb: &[f32]) -> Option<f64> {
+        let q = self.q.len();
+        let mut qq = std::mem::take(&mut self.qq);
+        qq.clear();
+        qq.resize(q * q, 0.0);
+        for a in 0..q {
+            for b in 0..=a {
+                qq[a * q + b] = self.finv(self.q[a], self.q[b]);
+            }
+        }
+        let ok = cholesky(&mut qq, q);
+        self.qq = qq;
+        if !ok {
+            return None;
+        }
+        let wq: Vec<f64> = self.q.iter().map(|&t| wb[self.kept[t]] as f64).collect();
+        self.z.clear();
+        self.z.extend_from_slice(&wq);
+        let l = &self.qq;
+        for a in 0..q {
+            let s: f64 = (0..a).map(|b| l[a * q + b] * self.z[b]).sum();
+            self.z[a] = (self.z[a] - s) / l[a * q + a];
+        }
+        for a in (0..q).rev() {
+            let s: f64 = (a + 1..q).map(|b| l[b * q + a] * self.z[b]).sum();
+            self.z[a] = (self.z[a] - s) / l[a * q + a];
+        }
+        Some(0.5 * dot(&wq, &self.z))
+    }
+
+    /// w_S += δw = −F⁻¹_{S,Q} z, then w_Q = 0 exactly.
+    fn apply(&self, wb: &mut [f32], lam: f64) {
+        let k = self.kept.len();
+        let delta: Vec<f64> = if self.direct {
+            (0..k).map(|r| -self.q.iter().zip(&self.z).map(|(&t, z)| self.finv[r * k + t] * z).sum::<f64>()).collect()
+        } else {
+            // −F⁻¹_{r,Q} z = −(1/λ)(z_r[r ∈ Q] − y_rᵀ u), u = Σ_t y_t z_t; the z_r term only
+            // touches Q, whose weights are set to 0 below.
+            let u: Vec<f64> = (0..self.m).map(|j| self.q.iter().zip(&self.z).map(|(&t, z)| self.y[j * k + t] * z).sum()).collect();
+            (0..k).map(|r| (0..self.m).map(|j| self.y[j * k + r] * u[j]).sum::<f64>() / lam).collect()
+        };
+        for (r, &i) in self.kept.iter().enumerate() {
+            wb[i] = (wb[i] as f64 + delta[r]) as f32;
+        }
+        for &t in &self.q {
+            wb[self.kept[t]] = 0.0;
+        }
+    }
+}
+
+/// Σ a_i b_i with four interleaved partial sums (a fixed order, so deterministic, and not bound by
+/// the latency of one add chain).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a4, b4) = (a[..n].chunks_exact(4), b[..n].chunks_exact(4));
+    let tail: f64 = a4.remainder().iter().zip(b4.remainder()).map(|(x, y)| x * y).sum();
+    let mut acc = [0.0f64; 4];
+    for (x, y) in a4.zip(b4) {
+        acc.iter_mut().zip(x).zip(y).for_each(|((s, x), y)| *s += x * y);
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// In-place Cholesky of the lower triangle of the n x n row-major `a` (A = LLᵀ, L in the lower
+/// triangle); false when A is not (numerically) positive definite.
+fn cholesky(a: &mut [f64], n: usize) -> bool {
+    for j in 0..n {
+        let s = a[j * n + j] - (0..j).map(|t| a[j * n + t] * a[j * n + t]).sum::<f64>();
+        if !(s > 0.0 && s.is_finite()) {
+            return false;
+        }
+        let d = s.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let s = a[i * n + j] - (0..j).map(|t| a[i * n + t] * a[j * n + t]).sum::<f64>();
+            a[i * n + j] = s / d;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_factors_a_known_matrix() {
+        // A = LLᵀ with L = [[2,0],[1,3]].
+        let mut a = vec![4.0, 0.0, 2.0, 10.0];
+        assert!(cholesky(&mut a, 2));
+        assert_eq!((a[0], a[2], a[3]), (2.0, 1.0, 3.0));
+        let mut neg = vec![1.0, 0.0, 2.0, 1.0];
+        assert!(!cholesky(&mut neg, 2));
+    }
+
+    #[test]
+    fn ring_keeps_the_last_m_oldest_first() {
+        let mut w = GradWindow::new(2).unwrap();
+        for s in 0..5 {
+            w.push(BTreeMap::from([("a".to_string(), vec![s as f32])])).unwrap();
+        }
+        let got: Vec<f32> = w.ordered("a").unwrap().iter().map(|g| g[0]).collect();
+        assert_eq!(got, vec![3.0, 4.0]);
+        assert_eq!((w.len(), w.steps(), w.bytes()), (2, 5, 8));
+        assert!(matches!(w.push(BTreeMap::from([("a".to_string(), vec![0.0, 1.0])])), Err(PruneError::ShapeMismatch { .. })));
+        assert!(matches!(w.push(BTreeMap::from([("b".to_string(), vec![0.0])])), Err(PruneError::UnknownParam(_))));
+    }
+}
