@@ -9,6 +9,15 @@ use candle_core::{Device, Var};
 use sprig_prune::obs::{self, GradWindow};
 use sprig_prune::{prune, Allocation, Granularity, MaskSet};
 
+/// CPU seconds used by this process so far (utime + stime from /proc, Linux; 0 elsewhere), so
+/// timings on a shared machine can be read apart from the wall clock.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0) + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layers: usize = std::env::args().nth(1).map_or(Ok(6), |a| a.parse())?;
     let (block, m, lam) = (50, 32, 1e-7);
@@ -35,13 +44,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         window.push(shapes.iter().map(|(n, s)| (n.clone(), (0..s.iter().product()).map(|_| next()).collect())).collect::<BTreeMap<_, _>>())?;
     }
     println!("{numel} weights, B = {block}, m = {m}, window {:.2} GB, {} threads", window.bytes() as f64 / 1e9, rayon::current_num_threads());
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_seconds());
     let scores = obs::scores(&window, &params, None, block, lam)?;
-    println!("scores: {:.2} s", t.elapsed().as_secs_f64());
+    println!("scores: {:.2} s wall, {:.2} s CPU", t.elapsed().as_secs_f64(), cpu_seconds() - c);
     let after = prune(&scores, &shapes, 0.5, Granularity::Unstructured, &Allocation::global(), None)?;
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_seconds());
     let up = obs::update(&window, &params, &MaskSet::ones_for(&params), &after, block, lam)?;
-    println!("update: {:.2} s ({} weights pruned)", t.elapsed().as_secs_f64(), up.pruned);
+    println!("update: {:.2} s wall, {:.2} s CPU ({} weights pruned)", t.elapsed().as_secs_f64(), cpu_seconds() - c, up.pruned);
     after.check_pruned_zero(&params)?;
     Ok(())
 }

@@ -7,8 +7,8 @@ use sprig_prune::{Inputs, Pruner, PrunerConfig};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
     let params: Vec<(String, Var)> = vec![
-        ("fc1.weight".into(), Var::randn(0f32, 1.0, (64, 100), &dev)?),
-        ("fc2.weight".into(), Var::randn(0f32, 1.0, (10, 64), &dev)?),
+        ("fc1.weight".into(), Var::randn(0f32, 0.1, (64, 100), &dev)?),
+        ("fc2.weight".into(), Var::randn(0f32, 0.1, (10, 64), &dev)?),
     ];
     let x = Tensor::randn(0f32, 1.0, (32, 100), &dev)?;
     let y = Tensor::randn(0f32, 1.0, (32, 10), &dev)?;
@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if pruner.step(step, &params, &mut Inputs::none())?.is_some() {
             let up = pruner.obs_update(&params)?.ok_or("no OBS update pending")?; // δw, then w_Q = 0
             pruner.masks().check_pruned_zero(&params)?; // or opt.set_masks(pruner.masks())
-            println!("step {step}: sparsity {:.3}, pruned {}, ρ_Q {:.4}, loss {:.4}", pruner.sparsity(), up.pruned, up.saliency, loss.to_scalar::<f32>()?);
+            println!("step {step}: sparsity {:.3}, pruned {}, ρ_Q {:.2e}, loss {:.4}", pruner.sparsity(), up.pruned, up.saliency, loss.to_scalar::<f32>()?);
         }
     }
     Ok(())

@@ -98,6 +98,11 @@ impl GradWindow {
                 }
             }
         }
+        for (n, g) in &grads {
+            if let Some((index, x)) = g.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                return Err(PruneError::NonFiniteGradient { name: n.clone(), index, value: *x as f64 });
+            }
+        }
         let slot = self.steps % self.capacity;
         for (n, g) in grads {
             let ring = self.slots.entry(n).or_default();
@@ -178,10 +183,7 @@ pub fn scores(window: &GradWindow, params: &[(String, Var)], masks: Option<&Mask
                     return Some(b);
                 }
                 for (t, &i) in scr.kept.iter().enumerate() {
-                    let d = scr.finv(t, t);
-                    if d <= 0.0 {
-                        return Some(b);
-                    }
+                    let d = scr.finv_diag(t);
                     let wi = w[off + i] as f64;
                     out[i] = (wi * wi / (2.0 * d)) as f32;
                 }
@@ -238,7 +240,7 @@ pub fn update(window: &GradWindow, params: &[(String, Var)], before: &MaskSet, a
                     return Err(bi);
                 }
                 let rho = scr.solve_q(wb).ok_or(bi)?;
-                scr.apply(wb, damp);
+                scr.apply(wb);
                 Ok((scr.q.len(), rho))
             })
             .collect();
@@ -256,94 +258,101 @@ pub fn update(window: &GradWindow, params: &[(String, Var)], before: &MaskSet, a
 }
 
 /// Per-thread work space of one block: kept coordinates S (block offsets), the removed set Q
-/// (positions in S), and the factorisation of F restricted to S.
+/// (positions in S), and the factorisation of F restricted to S (k = |S| coordinates, m gradients).
 #[derive(Default)]
 struct Scratch {
     kept: Vec<usize>,
     q: Vec<usize>,
-    /// Gradients at S, m x k row-major; after [`Scratch::factor`] on the Woodbury path, Y = L⁻¹G.
-    y: Vec<f64>,
-    /// m x m (Woodbury) or k x k (direct) Cholesky work matrix.
+    /// Gradients at S, m x k row-major.
+    g: Vec<f64>,
+    /// F_ii = λ + mean g_i², per position of S.
+    fdiag: Vec<f64>,
+    /// Cholesky factor work matrix: m x m (Woodbury) or k x k (direct).
     l: Vec<f64>,
-    /// Direct path only: F⁻¹ restricted to S, k x k.
-    finv: Vec<f64>,
+    /// Woodbury: Yᵀ = (L⁻¹G)ᵀ, k x m; direct: F⁻¹ restricted to S, k x k.
+    f: Vec<f64>,
     m: usize,
     lam: f64,
     direct: bool,
-    /// ([F⁻¹]_QQ)⁻¹ w_Q, and its scratch.
+    /// ([F⁻¹]_QQ)⁻¹ w_Q, and the |Q| x |Q| work matrix.
     z: Vec<f64>,
     qq: Vec<f64>,
+    tmp: Vec<f64>,
 }
 
 impl Scratch {
-    /// Factorises F = λI + (1/m) Σ g gᵀ restricted to `self.kept`; false if not positive definite.
+    /// Factorises F = λI + (1/m) Σ g gᵀ restricted to `self.kept`. The small SPD matrix is
+    /// Cholesky-factorised; when that fails in floating point (gradients nearly collinear and λ
+    /// tiny against them), its factor is taken from a Householder QR of the stacked
+    /// [G; √λ I] instead, which does not square the condition number. False if both fail.
     fn factor(&mut self, grads: &[&[f32]], off: usize, lam: f64) -> bool {
         let (m, k) = (grads.len(), self.kept.len());
-        self.m = m;
-        self.lam = lam;
-        self.y.clear();
+        (self.m, self.lam, self.direct) = (m, lam, k <= m);
+        self.g.clear();
         for g in grads {
-            self.y.extend(self.kept.iter().map(|&i| g[off + i] as f64));
+            self.g.extend(self.kept.iter().map(|&i| g[off + i] as f64));
         }
-        self.direct = k <= m;
+        self.fdiag.clear();
+        self.fdiag.resize(k, 0.0);
+        for row in self.g.chunks_exact(k) {
+            self.fdiag.iter_mut().zip(row).for_each(|(d, x)| *d += x * x);
+        }
+        self.fdiag.iter_mut().for_each(|d| *d = lam + *d / m as f64);
         if self.direct {
-            // A = λI + GᵀG/m (k x k), then F⁻¹ = A⁻¹ = L⁻ᵀ L⁻¹.
+            let gt = transpose(&self.g, m, k);
+            // A = λI + GᵀG/m (k x k) = LLᵀ, then F⁻¹ = A⁻¹ = L⁻ᵀL⁻¹.
             self.l.clear();
             self.l.resize(k * k, 0.0);
-            for j in 0..m {
-                let row = &self.y[j * k..(j + 1) * k];
-                for a in 0..k {
-                    let ga = row[a] / m as f64;
-                    for b in 0..=a {
-                        self.l[a * k + b] += ga * row[b];
-                    }
-                }
-            }
             for a in 0..k {
+                for b in 0..=a {
+                    self.l[a * k + b] = dot(&gt[a * m..(a + 1) * m], &gt[b * m..(b + 1) * m]) / m as f64;
+                }
                 self.l[a * k + a] += lam;
             }
             if !cholesky(&mut self.l, k) {
-                return false;
+                let mut stacked = self.g.iter().map(|x| x / (m as f64).sqrt()).collect::<Vec<_>>();
+                stacked.extend((0..k * k).map(|i| if i % (k + 1) == 0 { lam.sqrt() } else { 0.0 }));
+                if !qr_lower(&mut stacked, m + k, k, &mut self.l) {
+                    return false;
+                }
             }
-            // finv rows: M = L⁻¹ (lower), then F⁻¹ = MᵀM.
-            let minv = &mut self.finv;
-            minv.clear();
-            minv.resize(k * k, 0.0);
+            // M = L⁻¹ (lower, stored transposed: row c of `mt` is column c of M), F⁻¹ = MᵀM.
+            let mut mt = vec![0.0; k * k];
             for c in 0..k {
                 for r in c..k {
-                    let mut s = if r == c { 1.0 } else { 0.0 };
-                    for t in c..r {
-                        s -= self.l[r * k + t] * minv[t * k + c];
-                    }
-                    minv[r * k + c] = s / self.l[r * k + r];
+                    let s = if r == c { 1.0 } else { 0.0 } - dot(&self.l[r * k + c..r * k + r], &mt[c * k + c..c * k + r]);
+                    mt[c * k + r] = s / self.l[r * k + r];
                 }
             }
-            let mut f = vec![0.0; k * k];
+            self.f.clear();
+            self.f.resize(k * k, 0.0);
             for a in 0..k {
                 for b in 0..=a {
-                    let s: f64 = (a..k).map(|r| minv[r * k + a] * minv[r * k + b]).sum();
-                    f[a * k + b] = s;
-                    f[b * k + a] = s;
+                    let v = dot(&mt[a * k + a..(a + 1) * k], &mt[b * k + a..(b + 1) * k]);
+                    self.f[a * k + b] = v;
+                    self.f[b * k + a] = v;
                 }
             }
-            self.finv = f;
         } else {
-            // K = λmI + GGᵀ (m x m), L = chol(K), Y = L⁻¹G row by row.
+            // K = λmI + GGᵀ (m x m) = LLᵀ, Y = L⁻¹G row by row, kept as Yᵀ.
             self.l.clear();
             self.l.resize(m * m, 0.0);
             for a in 0..m {
-                let ra = &self.y[a * k..(a + 1) * k];
                 for b in 0..=a {
-                    let rb = &self.y[b * k..(b + 1) * k];
-                    self.l[a * m + b] = dot(ra, rb);
+                    self.l[a * m + b] = dot(&self.g[a * k..(a + 1) * k], &self.g[b * k..(b + 1) * k]);
                 }
                 self.l[a * m + a] += lam * m as f64;
             }
             if !cholesky(&mut self.l, m) {
-                return false;
+                let mut stacked = transpose(&self.g, m, k);
+                stacked.extend((0..m * m).map(|i| if i % (m + 1) == 0 { (lam * m as f64).sqrt() } else { 0.0 }));
+                if !qr_lower(&mut stacked, k + m, m, &mut self.l) {
+                    return false;
+                }
             }
+            let y = &mut self.g;
             for a in 0..m {
-                let (done, rest) = self.y.split_at_mut(a * k);
+                let (done, rest) = y.split_at_mut(a * k);
                 let ya = &mut rest[..k];
                 for b in 0..a {
                     let c = self.l[a * m + b];
@@ -352,43 +361,62 @@ impl Scratch {
                 let d = self.l[a * m + a];
                 ya.iter_mut().for_each(|x| *x /= d);
             }
+            transpose_into(y, m, k, &mut self.f);
         }
         true
     }
 
-    /// [F⁻¹]_{ab} for positions a, b in S.
+    /// [F⁻¹]_ab for positions a, b in S.
     fn finv(&self, a: usize, b: usize) -> f64 {
-        let k = self.kept.len();
+        let (k, m) = (self.kept.len(), self.m);
         if self.direct {
-            return self.finv[a * k + b];
+            return self.f[a * k + b];
         }
-        let s: f64 = (0..self.m).map(|j| self.y[j * k + a] * self.y[j * k + b]).sum();
-        ((if a == b { 1.0 } else { 0.0 }) - s) / self.lam
+        ((if a == b { 1.0 } else { 0.0 }) - dot(&self.f[a * m..(a + 1) * m], &self.f[b * m..(b + 1) * m])) / self.lam
     }
 
-    /// z = ([F⁻¹]_QQ)⁻¹ w_Q by Cholesky; returns ρ_Q = ½ w_Qᵀ z, or `None` if [F⁻¹]_QQ is not positive definite.
+    /// [F⁻¹]_aa, never below its bound 1/F_aa (Cauchy–Schwarz for SPD F), which rounding in
+    /// (1 − yᵀy)/λ could otherwise cross.
+    fn finv_diag(&self, a: usize) -> f64 {
+        self.finv(a, a).max(1.0 / self.fdiag[a])
+    }
+
+    /// z = ([F⁻¹]_QQ)⁻¹ w_Q by Cholesky; returns ρ_Q = ½ w_Qᵀ z. If [F⁻¹]_QQ is numerically not
+    /// positive definite, a jitter of 1e-12, 1e-10, ... 1e-6 of its largest diagonal is added;
+    /// `None` if that fails too.
     fn solve_q(&mut self, wb: &[f32]) -> Option<f64> {
         let q = self.q.len();
         let mut qq = std::mem::take(&mut self.qq);
         qq.clear();
         qq.resize(q * q, 0.0);
         for a in 0..q {
-            for b in 0..=a {
+            for b in 0..a {
                 qq[a * q + b] = self.finv(self.q[a], self.q[b]);
             }
+            qq[a * q + a] = self.finv_diag(self.q[a]);
         }
-        let ok = cholesky(&mut qq, q);
+        self.tmp.clear();
+        self.tmp.extend_from_slice(&qq);
+        let top = (0..q).map(|a| qq[a * q + a]).fold(0.0, f64::max);
+        let mut ok = cholesky(&mut qq, q);
+        for jitter in [1e-12, 1e-10, 1e-8, 1e-6] {
+            if ok {
+                break;
+            }
+            qq.copy_from_slice(&self.tmp);
+            (0..q).for_each(|a| qq[a * q + a] += jitter * top);
+            ok = cholesky(&mut qq, q);
+        }
         self.qq = qq;
         if !ok {
             return None;
         }
         let wq: Vec<f64> = self.q.iter().map(|&t| wb[self.kept[t]] as f64).collect();
-        self.z.clear();
-        self.z.extend_from_slice(&wq);
         let l = &self.qq;
+        self.z.clear();
         for a in 0..q {
-            let s: f64 = (0..a).map(|b| l[a * q + b] * self.z[b]).sum();
-            self.z[a] = (self.z[a] - s) / l[a * q + a];
+            let v = (wq[a] - dot(&l[a * q..a * q + a], &self.z[..a])) / l[a * q + a];
+            self.z.push(v);
         }
         for a in (0..q).rev() {
             let s: f64 = (a + 1..q).map(|b| l[b * q + a] * self.z[b]).sum();
@@ -398,18 +426,25 @@ impl Scratch {
     }
 
     /// w_S += δw = −F⁻¹_{S,Q} z, then w_Q = 0 exactly.
-    fn apply(&self, wb: &mut [f32], lam: f64) {
-        let k = self.kept.len();
-        let delta: Vec<f64> = if self.direct {
-            (0..k).map(|r| -self.q.iter().zip(&self.z).map(|(&t, z)| self.finv[r * k + t] * z).sum::<f64>()).collect()
-        } else {
-            // −F⁻¹_{r,Q} z = −(1/λ)(z_r[r ∈ Q] − y_rᵀ u), u = Σ_t y_t z_t; the z_r term only
-            // touches Q, whose weights are set to 0 below.
-            let u: Vec<f64> = (0..self.m).map(|j| self.q.iter().zip(&self.z).map(|(&t, z)| self.y[j * k + t] * z).sum()).collect();
-            (0..k).map(|r| (0..self.m).map(|j| self.y[j * k + r] * u[j]).sum::<f64>() / lam).collect()
-        };
-        for (r, &i) in self.kept.iter().enumerate() {
-            wb[i] = (wb[i] as f64 + delta[r]) as f32;
+    fn apply(&mut self, wb: &mut [f32]) {
+        let (k, m) = (self.kept.len(), self.m);
+        for r in 0..k {
+            let delta = if self.direct {
+                -self.q.iter().zip(&self.z).map(|(&t, z)| self.f[r * k + t] * z).sum::<f64>()
+            } else {
+                // −F⁻¹_{r,Q} z = −(1/λ)(z_r[r ∈ Q] − y_rᵀ u), u = Σ_t y_t z_t; the z_r term only
+                // touches Q, whose weights are set to 0 below.
+                if r == 0 {
+                    self.tmp.clear();
+                    self.tmp.resize(m, 0.0);
+                    for (&t, &z) in self.q.iter().zip(&self.z) {
+                        self.tmp.iter_mut().zip(&self.f[t * m..(t + 1) * m]).for_each(|(u, y)| *u += y * z);
+                    }
+                }
+                dot(&self.f[r * m..(r + 1) * m], &self.tmp) / self.lam
+            };
+            let i = self.kept[r];
+            wb[i] = (wb[i] as f64 + delta) as f32;
         }
         for &t in &self.q {
             wb[self.kept[t]] = 0.0;
@@ -417,32 +452,83 @@ impl Scratch {
     }
 }
 
-/// Σ a_i b_i with four interleaved partial sums (a fixed order, so deterministic, and not bound by
-/// the latency of one add chain).
+/// The c x r transpose of the r x c row-major `a`.
+fn transpose(a: &[f64], r: usize, c: usize) -> Vec<f64> {
+    let mut t = Vec::new();
+    transpose_into(a, r, c, &mut t);
+    t
+}
+
+fn transpose_into(a: &[f64], r: usize, c: usize, t: &mut Vec<f64>) {
+    t.clear();
+    t.resize(r * c, 0.0);
+    for (i, row) in a.chunks_exact(c).enumerate() {
+        for (j, x) in row.iter().enumerate() {
+            t[j * r + i] = *x;
+        }
+    }
+}
+
+/// Σ a_i b_i with eight interleaved partial sums (a fixed order, so deterministic, and not bound
+/// by the latency of one add chain).
+#[inline]
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
-    let (a4, b4) = (a[..n].chunks_exact(4), b[..n].chunks_exact(4));
-    let tail: f64 = a4.remainder().iter().zip(b4.remainder()).map(|(x, y)| x * y).sum();
-    let mut acc = [0.0f64; 4];
-    for (x, y) in a4.zip(b4) {
-        acc.iter_mut().zip(x).zip(y).for_each(|((s, x), y)| *s += x * y);
+    let (a8, b8) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let tail: f64 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    let mut acc = [0.0f64; 8];
+    for (x, y) in a8.zip(b8) {
+        let (x, y): (&[f64; 8], &[f64; 8]) = (x.try_into().unwrap_or(&[0.0; 8]), y.try_into().unwrap_or(&[0.0; 8]));
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
 /// In-place Cholesky of the lower triangle of the n x n row-major `a` (A = LLᵀ, L in the lower
 /// triangle); false when A is not (numerically) positive definite.
 fn cholesky(a: &mut [f64], n: usize) -> bool {
     for j in 0..n {
-        let s = a[j * n + j] - (0..j).map(|t| a[j * n + t] * a[j * n + t]).sum::<f64>();
+        let s = a[j * n + j] - dot(&a[j * n..j * n + j], &a[j * n..j * n + j]);
         if !(s > 0.0 && s.is_finite()) {
             return false;
         }
         let d = s.sqrt();
         a[j * n + j] = d;
         for i in j + 1..n {
-            let s = a[i * n + j] - (0..j).map(|t| a[i * n + t] * a[j * n + t]).sum::<f64>();
+            let s = a[i * n + j] - dot(&a[i * n..i * n + j], &a[j * n..j * n + j]);
             a[i * n + j] = s / d;
+        }
+    }
+    true
+}
+
+/// A lower-triangular n x n `l` with LLᵀ = MᵀM, from a Householder QR of the r x n row-major `m`
+/// (r ≥ n; L = Rᵀ, rows of L scaled so its diagonal is positive). Backward stable: used when the
+/// Cholesky factorisation of MᵀM fails. False if M has a zero column direction.
+fn qr_lower(a: &mut [f64], r: usize, n: usize, l: &mut Vec<f64>) -> bool {
+    l.clear();
+    l.resize(n * n, 0.0);
+    let mut v = vec![0.0; r];
+    for c in 0..n {
+        let norm = (c..r).map(|i| a[i * n + c] * a[i * n + c]).sum::<f64>().sqrt();
+        if !(norm > 0.0 && norm.is_finite()) {
+            return false;
+        }
+        let alpha = if a[c * n + c] > 0.0 { -norm } else { norm };
+        v[c..r].iter_mut().enumerate().for_each(|(t, x)| *x = a[(c + t) * n + c]);
+        v[c] -= alpha;
+        let vv: f64 = v[c..r].iter().map(|x| x * x).sum();
+        for j in c..n {
+            let s: f64 = (c..r).map(|i| v[i] * a[i * n + j]).sum::<f64>() * 2.0 / vv;
+            (c..r).for_each(|i| a[i * n + j] -= s * v[i]);
+        }
+        // Row c of R = a[c, c..n]; R_cc = alpha. L = Rᵀ with the sign of row c of R flipped to
+        // make L_cc > 0 (RᵀR is unchanged).
+        let sign = if alpha < 0.0 { -1.0 } else { 1.0 };
+        for j in c..n {
+            l[j * n + c] = sign * a[c * n + j];
         }
     }
     true
@@ -463,6 +549,54 @@ mod tests {
     }
 
     #[test]
+    fn qr_factor_matches_cholesky() {
+        // M = [[1,2],[3,4],[0,1]]: MᵀM = [[10,14],[14,21]].
+        let mut m = vec![1.0, 2.0, 3.0, 4.0, 0.0, 1.0];
+        let mut l = Vec::new();
+        assert!(qr_lower(&mut m, 3, 2, &mut l));
+        let mut c = vec![10.0, 0.0, 14.0, 21.0];
+        assert!(cholesky(&mut c, 2));
+        for (x, y) in [(l[0], c[0]), (l[2], c[2]), (l[3], c[3])] {
+            assert!((x - y).abs() < 1e-12, "{x} vs {y}");
+        }
+        assert_eq!(l[1], 0.0);
+    }
+
+    /// Collinear gradients of size ~1e4 with λ = 1e-9: the small Fisher's Cholesky fails in
+    /// f64 and the QR factor takes over (both paths), giving a usable F⁻¹.
+    #[test]
+    fn collinear_gradients_fall_back_to_qr() {
+        let k = 20;
+        for m in [8, 30] {
+            let grads: Vec<Vec<f32>> = (0..m)
+                .map(|j| (0..k).map(|i| 1e4 * (1.0 + j as f32 * 0.1) * ((i % 7) as f32 - 3.1)).collect())
+                .collect();
+            let refs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            let mut scr = Scratch { kept: (0..k).collect(), ..Default::default() };
+            let lam = 1e-9;
+            // The plain Cholesky of the matrix factor() builds first does fail here.
+            let n = k.min(m);
+            let g: Vec<f64> = grads.iter().flat_map(|g| g.iter().map(|&x| x as f64)).collect();
+            let mut a = vec![0.0; n * n];
+            for x in 0..n {
+                for y in 0..=x {
+                    a[x * n + y] = if m >= k {
+                        (0..m).map(|j| g[j * k + x] * g[j * k + y]).sum::<f64>() / m as f64 + if x == y { lam } else { 0.0 }
+                    } else {
+                        dot(&g[x * k..(x + 1) * k], &g[y * k..(y + 1) * k]) + if x == y { lam * m as f64 } else { 0.0 }
+                    };
+                }
+            }
+            assert!(!cholesky(&mut a, n), "m {m}: the test needs a failing Cholesky");
+            assert!(scr.factor(&refs, 0, lam), "m {m}");
+            for t in 0..k {
+                let d = scr.finv_diag(t);
+                assert!(d.is_finite() && d > 0.0, "m {m}, {t}: {d}");
+            }
+        }
+    }
+
+    #[test]
     fn ring_keeps_the_last_m_oldest_first() {
         let mut w = GradWindow::new(2).unwrap();
         for s in 0..5 {
@@ -473,5 +607,7 @@ mod tests {
         assert_eq!((w.len(), w.steps(), w.bytes()), (2, 5, 8));
         assert!(matches!(w.push(BTreeMap::from([("a".to_string(), vec![0.0, 1.0])])), Err(PruneError::ShapeMismatch { .. })));
         assert!(matches!(w.push(BTreeMap::from([("b".to_string(), vec![0.0])])), Err(PruneError::UnknownParam(_))));
+        assert!(matches!(w.push(BTreeMap::from([("a".to_string(), vec![f32::NAN])])), Err(PruneError::NonFiniteGradient { index: 0, .. })));
+        assert_eq!(w.steps(), 5, "a rejected step is not stored");
     }
 }
