@@ -47,7 +47,7 @@ fn obs_grads() -> usize {
 impl std::str::FromStr for Criterion {
     type Err = PruneError;
     /// A name as [`Criterion::name`] gives, any case; `obs`, `obs:B` and `obs:B:m` for [`Criterion::Obs`]
-    /// (defaults: the paper's B = 50, m = 32).
+    /// (defaults: the paper's B = 50, and m = 32).
     fn from_str(s: &str) -> Result<Self> {
         let lower = s.to_ascii_lowercase();
         if let Some(rest) = lower.strip_prefix("obs").filter(|r| r.is_empty() || r.starts_with(':')) {
@@ -339,7 +339,8 @@ impl GradAccumulator {
     }
     /// OBS saliency with a diagonal empirical Fisher, ρ_i = w_i² / (2 [F⁻¹]_ii) = w_i² (F_ii + λ) / 2 with
     /// F_ii = mean g_i² (OBS, Hassibi & Stork 1993, eq. 5; WoodFisher, Singh & Alistarh 2020, eq. 4;
-    /// oBERT, Kurtic et al. 2022, eq. 2, diagonal blocks of size 1). `damp` is λ.
+    /// oBERT, Kurtic et al. 2022, eq. 2, diagonal blocks of size 1). `damp` is λ. Blocks of B > 1
+    /// weights, with the OBS weight update, are [`crate::obs`] ([`Criterion::Obs`]).
     pub fn fisher(&self, params: &[(String, Var)], damp: f64) -> Result<Scores> {
         let f = self.get(&self.sum_g2, "fisher")?;
         let s = self.steps as f32;

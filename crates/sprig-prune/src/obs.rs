@@ -16,7 +16,17 @@
 //! Sherman–Morrison updates), so one m x m Cholesky factor L (LLᵀ = λmI + GGᵀ) and Y = L⁻¹G give
 //! [F⁻¹]_ab = (δ_ab − y_aᵀ y_b)/λ. When the block has no more coordinates than gradients, the
 //! small F itself is factorised and inverted. All of it is f64, blocks run in parallel (rayon),
-//! each block's arithmetic in a fixed order, so results are bit-identical run to run.
+//! each block's arithmetic in a fixed order, so results are bit-identical run to run and across
+//! thread counts. Numerical safeguards (they do not change well-conditioned results): when the
+//! small Cholesky fails (gradients nearly collinear and λ tiny against them), the factor comes from
+//! a Householder QR of the stacked [G; √λ I], which does not square the condition number;
+//! [F⁻¹]_ii is never taken below its bound 1/F_ii; a [F⁻¹]_QQ that is numerically not positive
+//! definite gets a jitter of at most 1e-6 of its largest diagonal.
+//!
+//! **Cost.** Per block of k kept weights with m < k gradients, about m²k multiply-adds (GGᵀ and
+//! L⁻¹G); MiniLM-L6's 10.6 M encoder weights with B = 50, m = 32 took 4.6 CPU-seconds for
+//! [`scores`] and 6.0 for an [`update`] pruning half of them (~2.3 s and ~3 s on 2 cores;
+//! `examples/obs_bench.rs`).
 //!
 //! **Pruned coordinates.** Weights already pruned are zero and stay masked: F is restricted to the
 //! block's currently kept coordinates S (equivalently, their gradients are masked to zero, which
