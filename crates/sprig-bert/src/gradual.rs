@@ -102,7 +102,10 @@ impl<M: ?Sized> Hooks<M> for GradualHooks {
     }
 
     fn after_step(&mut self, _model: &mut M, ctx: &mut Ctx, _loss: f64) -> sprig_train::error::Result<()> {
-        if let Some(m) = self.pruner.step(ctx.step, &self.prunable, &mut Inputs::none())? {
+        if self.pruner.step(ctx.step, &self.prunable, &mut Inputs::none())?.is_some() {
+            // Block OBS moves the kept weights to compensate (a no-op for other criteria).
+            self.pruner.obs_update(&self.prunable)?;
+            let m = self.pruner.masks();
             ctx.opt.set_masks(m)?;
             tracing::debug!(step = ctx.step, sparsity = m.sparsity(), "gradual prune");
         }

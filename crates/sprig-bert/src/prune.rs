@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | `gmp` (Zhu & Gupta 2017) | magnitude | cubic, eq. 1, from `prune_start` to `prune_end` |
 //! | `movement` (Sanh et al. 2020) | −Σ_t ∂L/∂W ⊙ W (§3), each matrix to the target | cubic |
-//! | `obert` (Kurtic et al. 2022) | OBS saliency w²/(2[F⁻¹]ᵢᵢ), empirical Fisher of the training gradients (diagonal) | cubic |
+//! | `obert` (Kurtic et al. 2022) | block OBS: saliency w²/(2[F⁻¹]ᵢᵢ) with the empirical Fisher of the last 32 training gradients over blocks of 50 weights, and the OBS update of the kept weights after each pruning event (eq. 3-5) | cubic |
+//! | `obert-diag` | the same with a diagonal Fisher (blocks of one weight, no update): the cheap variant | cubic |
 //! | `oneshot` | magnitude once before training, then fine-tuning with the mask fixed | one-shot |
 //!
 //! Distillation (Hinton et al. 2015; as in oBERT's and movement pruning's recipes): the loss is
@@ -37,8 +38,12 @@ pub enum PruneMethod {
     Gmp,
     /// Movement pruning (Sanh et al. 2020), hard top-k per matrix.
     Movement,
-    /// Second-order OBS saliency with the empirical Fisher (oBERT, Kurtic et al. 2022; diagonal).
+    /// Second-order block OBS with the empirical Fisher and the OBS weight update (oBERT, Kurtic
+    /// et al. 2022).
     Obert,
+    /// oBERT with a diagonal Fisher (no weight update).
+    #[serde(rename = "obert-diag")]
+    ObertDiag,
     /// Magnitude pruning once at the start, then fine-tuning with the mask fixed.
     Oneshot,
 }
@@ -47,7 +52,7 @@ impl std::str::FromStr for PruneMethod {
     type Err = BertError;
     fn from_str(s: &str) -> Result<Self> {
         serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
-            .map_err(|_| BertError::Invalid(format!("unknown pruning method {s:?} (expected gmp, movement, obert or oneshot)")))
+            .map_err(|_| BertError::Invalid(format!("unknown pruning method {s:?} (expected gmp, movement, obert, obert-diag or oneshot)")))
     }
 }
 
@@ -57,6 +62,7 @@ impl PruneMethod {
             Self::Gmp => "gmp",
             Self::Movement => "movement",
             Self::Obert => "obert",
+            Self::ObertDiag => "obert-diag",
             Self::Oneshot => "oneshot",
         }
     }
@@ -64,7 +70,8 @@ impl PruneMethod {
         match self {
             Self::Gmp | Self::Oneshot => Criterion::Magnitude,
             Self::Movement => Criterion::Movement,
-            Self::Obert => Criterion::Fisher,
+            Self::Obert => Criterion::Obs { block: Criterion::OBERT_BLOCK, grads: Criterion::OBERT_GRADS },
+            Self::ObertDiag => Criterion::Fisher,
         }
     }
     /// The method's usual allocation: per matrix for movement (the authors' TopK layers; one
@@ -208,7 +215,8 @@ impl PruneConfig {
             }
         };
         let mut c = PrunerConfig::new(self.method.criterion(), schedule).granularity(parse_granularity(&self.granularity)?).allocation(self.allocation()?);
-        c.options.fisher_damp = crate::masked::OBS_DAMP;
+        // λ of the Fisher: oBERT's 1e-7 for the block inverse; a tie-breaker for the diagonal.
+        c.options.fisher_damp = if self.method == PruneMethod::Obert { 1e-7 } else { crate::masked::OBS_DAMP };
         c.options.seed = self.train.seed;
         Ok(c)
     }
@@ -365,7 +373,9 @@ pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&T
         opt.set_masks(pruner.masks())?;
     }
     if cfg.method == PruneMethod::Oneshot {
-        let m = pruner.one_shot(&prunable, &mut Inputs::none())?.clone();
+        pruner.one_shot(&prunable, &mut Inputs::none())?;
+        pruner.obs_update(&prunable)?;
+        let m = pruner.masks().clone();
         opt.set_masks(&m)?;
         tracing::info!(sparsity = m.sparsity(), "one-shot prune before fine-tuning");
     }

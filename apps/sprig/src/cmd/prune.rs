@@ -14,8 +14,8 @@ pub struct Args {
     /// Final sparsity of the encoder linears, in [0, 1) [default: 0.8].
     #[arg(long)]
     pub sparsity: Option<f64>,
-    /// gmp (gradual magnitude), movement, obert (second-order, diagonal Fisher) or oneshot
-    /// (magnitude once, then fine-tuning) [default: gmp].
+    /// gmp (gradual magnitude), movement, obert (second-order block OBS with weight update),
+    /// obert-diag (diagonal Fisher) or oneshot (magnitude once, then fine-tuning) [default: gmp].
     #[arg(long)]
     pub method: Option<PruneMethod>,
     /// unstructured, RxC blocks (4x1, 1x4) or N:M (2:4) [default: unstructured].
