@@ -64,8 +64,12 @@ fn lines(p: &Path) -> Vec<serde_json::Value> {
 }
 
 fn predict_args(model: &Path, input: &Path, formats: &str, out: &Path) -> Command {
+    predict_sized(model, input, formats, out, "4", "32")
+}
+
+fn predict_sized(model: &Path, input: &Path, formats: &str, out: &Path, batch: &str, seq: &str) -> Command {
     let mut c = sprig();
-    c.arg("predict").arg("--model").arg(model).arg("--input").arg(input).args(["--batch-size", "4", "--max-seq-len", "32", "--formats", formats]);
+    c.arg("predict").arg("--model").arg(model).arg("--input").arg(input).args(["--batch-size", batch, "--max-seq-len", seq, "--formats", formats]);
     c.arg("--out").arg(out);
     c
 }
@@ -166,8 +170,9 @@ fn bad_inputs_get_clear_errors_and_no_output() {
         assert!(want.iter().all(|w| e.contains(w)), "{e} lacks {want:?}");
         assert!(!out.exists(), "a failed run left {}", out.display());
     };
-    check(predict_args(&model, &input, "dense", &out).args(["--batch-size", "0"]), &["--batch-size", "0"]);
-    check(predict_args(&model, &input, "dense", &out).args(["--max-seq-len", "0"]), &["--max-seq-len"]);
+    check(&mut predict_sized(&model, &input, "dense", &out, "0", "32"), &["--batch-size", "0"]);
+    check(&mut predict_sized(&model, &input, "dense", &out, "4", "0"), &["--max-seq-len", "0"]);
+    check(&mut predict_sized(&model, &input, "dense", &out, "4", "100000"), &["--max-seq-len 100000", "max_position_embeddings"]);
     check(&mut predict_args(&model, &input, "fastest", &out), &["\"fastest\""]);
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
