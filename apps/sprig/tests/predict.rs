@@ -171,7 +171,7 @@ fn bad_inputs_get_clear_errors_and_no_output() {
         assert!(!out.exists(), "a failed run left {}", out.display());
     };
     check(&mut predict_sized(&model, &input, "dense", &out, "0", "32"), &["--batch-size", "0"]);
-    check(&mut predict_sized(&model, &input, "dense", &out, "4", "0"), &["--max-seq-len", "0"]);
+    check(&mut predict_sized(&model, &input, "dense", &out, "4", "1"), &["--max-seq-len", "at least 2"]);
     check(&mut predict_sized(&model, &input, "dense", &out, "4", "100000"), &["--max-seq-len 100000", "max_position_embeddings"]);
     check(&mut predict_args(&model, &input, "fastest", &out), &["\"fastest\""]);
     let empty = tmp.path().join("empty.txt");
@@ -183,13 +183,59 @@ fn bad_inputs_get_clear_errors_and_no_output() {
     check(&mut predict_args(&tmp.path().join("nope"), &input, "dense", &out), &["nope", "does not exist"]);
     // A 2:4 compilation of an unstructured mask is refused, naming the group.
     check(&mut predict_args(&model, &input, "2:4", &out), &["2:4", "at most 2"]);
-    let trunc = tmp.path().join("trunc");
-    std::fs::create_dir(&trunc).unwrap();
-    for f in std::fs::read_dir(&model).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, trunc.join(f.file_name().unwrap())).unwrap();
-    }
+    let copy = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        for f in std::fs::read_dir(&model).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, d.join(f.file_name().unwrap())).unwrap();
+        }
+        d
+    };
+    let trunc = copy("trunc");
     let st = std::fs::read(trunc.join("model.safetensors")).unwrap();
     std::fs::write(trunc.join("model.safetensors"), &st[..st.len() / 2]).unwrap();
     check(&mut predict_args(&trunc, &input, "auto", &out), &["model.safetensors"]);
+    // A cache that cannot be read or written (a directory in its place) only warns.
+    let blocked = copy("blocked");
+    std::fs::create_dir(blocked.join("sprig-formats.json")).unwrap();
+    let (_, err) = ok(&mut predict_args(&blocked, &input, "auto", &out));
+    assert!(err.contains("measuring again") && err.contains("kept in memory only"), "{err}");
+    assert_eq!(lines(&out).len(), 10);
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "release-only: runs MiniLM-L6")]
+fn masks_file_gives_the_masks_when_present() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    pruned_classifier(&model);
+    // sprig-prune's checkpoint writer (as `sprig export` uses it): weights + masks + manifest, HF names.
+    let tensors = candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut named: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut masks = sprig_prune::MaskSet::new();
+    for (n, t) in &named {
+        if sprig_bert::is_encoder_linear_weight(n.strip_prefix("bert.").unwrap_or(n)) {
+            let keep: Vec<bool> = t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| v != 0.0).collect();
+            masks.insert(n.clone(), sprig_prune::Mask::from_bools(t.dims(), &keep).unwrap());
+        }
+    }
+    let ck = tmp.path().join("ck");
+    sprig_prune::checkpoint::save(&ck, &named, &masks, &Default::default()).unwrap();
+    for f in ["model.safetensors", "masks.safetensors", "sprig.json"] {
+        std::fs::rename(ck.join(f), model.join(f)).unwrap();
+    }
+    let input = tmp.path().join("texts.txt");
+    std::fs::write(&input, TEXTS).unwrap();
+    let (d, a) = (tmp.path().join("d.jsonl"), tmp.path().join("a.jsonl"));
+    ok(&mut predict_args(&model, &input, "dense", &d));
+    let (_, err) = ok(&mut predict_args(&model, &input, "auto", &a));
+    assert!(err.contains("36 pruned encoder linears") && err.contains("masks from masks.safetensors"), "{err}");
+    let cache: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("sprig-formats.json")).unwrap()).unwrap();
+    assert_eq!(cache["masks_sha256"].as_str().unwrap().len(), 64);
+    for (x, y) in lines(&d).iter().zip(lines(&a)) {
+        let diff = x["probs"].as_array().unwrap().iter().zip(y["probs"].as_array().unwrap()).map(|(u, v)| (u.as_f64().unwrap() - v.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+        assert!(diff < 1e-4, "{x} vs {y}");
+    }
 }

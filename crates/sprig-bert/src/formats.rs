@@ -80,7 +80,7 @@ impl<'de> Deserialize<'de> for LinearFormat {
 
 /// True when every group of `m` consecutive positions along a row keeps at most `n` (an N:M mask).
 pub fn is_nm(mask: &Bitmask, n: usize, m: usize) -> bool {
-    mask.cols() % m == 0
+    mask.cols().is_multiple_of(m)
         && (0..mask.rows()).all(|i| (0..mask.cols() / m).all(|g| (0..m).filter(|&o| mask.get(i, g * m + o)).count() <= n))
 }
 
@@ -88,10 +88,10 @@ pub fn is_nm(mask: &Bitmask, n: usize, m: usize) -> bool {
 /// BSR 1x4 (K % 4 == 0) and 2:4 when the mask is 2:4.
 pub fn candidates(mask: &Bitmask) -> Vec<LinearFormat> {
     let mut v = vec![LinearFormat::Dense, LinearFormat::Sparse(Format::Csr)];
-    if mask.rows() % 4 == 0 {
+    if mask.rows().is_multiple_of(4) {
         v.push(LinearFormat::Sparse(Format::Bsr(4, 1)));
     }
-    if mask.cols() % 4 == 0 {
+    if mask.cols().is_multiple_of(4) {
         v.push(LinearFormat::Sparse(Format::Bsr(1, 4)));
         if is_nm(mask, 2, 4) {
             v.push(LinearFormat::Sparse(Format::Nm(2, 4)));

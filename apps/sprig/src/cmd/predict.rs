@@ -231,14 +231,14 @@ pub fn run(a: Args) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1, got 0");
     }
-    if a.max_seq_len == Some(0) {
-        bail!("--max-seq-len must be at least 1, got 0");
+    if let Some(n @ 0..=1) = a.max_seq_len {
+        bail!("--max-seq-len must be at least 2 ([CLS] and [SEP]), got {n}");
     }
     let formats = parse_formats(&a.formats)?;
     let (name, bytes) = read_input(a.input.as_deref())?;
     let items = parse_items(&name, &bytes, a.jsonl)?;
     let loaded = load(&a.model)?;
-    let recorded = loaded.ckpt.config.extra.get("sprig").and_then(|s| s.get("max_seq_len")).and_then(|v| v.as_str()?.parse().ok());
+    let recorded = loaded.ckpt.config.extra.get("sprig").and_then(|s| s.get("max_seq_len")).and_then(|v| v.as_u64().map(|n| n as usize).or_else(|| v.as_str()?.parse().ok()));
     let max_len = a.max_seq_len.or(recorded).unwrap_or(128);
     if max_len > loaded.ckpt.config.max_position_embeddings {
         bail!("--max-seq-len {max_len} exceeds the model's max_position_embeddings {}", loaded.ckpt.config.max_position_embeddings);
