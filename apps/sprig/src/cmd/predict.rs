@@ -17,7 +17,8 @@ pub struct Args {
     /// tokenizer.json; optionally masks.safetensors + sprig.json).
     #[arg(long)]
     pub model: PathBuf,
-    /// Texts, one per line (`-`: standard input, the default).
+    /// Texts, one per line (`-`: standard input, the default); one output line per input line, a
+    /// blank line being an empty text (with --jsonl blank lines are skipped).
     #[arg(long)]
     pub input: Option<PathBuf>,
     /// The input is JSON lines, each an object with a "text" field; its other fields are copied
@@ -27,6 +28,7 @@ pub struct Args {
     /// Write the JSON lines here (atomically) instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Texts per forward pass; `auto` formats are chosen for batch-size x max-seq-len rows.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Tokens per text, [CLS] and [SEP] included [default: the max_seq_len the model records, else 128].
