@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Fine-tune a BERT checkpoint on a classification task.
     Finetune(cmd::finetune::Args),
+    /// Prune a BERT to a sparsity while fine-tuning it (GMP, movement, oBERT, one-shot), with distillation.
+    Prune(cmd::prune::Args),
     /// Evaluate a fine-tuned checkpoint on a task's test split.
     Eval(cmd::eval::Args),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
@@ -85,6 +87,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Finetune(a) => cmd::finetune::run(a),
+        Command::Prune(a) => cmd::prune::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Predict(a) => cmd::predict::run(a),

@@ -148,6 +148,15 @@ pub fn batch_tensors(data: &Tokenized, idx: &[usize], pad_id: u32, device: &Devi
 
 /// Class probabilities (row-major `n x C`) for every example, in order.
 pub fn predict(model: &BertClassifier, data: &Tokenized, batch_size: usize, pad_id: u32) -> Result<Vec<f32>> {
+    outputs(model, data, batch_size, pad_id, true)
+}
+
+/// Logits (row-major `n x C`) for every example, in order (no dropout).
+pub fn logits(model: &BertClassifier, data: &Tokenized, batch_size: usize, pad_id: u32) -> Result<Vec<f32>> {
+    outputs(model, data, batch_size, pad_id, false)
+}
+
+fn outputs(model: &BertClassifier, data: &Tokenized, batch_size: usize, pad_id: u32, softmax: bool) -> Result<Vec<f32>> {
     let n = data.labels.len();
     let c = model.num_labels();
     let mut order: Vec<usize> = (0..n).collect();
@@ -156,7 +165,7 @@ pub fn predict(model: &BertClassifier, data: &Tokenized, batch_size: usize, pad_
     for chunk in order.chunks(batch_size) {
         let (ids, types, mask) = batch_tensors(data, chunk, pad_id, model.encoder.device())?;
         let logits = model.predict(&ids, &types, &mask)?;
-        let p = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        let p = if softmax { candle_nn::ops::softmax_last_dim(&logits)? } else { logits }.to_vec2::<f32>()?;
         for (row, &i) in chunk.iter().enumerate() {
             probs[i * c..(i + 1) * c].copy_from_slice(&p[row]);
         }

@@ -84,6 +84,12 @@ impl GradualHooks {
         Ok(Self { pruner: Pruner::for_params(g.config(total)?, &prunable)?, prunable })
     }
 
+    /// Drives an already configured `pruner` over `prunable` (any schedule; a one-shot pruner
+    /// that has pruned does nothing more).
+    pub fn with_pruner(pruner: Pruner, prunable: Vec<(String, Var)>) -> Self {
+        Self { pruner, prunable }
+    }
+
     /// The current masks.
     pub fn masks(&self) -> &MaskSet {
         self.pruner.masks()

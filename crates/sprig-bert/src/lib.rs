@@ -21,6 +21,7 @@ pub mod hf;
 pub mod masked;
 pub mod model;
 pub mod nn;
+pub mod prune;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;

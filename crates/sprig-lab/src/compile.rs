@@ -63,12 +63,58 @@ fn classifier(t: &Ticket, base: &Base, tensors: &HashMap<String, Tensor>, classe
     Ok(BertClassifier::new(enc, classes, t.recipe.pooling, Some((tensors, origin)), 0)?)
 }
 
-/// Compiles the ticket at `dir` (a `sprig ticket` checkpoint `OUT/round-RR/seed-S`), checks it
-/// against the masked-dense model on the same random token batch, and times both.
-pub fn compile_ticket(dir: &Path, o: &CompileOptions) -> Result<CompileReport> {
+/// Checks `sparse` against `dense` on one random token batch of `o.batch x o.seq` and times their
+/// forward passes alternately (`o.warmup` untimed rounds first): `(max |logit diff|, dense ms,
+/// sparse ms)` per timed run.
+pub fn time_pair(dense: &BertClassifier, sparse: &BertClassifier, vocab: usize, o: &CompileOptions) -> Result<(f32, Vec<f64>, Vec<f64>)> {
     if o.batch == 0 || o.seq == 0 || o.runs == 0 {
         bail!("--batch, --seq and --runs must be at least 1");
     }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let vocab = vocab as u32;
+    let ids: Vec<u32> = (0..o.batch * o.seq).map(|_| rng.random_range(1000.min(vocab - 1)..vocab)).collect();
+    let ids = Tensor::from_vec(ids, (o.batch, o.seq), &Device::Cpu)?;
+    let (types, mask) = (ids.zeros_like()?, ids.ones_like()?);
+    let run = |m: &BertClassifier| -> Result<(Vec<Vec<f32>>, f64)> {
+        let t0 = Instant::now();
+        let l = m.predict(&ids, &types, &mask)?.to_vec2::<f32>()?;
+        Ok((l, t0.elapsed().as_secs_f64() * 1e3))
+    };
+    let (ld, _) = run(dense)?;
+    let (ls, _) = run(sparse)?;
+    let diff = ld.iter().flatten().zip(ls.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let (mut dr, mut sr) = (vec![], vec![]);
+    for i in 0..o.warmup + o.runs {
+        let (_, d) = run(dense)?;
+        let (_, s) = run(sparse)?;
+        tracing::info!(run = i, dense_ms = d, sparse_ms = s, "compile timing");
+        if i >= o.warmup {
+            dr.push(d);
+            sr.push(s);
+        }
+    }
+    Ok((diff, dr, sr))
+}
+
+/// A sparse classifier directory (the Hugging Face layout `sprig prune` writes) as its dense
+/// model and its model compiled to `format` (the masks are the exact zeros of the encoder
+/// linears), with the realised sparsity of those linears.
+pub fn dense_and_compiled(dir: &Path, format: Format) -> Result<(BertClassifier, BertClassifier, f64)> {
+    let spec = dir.to_str().with_context(|| format!("{} is not a UTF-8 path", dir.display()))?;
+    let ck = sprig_bert::Checkpoint::load(spec, &Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
+    if !ck.has_classifier() {
+        bail!("{} has no classification head", dir.display());
+    }
+    let dense = ck.classifier(0, &Device::Cpu)?;
+    let masks = sprig_bert::prune::masks_of_zeros(&dense.named_params())?;
+    let mut sparse = ck.classifier(0, &Device::Cpu)?;
+    sparse.encoder.compile_sparse(&masks, format)?;
+    Ok((dense, sparse, masks.sparsity()))
+}
+
+/// Compiles the ticket at `dir` (a `sprig ticket` checkpoint `OUT/round-RR/seed-S`), checks it
+/// against the masked-dense model on the same random token batch, and times both.
+pub fn compile_ticket(dir: &Path, o: &CompileOptions) -> Result<CompileReport> {
     let t = Ticket::load(dir)?;
     let man = checkpoint::read_manifest(dir)?;
     let classes = man.meta.extra.get("classes").and_then(|c| c.as_array()).map(|a| a.len()).with_context(|| format!("{}/sprig.json lacks `classes`", dir.display()))?;
@@ -84,29 +130,7 @@ pub fn compile_ticket(dir: &Path, o: &CompileOptions) -> Result<CompileReport> {
     let mut sparse_enc = classifier(&t, &base, &tensors, classes, Some(o.format))?;
     let (dense_bytes, sparse_bytes) = sparse_enc.encoder.linear_weight_bytes();
 
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let vocab = base.config.vocab_size as u32;
-    let ids: Vec<u32> = (0..o.batch * o.seq).map(|_| rng.random_range(1000.min(vocab - 1)..vocab)).collect();
-    let ids = Tensor::from_vec(ids, (o.batch, o.seq), &Device::Cpu)?;
-    let (types, mask) = (ids.zeros_like()?, ids.ones_like()?);
-    let run = |m: &BertClassifier| -> Result<(Vec<Vec<f32>>, f64)> {
-        let t0 = Instant::now();
-        let l = m.predict(&ids, &types, &mask)?.to_vec2::<f32>()?;
-        Ok((l, t0.elapsed().as_secs_f64() * 1e3))
-    };
-    let (ld, _) = run(&dense)?;
-    let (ls, _) = run(&sparse_enc)?;
-    let diff = ld.iter().flatten().zip(ls.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let (mut dr, mut sr) = (vec![], vec![]);
-    for i in 0..o.warmup + o.runs {
-        let (_, d) = run(&dense)?;
-        let (_, s) = run(&sparse_enc)?;
-        tracing::info!(run = i, dense_ms = d, sparse_ms = s, "compile timing");
-        if i >= o.warmup {
-            dr.push(d);
-            sr.push(s);
-        }
-    }
+    let (diff, dr, sr) = time_pair(&dense, &sparse_enc, base.config.vocab_size, o)?;
     let (dm, sm) = (median(&dr), median(&sr));
     Ok(CompileReport {
         ticket: dir.display().to_string(),

@@ -54,17 +54,6 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    sprig_bert::checkpoint::save_classifier(&model, &data.classes, &base.tokenizer, &stage, meta)?;
-    // Weights + masks + manifest through sprig-prune's checkpoint writer, with HF names.
-    let named: Vec<(String, Tensor)> = model
-        .named_params()
-        .into_iter()
-        .map(|(n, v)| (hf_name(&n), v.as_tensor().clone()))
-        .collect();
-    let mut masks = MaskSet::new();
-    for (n, m) in t.masks.iter() {
-        masks.insert(hf_name(n), m.clone());
-    }
     let parent = checkpoint::weights_sha256(ticket_dir)?;
     let ckmeta = CheckpointMeta {
         method: "bert-tickets-export".into(),
@@ -73,15 +62,39 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
         parent_sha256: Some(parent),
         extra: serde_json::json!({"task": t.task, "model": t.model, "ticket": ticket_dir, "classes": data.classes}),
     };
-    let sparse = tmp.path().join("sparse");
-    checkpoint::save(&sparse, &named, &masks, &ckmeta)?;
-    for f in [checkpoint::WEIGHTS_FILE, checkpoint::MASKS_FILE, checkpoint::MANIFEST_FILE] {
-        std::fs::rename(sparse.join(f), stage.join(f)).with_context(|| format!("moving {f}"))?;
-    }
+    write_sparse_classifier(&stage, &model, &data.classes, &base.tokenizer, &t.masks, meta, &ckmeta)?;
     // Verification sentences: sprig's logits computed from the files just written.
     let verify = reference_logits(&stage, n_examples, home)?;
     sprig_train::write_json(&stage.join("sprig-logits.json"), &verify)?;
     std::fs::rename(&stage, out).with_context(|| format!("moving the export into {}", out.display()))?;
+    Ok(())
+}
+
+/// Writes a sparse classifier into directory `dir` (each file atomically): the Hugging Face
+/// layout of [`sprig_bert::hf::write_classifier_dir`] (`metadata` under `config.json`'s
+/// `"sprig"`), with `model.safetensors` written by sprig-prune's checkpoint writer (exact zeros at
+/// pruned positions, HF names) beside `masks.safetensors` and the `sprig.json` manifest.
+pub fn write_sparse_classifier(
+    dir: &Path,
+    model: &BertClassifier,
+    classes: &[String],
+    tokenizer: &Path,
+    masks: &MaskSet,
+    metadata: HashMap<String, String>,
+    ckmeta: &CheckpointMeta,
+) -> Result<()> {
+    sprig_bert::checkpoint::save_classifier(model, classes, tokenizer, dir, metadata)?;
+    let named: Vec<(String, Tensor)> = model.named_params().into_iter().map(|(n, v)| (hf_name(&n), v.as_tensor().clone())).collect();
+    let mut hf_masks = MaskSet::new();
+    for (n, m) in masks.iter() {
+        hf_masks.insert(hf_name(n), m.clone());
+    }
+    let tmp = tempfile::Builder::new().prefix(".sparse-").tempdir_in(dir).context("creating a temp directory in the output")?;
+    let sparse = tmp.path().join("ckpt");
+    checkpoint::save(&sparse, &named, &hf_masks, ckmeta)?;
+    for f in [checkpoint::WEIGHTS_FILE, checkpoint::MASKS_FILE, checkpoint::MANIFEST_FILE] {
+        std::fs::rename(sparse.join(f), dir.join(f)).with_context(|| format!("moving {f}"))?;
+    }
     Ok(())
 }
 

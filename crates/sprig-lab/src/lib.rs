@@ -18,6 +18,8 @@
 //! - [`transfer`], [`transfer_matrix`]: sparse transfer of a ticket to another task, and the
 //!   source x target matrix with its heat-map;
 //! - [`upstream`]: upstream tickets on a contrastive sentence-embedding objective;
+//! - [`prune`]: `sprig prune`, a pretrained or fine-tuned BERT pruned while fine-tuning (with
+//!   distillation), written as a Hugging Face directory with masks and manifest;
 //! - [`compile`], [`export`]: a ticket compiled to sparse kernels (checked and timed), and a
 //!   ticket exported as a Hugging Face-loadable directory.
 pub mod compile;
@@ -26,6 +28,7 @@ pub mod export;
 pub mod imp;
 pub mod lottery;
 pub mod pai;
+pub mod prune;
 pub mod run_dir;
 pub mod ticket;
 pub mod ticket_summary;

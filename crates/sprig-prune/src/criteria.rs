@@ -27,22 +27,58 @@ pub enum Criterion {
     Taylor,
     Wanda,
     Fisher,
+    /// Block-wise OBS with an empirical Fisher over the last `grads` gradients and blocks of
+    /// `block` weights (oBERT, Kurtic et al. 2022; see [`crate::obs`]). λ is [`ScoreOptions::fisher_damp`](crate::ScoreOptions).
+    Obs {
+        #[serde(default = "obs_block")]
+        block: usize,
+        #[serde(default = "obs_grads")]
+        grads: usize,
+    },
+}
+
+fn obs_block() -> usize {
+    Criterion::OBERT_BLOCK
+}
+fn obs_grads() -> usize {
+    Criterion::OBERT_GRADS
 }
 
 impl std::str::FromStr for Criterion {
     type Err = PruneError;
+    /// A name as [`Criterion::name`] gives, any case; `obs`, `obs:B` and `obs:B:m` for [`Criterion::Obs`]
+    /// (defaults: the paper's B = 50, and m = 32).
     fn from_str(s: &str) -> Result<Self> {
+        let lower = s.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("obs").filter(|r| r.is_empty() || r.starts_with(':')) {
+            let bad = || PruneError::BadName { what: "OBS criterion", value: s.into(), expected: "obs, obs:<block> or obs:<block>:<grads>" };
+            let nums: Vec<usize> = rest.split(':').skip(1).map(|x| x.parse().map_err(|_| bad())).collect::<Result<_>>()?;
+            return match nums.as_slice() {
+                [] => Ok(Criterion::Obs { block: Self::OBERT_BLOCK, grads: Self::OBERT_GRADS }),
+                [b] => Ok(Criterion::Obs { block: *b, grads: Self::OBERT_GRADS }),
+                [b, m] => Ok(Criterion::Obs { block: *b, grads: *m }),
+                _ => Err(bad()),
+            };
+        }
         serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).map_err(|_| PruneError::BadName {
             what: "criterion",
             value: s.into(),
-            expected: "magnitude|random|snip|grasp|synflow|movement|taylor|wanda|fisher",
+            expected: "magnitude|random|snip|grasp|synflow|movement|taylor|wanda|fisher|obs[:block[:grads]]",
         })
     }
 }
 
 impl Criterion {
-    /// The snake_case name.
+    /// oBERT's block size B (Kurtic et al. 2022, §3).
+    pub const OBERT_BLOCK: usize = 50;
+    /// Gradients kept for the empirical Fisher (oBERT uses m = 1024 on GPUs; 32 fits CPU memory).
+    pub const OBERT_GRADS: usize = 32;
+
+    /// The snake_case name (`obs:B:m` for [`Criterion::Obs`], which parses back).
     pub fn name(&self) -> String {
+        if let Criterion::Obs { block, grads } = self {
+            return format!("obs:{block}:{grads}");
+        }
         serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
     }
 }
@@ -51,7 +87,7 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
 }
 
-fn grad_of<'a>(grads: &'a GradStore, name: &str, v: &Var) -> Result<&'a Tensor> {
+pub(crate) fn grad_of<'a>(grads: &'a GradStore, name: &str, v: &Var) -> Result<&'a Tensor> {
     grads.get(v.as_tensor()).ok_or_else(|| PruneError::NoGradient(name.into()))
 }
 
@@ -303,7 +339,8 @@ impl GradAccumulator {
     }
     /// OBS saliency with a diagonal empirical Fisher, ρ_i = w_i² / (2 [F⁻¹]_ii) = w_i² (F_ii + λ) / 2 with
     /// F_ii = mean g_i² (OBS, Hassibi & Stork 1993, eq. 5; WoodFisher, Singh & Alistarh 2020, eq. 4;
-    /// oBERT, Kurtic et al. 2022, eq. 2, diagonal blocks of size 1). `damp` is λ.
+    /// oBERT, Kurtic et al. 2022, eq. 2, diagonal blocks of size 1). `damp` is λ. Blocks of B > 1
+    /// weights, with the OBS weight update, are [`crate::obs`] ([`Criterion::Obs`]).
     pub fn fisher(&self, params: &[(String, Var)], damp: f64) -> Result<Scores> {
         let f = self.get(&self.sum_g2, "fisher")?;
         let s = self.steps as f32;

@@ -36,6 +36,10 @@ pub enum PruneError {
     PrunedNonZero { name: String, index: usize, value: f64 },
     #[error("kept weight `{name}`[{index}] is {value}, not finite")]
     NonFinite { name: String, index: usize, value: f64 },
+    #[error("OBS: the empirical Fisher of tensor `{name}`, block {block}, is not numerically positive definite (raise the dampening λ, ScoreOptions::fisher_damp)")]
+    NotPositiveDefinite { name: String, block: usize },
+    #[error("gradient of `{name}`[{index}] is {value}, not finite")]
+    NonFiniteGradient { name: String, index: usize, value: f64 },
     #[error("{what} is not supported: {why}")]
     Unsupported { what: String, why: &'static str },
     #[error("i/o error on {path}")]

@@ -8,7 +8,7 @@
 //! A [`Pruner`] composes them: one [`MaskSet`] and a [`PrunerConfig`] (criterion × granularity ×
 //! allocation × schedule, per-layer [`LayerGroup`]s and, for dynamic sparse training, a
 //! [`GrowRule`]). GMP, movement pruning, IMP with per-layer rates, one-shot SNIP/GraSP/SynFlow/Wanda,
-//! SET, RigL and GraNet are configurations of it (see [`pruner`]). Every criterion has one
+//! SET, RigL, GraNet and oBERT's block OBS ([`obs`]) are configurations of it (see [`pruner`]). Every criterion has one
 //! signature, [`Criterion::scores`] with [`Inputs`]; [`MaskSet::check_pruned_zero`] is the one
 //! check that pruned weights are exactly zero; [`Mask::to_bitmask`] hands masks to sprig-kernels.
 // `usize::is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
@@ -21,6 +21,7 @@ pub mod dst;
 pub mod error;
 pub mod granularity;
 pub mod mask;
+pub mod obs;
 pub mod pruner;
 pub mod schedule;
 pub mod score;
@@ -31,6 +32,7 @@ pub use criteria::{ActivationNorms, Criterion, GradAccumulator};
 pub use error::{PruneError, Result};
 pub use granularity::Granularity;
 pub use mask::{Mask, MaskSet, SparsityReport, TensorSparsity};
+pub use obs::{GradWindow, ObsUpdate};
 pub use pruner::{GroupRate, GrowRule, LayerGroup, Pruner, PrunerConfig, Regrow};
 pub use schedule::{Rewind, RoundRate, Schedule};
 pub use score::{Inputs, ScoreOptions};

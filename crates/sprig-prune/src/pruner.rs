@@ -11,6 +11,7 @@
 //! | the lottery's output-layer rule | [`PrunerConfig::imp`] + a [`LayerGroup`] with its own [`GroupRate::Round`] |
 //! | SET (Mocanu et al. 2018) / RigL (Evci et al. 2020) | [`PrunerConfig::dst`] with [`GrowRule::Random`] / [`GrowRule::Gradient`] |
 //! | GraNet (Liu et al. 2021) | [`PrunerConfig::granet`]: cubic schedule + gradient regrowth |
+//! | oBERT block OBS (Kurtic et al. 2022) | [`PrunerConfig::obert`]: [`Criterion::Obs`], global, cubic schedule; [`Pruner::observe`] every step, [`Pruner::obs_update`] after each pruning event |
 //!
 //! Invariants: masks only shrink (a pruned weight is never revived) except under a grow rule; the
 //! same configuration, seed and inputs give the same masks bit for bit.
@@ -23,6 +24,7 @@ use crate::dst::{self, Grow, ItopTracker, UpdateSchedule};
 use crate::error::{check_sparsity, PruneError, Result};
 use crate::granularity::Granularity;
 use crate::mask::{Mask, MaskSet};
+use crate::obs::{self, GradWindow, ObsUpdate};
 use crate::schedule::{Rewind, RoundRate, Schedule};
 use crate::score::{Inputs, ScoreOptions};
 
@@ -116,6 +118,17 @@ impl PrunerConfig {
     pub fn movement(final_sparsity: f64, start: usize, end: usize, frequency: usize) -> Self {
         Self::new(Criterion::Movement, Schedule::Gradual { initial: 0.0, final_sparsity, start, end, frequency }).allocation(Allocation::uniform())
     }
+    /// oBERT (Kurtic et al. 2022): block OBS ([`Criterion::Obs`], B = 50, m = 32, λ = 1e-7), one
+    /// global ranking, on the cubic schedule. Feed gradients with [`Pruner::observe`] and, after
+    /// each pruning event, move the kept weights with [`Pruner::obs_update`].
+    pub fn obert(final_sparsity: f64, start: usize, end: usize, frequency: usize) -> Self {
+        let mut c = Self::new(
+            Criterion::Obs { block: Criterion::OBERT_BLOCK, grads: Criterion::OBERT_GRADS },
+            Schedule::Gradual { initial: 0.0, final_sparsity, start, end, frequency },
+        );
+        c.options.fisher_damp = 1e-7;
+        c
+    }
     /// Iterative magnitude pruning (Frankle & Carbin 2019, Alg. 1), global: drive it with
     /// [`Pruner::round`]. Add [`PrunerConfig::group`] for per-layer rates.
     pub fn imp(rounds: usize, rate: RoundRate, rewind: Rewind) -> Self {
@@ -188,6 +201,16 @@ impl PrunerConfig {
         if self.iterations == 0 {
             return Err(PruneError::BadValue { what: "pruner iterations", value: 0.0, why: "must be >= 1" });
         }
+        if let Criterion::Obs { block, grads } = self.criterion {
+            if block == 0 {
+                return Err(PruneError::BadValue { what: "OBS block size B", value: 0.0, why: "must be >= 1" });
+            }
+            GradWindow::new(grads)?;
+            let damp = self.options.fisher_damp;
+            if !(damp.is_finite() && damp > 0.0) {
+                return Err(PruneError::BadValue { what: "OBS dampening λ (options.fisher_damp)", value: damp, why: "must be finite and > 0 (oBERT uses 1e-7)" });
+            }
+        }
         let max = self.max_sparsity()?;
         let imp = matches!(self.schedule, Schedule::Imp { .. });
         for (gi, g) in self.groups.iter().enumerate() {
@@ -244,6 +267,10 @@ pub struct Pruner {
     parts: Vec<Vec<(String, Vec<usize>)>>,
     masks: MaskSet,
     acc: Option<GradAccumulator>,
+    /// The last m gradients ([`Criterion::Obs`]).
+    window: Option<GradWindow>,
+    /// [`Criterion::Obs`]: the masks before the pruning events not yet followed by [`Pruner::obs_update`].
+    obs_before: Option<MaskSet>,
     itop: Option<ItopTracker>,
     one_shot_done: bool,
 }
@@ -263,8 +290,12 @@ impl Pruner {
             masks.insert(n.clone(), Mask::ones(s));
         }
         let acc = if config.criterion.needs_grad_statistics() { Some(GradAccumulator::for_criterion(config.criterion)?) } else { None };
+        let window = match config.criterion {
+            Criterion::Obs { grads, .. } => Some(GradWindow::new(grads)?),
+            _ => None,
+        };
         let itop = config.regrow.map(|_| ItopTracker::new(&masks));
-        Ok(Self { config, shapes, parts, masks, acc, itop, one_shot_done: false })
+        Ok(Self { config, shapes, parts, masks, acc, window, obs_before: None, itop, one_shot_done: false })
     }
     /// [`Pruner::new`] over the given `(name, Var)` pairs (all of them prunable).
     pub fn for_params(config: PrunerConfig, prunable: &[(String, Var)]) -> Result<Self> {
@@ -280,6 +311,7 @@ impl Pruner {
         for (n, m) in masks.iter() {
             self.masks.insert(n.clone(), m.clone());
         }
+        self.obs_before = None;
         if let Some(t) = self.itop.as_mut() {
             *t = ItopTracker::new(&self.masks);
         }
@@ -312,6 +344,10 @@ impl Pruner {
     pub fn accumulator(&self) -> Option<&GradAccumulator> {
         self.acc.as_ref()
     }
+    /// The pruner's last m gradients ([`Criterion::Obs`]).
+    pub fn grad_window(&self) -> Option<&GradWindow> {
+        self.window.as_ref()
+    }
 
     /// The prunable `(name, Var)` pairs of `params`, in the pruner's order; errors when one is
     /// missing or has another shape. Other entries of `params` are ignored.
@@ -328,21 +364,41 @@ impl Pruner {
             .collect()
     }
 
-    /// Adds one step's gradients to the pruner's statistics (movement, Taylor, Fisher): call after
-    /// `backward` (and clipping), before the optimizer step. A no-op for other criteria.
+    /// Adds one step's gradients to the pruner's statistics (movement, Taylor, Fisher; the window of
+    /// the last m gradients for block OBS): call after `backward` (and clipping), before the
+    /// optimizer step. A no-op for other criteria.
     pub fn observe(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<()> {
-        if self.acc.is_none() {
+        if self.acc.is_none() && self.window.is_none() {
             return Ok(());
         }
         let sel = self.select(params)?;
+        if let Some(w) = self.window.as_mut() {
+            w.update(&sel, grads)?;
+        }
         self.acc.as_mut().map_or(Ok(()), |a| a.update(&sel, grads))
+    }
+
+    /// Block OBS (oBERT eq. 3 and 5): after a pruning event ([`Pruner::step`], [`Pruner::prune_to`],
+    /// ...), moves the kept weights of `params` by δw = −F⁻¹_{:,Q} ([F⁻¹]_{Q,Q})⁻¹ w_Q for the
+    /// weights Q pruned since the last call, and sets w_Q to exactly 0 ([`obs::update`]). Call it
+    /// before installing the new masks in the optimizer. `None` when nothing is pending, and
+    /// always for other criteria.
+    pub fn obs_update(&mut self, params: &[(String, Var)]) -> Result<Option<ObsUpdate>> {
+        let (Criterion::Obs { block, .. }, Some(window)) = (self.config.criterion, self.window.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(before) = self.obs_before.as_ref() else { return Ok(None) };
+        let sel = self.select(params)?;
+        let out = obs::update(window, &sel, before, &self.masks, block, self.config.options.fisher_damp)?;
+        self.obs_before = None;
+        Ok(Some(out))
     }
 
     /// The criterion's scores of the prunable tensors of `params` (see [`Criterion::scores`]).
     pub fn scores(&self, params: &[(String, Var)], inputs: &mut Inputs<'_>) -> Result<Scores> {
         let sel = self.select(params)?;
         let acc = inputs.accumulator.or(self.acc.as_ref());
-        self.config.criterion.scores_with(&sel, self.current(), inputs, acc, &self.config.options)
+        self.config.criterion.scores_with(&sel, self.current(), inputs, acc, self.window.as_ref(), &self.config.options)
     }
 
     /// The masks to pass as "current" (`None` while nothing is pruned, as callers of [`prune`] do).
@@ -391,7 +447,11 @@ impl Pruner {
             }
             changed = true;
         }
-        self.masks = out;
+        if changed && self.window.is_some() && self.obs_before.is_none() {
+            self.obs_before = Some(std::mem::replace(&mut self.masks, out));
+        } else {
+            self.masks = out;
+        }
         Ok(changed)
     }
 
@@ -511,6 +571,7 @@ impl Pruner {
             Schedule::Imp { .. } => return Err(PruneError::Unsupported { what: "a random start".into(), why: "IMP starts dense" }),
         };
         self.masks = dst::random_masks(&self.shapes, s, &self.config.allocation, self.config.options.seed)?;
+        self.obs_before = None;
         self.one_shot_done = true;
         if let Some(t) = self.itop.as_mut() {
             *t = ItopTracker::new(&self.masks);

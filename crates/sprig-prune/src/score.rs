@@ -7,7 +7,8 @@
 //! | random (Liu et al. 2022) | [`ScoreOptions::seed`] |
 //! | SNIP (Lee et al. 2019), GraSP (Wang et al. 2020) | [`Inputs::with_loss`] |
 //! | SynFlow (Tanaka et al. 2020) | [`Inputs::with_forward_ones`] |
-//! | movement (Sanh et al. 2020), Taylor, Fisher/OBS | a [`GradAccumulator`] |
+//! | movement (Sanh et al. 2020), Taylor, diagonal Fisher/OBS | a [`GradAccumulator`] |
+//! | block OBS, oBERT (Kurtic et al. 2022) | a [`GradWindow`] ([`Inputs::with_grad_window`] or [`crate::Pruner::observe`]) and `fisher_damp` > 0 |
 //! | Wanda (Sun et al. 2024) | [`ActivationNorms`] |
 use candle_core::{Tensor, Var};
 
@@ -15,6 +16,7 @@ use crate::allocation::Scores;
 use crate::criteria::{self, ActivationNorms, Criterion, GradAccumulator};
 use crate::error::{PruneError, Result};
 use crate::mask::MaskSet;
+use crate::obs::{self, GradWindow};
 
 /// The calibration loss of batch `b`, computed from the current values of the `Var`s (SNIP, GraSP).
 pub type LossFn<'a> = dyn FnMut(usize) -> candle_core::Result<Tensor> + 'a;
@@ -29,7 +31,8 @@ pub struct ScoreOptions {
     pub seed: u64,
     /// GraSP's finite-difference step, relative to ‖g‖ ([`criteria::grasp`]).
     pub grasp_rel_step: f64,
-    /// λ added to the Fisher diagonal ([`GradAccumulator::fisher`]).
+    /// λ added to the Fisher diagonal ([`GradAccumulator::fisher`]), and oBERT's dampening
+    /// F = λI + (1/m) Σ g gᵀ of [`Criterion::Obs`] (which needs λ > 0; the paper uses 1e-7).
     pub fisher_damp: f64,
 }
 
@@ -53,6 +56,8 @@ pub struct Inputs<'a> {
     pub forward_ones: Option<(&'a [(String, Var)], &'a mut ForwardOnesFn<'a>)>,
     /// Dense gradients of the prunable weights, row-major, by name (RigL's and GraNet's growth).
     pub dense_grads: Option<&'a Scores>,
+    /// The last m gradients (block OBS).
+    pub grad_window: Option<&'a GradWindow>,
 }
 
 impl<'a> Inputs<'a> {
@@ -80,6 +85,11 @@ impl<'a> Inputs<'a> {
         self.forward_ones = Some((all, f));
         self
     }
+    /// Adds the last m gradients (block OBS).
+    pub fn with_grad_window(mut self, w: &'a GradWindow) -> Self {
+        self.grad_window = Some(w);
+        self
+    }
     /// Adds dense gradients by name (RigL / GraNet growth).
     pub fn with_dense_grads(mut self, g: &'a Scores) -> Self {
         self.dense_grads = Some(g);
@@ -94,20 +104,22 @@ fn restrict(mut s: Scores, params: &[(String, Var)]) -> Result<Scores> {
 
 impl Criterion {
     /// Scores of `params` (higher = more important), the one signature of every criterion.
-    /// `masks` is the current mask (SynFlow scores the masked network; the others ignore it).
+    /// `masks` is the current mask (SynFlow scores the masked network, block OBS restricts its Fisher to the kept weights; the others ignore it).
     /// Errors with [`PruneError::MissingInput`] when `inputs` lacks what the criterion needs.
     pub fn scores(&self, params: &[(String, Var)], masks: Option<&MaskSet>, inputs: &mut Inputs<'_>, opts: &ScoreOptions) -> Result<Scores> {
         let acc = inputs.accumulator;
-        self.scores_with(params, masks, inputs, acc, opts)
+        self.scores_with(params, masks, inputs, acc, None, opts)
     }
 
-    /// [`Criterion::scores`] with the gradient statistics given apart (a [`crate::Pruner`] keeps its own).
+    /// [`Criterion::scores`] with the gradient statistics given apart (a [`crate::Pruner`] keeps its
+    /// own); `inputs` take precedence.
     pub(crate) fn scores_with(
         &self,
         params: &[(String, Var)],
         masks: Option<&MaskSet>,
         inputs: &mut Inputs<'_>,
         acc: Option<&GradAccumulator>,
+        window: Option<&GradWindow>,
         opts: &ScoreOptions,
     ) -> Result<Scores> {
         let missing = |criterion: &'static str, needs: &'static str| PruneError::MissingInput { criterion, needs };
@@ -131,6 +143,10 @@ impl Criterion {
             Criterion::Movement => restrict(acc("movement")?.movement()?, params),
             Criterion::Taylor => restrict(acc("taylor")?.taylor()?, params),
             Criterion::Fisher => acc("fisher")?.fisher(params, opts.fisher_damp),
+            Criterion::Obs { block, .. } => {
+                let w = inputs.grad_window.or(window).ok_or_else(|| missing("obs", "a GradWindow (Inputs::with_grad_window or Pruner::observe)"))?;
+                obs::scores(w, params, masks, *block, opts.fisher_damp)
+            }
             Criterion::Wanda => inputs.activations.ok_or_else(|| missing("wanda", "activation norms (Inputs::with_activations)"))?.wanda(params),
         }
     }

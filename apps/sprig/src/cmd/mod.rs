@@ -12,6 +12,7 @@ pub mod finetune;
 pub mod inspect;
 pub mod lottery;
 pub mod predict;
+pub mod prune;
 pub mod prune_at_init;
 pub mod ticket;
 pub mod transfer;

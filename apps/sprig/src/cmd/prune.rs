@@ -1,0 +1,90 @@
+//! `sprig prune`: prune a pretrained or fine-tuned BERT to a sparsity while fine-tuning it on a
+//! task, distilling from a dense teacher, and write it as a Hugging Face directory (exact zeros,
+//! masks, manifest). See `sprig_bert::prune` for the methods and `sprig_lab::prune` for the run.
+use anyhow::{Context, Result};
+use sprig_bert::prune::{PruneConfig, PruneMethod, PruneSummary};
+use std::path::Path;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The fine-tuning recipe (`--model`, `--task`, `--epochs`, `--lr`, ...; `--config` takes a
+    /// `sprig prune` config.toml, flags override its fields; `--out` must be a new directory).
+    #[command(flatten)]
+    pub ft: crate::cmd::finetune::Args,
+    /// Final sparsity of the encoder linears, in [0, 1) [default: 0.8].
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// gmp (gradual magnitude), movement, obert (second-order, diagonal Fisher) or oneshot
+    /// (magnitude once, then fine-tuning) [default: gmp].
+    #[arg(long)]
+    pub method: Option<PruneMethod>,
+    /// unstructured, RxC blocks (4x1, 1x4) or N:M (2:4) [default: unstructured].
+    #[arg(long)]
+    pub granularity: Option<String>,
+    /// global, uniform, er or erk [default: the method's: uniform for movement, else global].
+    #[arg(long)]
+    pub allocation: Option<String>,
+    /// A fine-tuned dense classifier of the task to distil from; `none` for none [default: the
+    /// model itself when it is a fine-tuned classifier of the task].
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// Distil from the teacher [default: true when there is one].
+    #[arg(long)]
+    pub distill: Option<bool>,
+    /// Distillation temperature [default: 2].
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Weight of the soft-target loss, 1 - alpha on the labels [default: 0.5].
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Start of the pruning schedule, as a fraction of training [default: 0].
+    #[arg(long)]
+    pub prune_start: Option<f64>,
+    /// End of the pruning schedule (then the mask is fixed) [default: 0.67].
+    #[arg(long)]
+    pub prune_end: Option<f64>,
+    /// Steps between pruning events [default: 10].
+    #[arg(long)]
+    pub prune_every: Option<usize>,
+}
+
+impl Args {
+    /// The resolved config: defaults, then the config file, then the flags.
+    pub fn resolve(&self) -> Result<PruneConfig> {
+        let mut c = match &self.ft.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => PruneConfig::default(),
+        };
+        c.train = self.ft.apply(c.train)?;
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(sparsity, method, granularity, allocation, teacher, temperature, alpha, prune_start, prune_end, prune_every);
+        if self.distill.is_some() {
+            c.distill = self.distill;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+pub fn print_summary(s: &PruneSummary, out: &Path) {
+    println!("| task | method | granularity | sparsity | distill | dense test acc | dev acc | test acc | train s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let dense = s.dense_test_accuracy.map_or("-".into(), |a| format!("{a:.4}"));
+    println!(
+        "| {} | {} | {} | {:.4} | {} | {dense} | {:.4} | {:.4} | {:.0} |",
+        s.task, s.method, s.granularity, s.sparsity, s.distill, s.dev_accuracy, s.test_accuracy, s.train_seconds
+    );
+    println!("pruned model: {} (sprig eval --model, sprig predict --model, sprig inspect)", out.display());
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = a.resolve()?;
+    let s = sprig_lab::prune::run(&cfg, &a.ft.out, &sprig_data::sprig_home())?;
+    print_summary(&s, &a.ft.out);
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! `sprig prune` end to end on the real checkpoint and a tiny real subset: a fine-tuned teacher,
+//! gradual magnitude pruning with distillation from it, the written directory (HF layout, masks,
+//! manifest, exact zeros), and the bad inputs of the command.
+use std::path::Path;
+use std::process::Command;
+
+fn sprig() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sprig"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn sprig");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn sprig");
+    assert!(!out.status.success(), "{cmd:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+const TINY: [&str; 8] = ["--max-train", "48", "--max-dev", "64", "--max-test", "128", "--batch-size", "16"];
+
+#[test]
+fn gmp_with_distillation_writes_a_sparse_hf_directory_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher");
+    run_ok(sprig().args(["finetune", "--task", "sms-spam", "--epochs", "1", "--out"]).arg(&teacher).args(TINY));
+
+    // 3 steps per epoch x 2 epochs; the schedule ends at round(0.67 * 6) = 4: epoch 1's
+    // evaluation (step 6) is the only one at the final mask.
+    let out = dir.path().join("pruned");
+    let stdout = run_ok(
+        sprig()
+            .args(["prune", "--task", "sms-spam", "--sparsity", "0.75", "--method", "gmp", "--epochs", "2", "--prune-every", "1", "--model"])
+            .arg(&teacher)
+            .arg("--out")
+            .arg(&out)
+            .args(TINY),
+    );
+    assert!(stdout.contains("| sms-spam | gmp |"), "{stdout}");
+    for f in ["config.toml", "metrics.jsonl", "summary.json", "config.json", "model.safetensors", "masks.safetensors", "sprig.json", "tokenizer.json", "sprig-logits.json"] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let s = json(&out.join("summary.json"));
+    let sparsity = s["sparsity"].as_f64().unwrap();
+    assert!((sparsity - 0.75).abs() < 1e-3, "realised sparsity {sparsity}");
+    assert_eq!(s["distill"], true, "the fine-tuned model is its own teacher by default");
+    assert_eq!(s["teacher"].as_str().unwrap(), teacher.to_str().unwrap());
+    assert_eq!(s["best_epoch"], 1, "only evaluations at the final sparsity are selectable");
+    assert!(s["dense_test_accuracy"].as_f64().is_some());
+    // The manifest and the weights agree with the summary: inspect recomputes zeros at masked positions.
+    let m = json(&out.join("sprig.json"));
+    assert_eq!(m["prunable_sparsity"].as_f64().unwrap(), sparsity);
+    let inspect = run_ok(sprig().arg("inspect").arg(&out));
+    assert!(inspect.contains("verified"), "{inspect}");
+    // Every dev evaluation is logged with the sparsity of that moment.
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["kind"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 2);
+    assert!(evals[0]["sparsity"].as_f64().unwrap() < 0.75 && (evals[1]["sparsity"].as_f64().unwrap() - 0.75).abs() < 1e-3);
+    // The config records the run and re-runs it (into a new directory).
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(cfg.contains("sparsity = 0.75") && cfg.contains("[train]"), "{cfg}");
+    // sprig eval loads it.
+    let ev = dir.path().join("eval");
+    run_ok(sprig().args(["eval", "--task", "sms-spam", "--model"]).arg(&out).arg("--out").arg(&ev));
+
+    // Bad input: each refused before anything is written.
+    let fresh = dir.path().join("fresh");
+    let prune = |extra: &[&str]| {
+        let mut c = sprig();
+        c.args(["prune", "--task", "sms-spam", "--epochs", "1", "--model"]).arg(&teacher).arg("--out").arg(&fresh).args(TINY).args(extra);
+        c
+    };
+    let e = run_err(&mut prune(&["--sparsity", "1.0"]));
+    assert!(e.contains("sparsity 1"), "{e}");
+    let e = run_err(&mut prune(&["--method", "snip"]));
+    assert!(e.contains("snip") && e.contains("gmp"), "{e}");
+    let e = run_err(&mut prune(&["--granularity", "5x1"]));
+    assert!(e.contains("encoder.layer.0") || e.contains("5"), "{e}");
+    let e = run_err(&mut prune(&["--granularity", "2:4", "--sparsity", "0.8"]));
+    assert!(e.contains("2:4") && e.contains("0.5"), "{e}");
+    let e = run_err(&mut prune(&["--temperature", "0"]));
+    assert!(e.contains("temperature"), "{e}");
+    assert!(!fresh.exists(), "a refused run wrote {}", fresh.display());
+    // A teacher of another task; an output that exists; a checkpoint already sparser than asked.
+    let e = run_err(sprig().args(["prune", "--task", "trec6", "--teacher"]).arg(&teacher).arg("--out").arg(&fresh).args(TINY));
+    assert!(e.contains("sms-spam") || e.contains("labels"), "{e}");
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let e = run_err(sprig().args(["prune", "--task", "sms-spam", "--model"]).arg(&teacher).arg("--out").arg(&out).args(TINY));
+    assert!(e.contains("not empty"), "{e}");
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+    let e = run_err(sprig().args(["prune", "--task", "sms-spam", "--sparsity", "0.5", "--model"]).arg(&out).arg("--out").arg(&fresh).args(TINY));
+    assert!(e.contains("already"), "{e}");
+    assert!(!fresh.exists());
+    // No partial directories are left beside the output.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.contains("partial")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}

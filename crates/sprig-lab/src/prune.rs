@@ -1,0 +1,104 @@
+//! `sprig prune` as a run: resolve the teacher, prune while fine-tuning
+//! ([`sprig_bert::prune::prune`]), and write the pruned classifier as a directory that appears
+//! whole or not at all: the Hugging Face layout with exact zeros, `masks.safetensors`, the
+//! `sprig.json` manifest, `config.toml` (the resolved config: the experiment record),
+//! `metrics.jsonl`, `summary.json` and `sprig-logits.json` (for `scripts/verify-hf-export`).
+use crate::export::{reference_logits, write_sparse_classifier};
+use anyhow::{bail, Context, Result};
+use sprig_bert::masked::{Base, TaskData};
+use sprig_bert::prune::{check_head, prune, PruneConfig, PruneSummary, Teacher};
+use sprig_bert::Checkpoint;
+use sprig_prune::checkpoint::CheckpointMeta;
+use sprig_train::MetricsLog;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Test sentences whose logits are stored for the transformers check.
+pub const VERIFY_EXAMPLES: usize = 32;
+
+/// The teacher a run uses: `cfg.teacher` when given (`none` = no teacher); by default the model
+/// itself when it is a fine-tuned classifier of the task (pruning a fine-tuned model distils
+/// from its dense self), else none.
+pub fn resolve_teacher(cfg: &PruneConfig, base: &Base, data: &TaskData) -> Result<Option<String>> {
+    Ok(match cfg.teacher.as_str() {
+        "none" => None,
+        "" if base.tensors.contains_key("classifier.weight") => Some(cfg.train.model.clone()),
+        "" => None,
+        t => Some(t.to_string()),
+    })
+    .and_then(|t| {
+        if t.is_none() && cfg.distill == Some(true) {
+            bail!("--distill true needs a teacher: give --teacher DIR (a fine-tuned dense classifier of task {})", data.task);
+        }
+        Ok(t)
+    })
+}
+
+/// Runs `cfg` and writes the pruned model into `out`, which must not exist (or be an empty
+/// directory). Everything is validated and loaded before training starts.
+pub fn run(cfg: &PruneConfig, out: &Path, home: &Path) -> Result<PruneSummary> {
+    cfg.validate()?;
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} exists and is not empty; sprig prune writes a new directory (nothing was changed)", out.display());
+    }
+    let base = Base::load(&cfg.train.model)?;
+    let data = TaskData::load(&cfg.train, &base, home)?;
+    if base.tensors.contains_key("classifier.weight") {
+        let ck = Checkpoint::load(&cfg.train.model, &candle_core::Device::Cpu)?;
+        check_head(&cfg.train.model, &ck, &data, &cfg.train)?;
+    }
+    let teacher = match resolve_teacher(cfg, &base, &data)? {
+        Some(spec) => Some(Teacher::load(&spec, &data, &cfg.train, &base)?),
+        None => None,
+    };
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("prune");
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(parent).context("creating a temp directory beside the output")?;
+    let stage = tmp.path();
+    sprig_train::write_atomic(&stage.join("config.toml"), toml_string(cfg)?.as_bytes())?;
+    tracing::info!(dir = %stage.display(), "run in progress (moved to {} when done)", out.display());
+    let mut log = MetricsLog::create(&stage.join("metrics.jsonl"))?;
+    let pruned = prune(&base, &data, cfg, teacher.as_ref(), &mut log)?;
+    let s = &pruned.summary;
+    let meta: HashMap<String, String> = [
+        ("task", data.task.clone()),
+        ("seed", cfg.train.seed.to_string()),
+        ("max_seq_len", cfg.train.max_seq_len.to_string()),
+        ("method", cfg.method.name().to_string()),
+        ("sparsity", format!("{:.6}", s.sparsity)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let ckmeta = CheckpointMeta {
+        method: format!("prune-{}", cfg.method.name()),
+        schedule: Some(serde_json::to_value(cfg.pruner(s.steps.max(1))?.schedule)?),
+        seed: Some(cfg.train.seed),
+        parent_sha256: Some(file_sha256(&base.origin)?),
+        extra: serde_json::json!({"task": data.task, "model": cfg.train.model, "classes": data.classes,
+            "granularity": cfg.granularity, "teacher": s.teacher, "test_accuracy": s.test_accuracy}),
+    };
+    write_sparse_classifier(stage, &pruned.model, &data.classes, &base.tokenizer, &pruned.masks, meta, &ckmeta)?;
+    let verify = reference_logits(stage, VERIFY_EXAMPLES, home)?;
+    sprig_train::write_json(&stage.join("sprig-logits.json"), &verify)?;
+    sprig_train::write_json(&stage.join("summary.json"), s)?;
+    drop(log);
+    if out.exists() {
+        std::fs::remove_dir(out).with_context(|| format!("{} is no longer empty", out.display()))?;
+    }
+    let stage = tmp.keep();
+    std::fs::rename(&stage, out).with_context(|| format!("moving the run into {}", out.display()))?;
+    Ok(pruned.summary)
+}
+
+fn file_sha256(p: &Path) -> Result<String> {
+    use sha2::Digest;
+    let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(sha2::Sha256::digest(&b).iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The config as TOML (the `[train]` table last, as TOML needs).
+pub fn toml_string(cfg: &PruneConfig) -> Result<String> {
+    Ok(toml::to_string_pretty(cfg)?)
+}
