@@ -25,7 +25,9 @@ enum Command {
     Eval(cmd::eval::Args),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
     Demo(cmd::demo::Args),
-    /// Benchmarks (kernels, training step).
+    /// Classify texts with a (pruned) classifier directory; each pruned linear runs in its fastest format on this CPU.
+    Predict(cmd::predict::Args),
+    /// Benchmarks (kernels, training step, predict).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
     /// Lottery tickets by iterative magnitude pruning, with reinit and random-mask controls.
@@ -88,6 +90,7 @@ fn main() {
         Command::Prune(a) => cmd::prune::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Predict(a) => cmd::predict::run(a),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Lottery(a) => cmd::lottery::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),

@@ -1,7 +1,8 @@
 //! sprig-bert: a BERT encoder on candle whose every parameter is a named `Var` (so pruning can mask
 //! any linear), Hugging Face checkpoint loading (local directory or hub cache), tokenization,
 //! pooling, a sequence-classification head, fine-tuning, and masked / gradually pruned
-//! fine-tuning (`masked`, `gradual`: GMP, movement). Errors are [`BertError`]; no plots. The
+//! fine-tuning (`masked`, `gradual`: GMP, movement), and each pruned linear compiled to its fastest
+//! sparse format for this CPU (`formats`, behind `sprig predict`). Errors are [`BertError`]; no plots. The
 //! experiments on top (BERT tickets, transfer, upstream tickets, compile/export of tickets) live
 //! in `sprig-lab`.
 
@@ -14,6 +15,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod finetune;
+pub mod formats;
 pub mod gradual;
 pub mod hf;
 pub mod masked;

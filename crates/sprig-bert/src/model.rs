@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use sprig_kernels::nn::{ops, Act, AttentionSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 /// Where parameter values come from when building a model.
@@ -245,8 +245,25 @@ impl BertEncoder {
     /// Compile the encoder linears masked in `masks` into sparse layers of `format` (each mask's
     /// bits go to the kernels as a `Bitmask`, no boolean pass). Their trainable parameter becomes
     /// the stored values, listed by [`BertEncoder::named_params`] as `"<weight name>:values"` in
-    /// place of the dense weight.
+    /// place of the dense weight. One format for all: [`BertEncoder::compile_sparse_each`].
     pub fn compile_sparse(&mut self, masks: &sprig_prune::MaskSet, format: sprig_kernels::candle::Format) -> Result<()> {
+        let formats: BTreeMap<String, sprig_kernels::candle::Format> = masks.iter().map(|(n, _)| (n.clone(), format)).collect();
+        self.compile_sparse_each(masks, &formats)
+    }
+
+    /// Compile each masked encoder linear to its own format, `formats[weight name]`; a masked
+    /// linear without an entry stays dense (its weight holds exact zeros at the pruned positions,
+    /// so it computes the same function). Q, K and V of a layer compiled to one format are
+    /// stacked into one pattern (one sparse product, see `Layer::qkv_pattern`).
+    pub fn compile_sparse_each(
+        &mut self,
+        masks: &sprig_prune::MaskSet,
+        formats: &BTreeMap<String, sprig_kernels::candle::Format>,
+    ) -> Result<()> {
+        if let Some(name) = formats.keys().find(|n| masks.get(n).is_none()) {
+            return Err(BertError::Invalid(format!("a format is given for {name} but no mask")));
+        }
+        let mut known = HashSet::new();
         let mut replaced = HashMap::new();
         for (name, lin) in self.linears_mut() {
             if let Some(m) = masks.get(&name) {
@@ -257,11 +274,14 @@ impl BertEncoder {
                         lin.weight.elem_count()
                     ))));
                 }
-                lin.compile(&m.to_bitmask()?, format)?;
-                replaced.insert(name, lin.sparse.as_ref().expect("compiled").values.clone());
+                if let Some(&format) = formats.get(&name) {
+                    lin.compile(&m.to_bitmask()?, format)?;
+                    replaced.insert(name.clone(), lin.sparse.as_ref().expect("compiled").values.clone());
+                }
+                known.insert(name);
             }
         }
-        if let Some((unknown, _)) = masks.iter().find(|(n, _)| !replaced.contains_key(*n)) {
+        if let Some((unknown, _)) = masks.iter().find(|(n, _)| !known.contains(*n)) {
             return Err(BertError::Candle(candle_core::Error::Msg(format!("{unknown} is not an encoder linear weight"))));
         }
         for (name, var) in self.params.iter_mut() {
@@ -270,8 +290,14 @@ impl BertEncoder {
                 *var = v;
             }
         }
-        for l in &mut self.layers {
-            l.qkv_pattern = stacked_qkv(l, format)?;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let f = |s: &str| formats.get(&format!("encoder.layer.{i}.attention.self.{s}.weight")).copied();
+            match (f("query"), f("key"), f("value")) {
+                (Some(q), Some(k), Some(v)) if q == k && k == v => l.qkv_pattern = stacked_qkv(l, q)?,
+                // Q, K and V untouched by this call: an earlier stacking stays valid.
+                (None, None, None) => {}
+                _ => l.qkv_pattern = None,
+            }
         }
         Ok(())
     }

@@ -5,7 +5,6 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sprig_kernels::bench::{run as run_grid, BenchConfig};
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -103,28 +102,7 @@ pub fn run(args: Args) -> Result<()> {
                 median_ms: r.median_ms,
             })
             .collect();
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        // Every result file says how, where, when and from which commit it was measured.
-        // Paths under the working directory are recorded relative to it (no machine paths in results).
-        let cwd = std::env::current_dir().ok().map(|d| format!("{}/", d.display()));
-        let relative = |a: String| match &cwd {
-            Some(c) if a.starts_with(c.as_str()) => a[c.len()..].to_string(),
-            _ => a,
-        };
-        let command = std::iter::once("sprig".to_string()).chain(std::env::args().skip(1).map(relative)).collect::<Vec<_>>().join(" ");
-        let commit = std::process::Command::new("git")
-            .args(["rev-parse", "--short", "HEAD"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        let provenance: serde_json::Value = serde_json::from_str(&sprig_kernels::bench::provenance_json(&command, commit.as_deref()))?;
-        serde_json::to_writer_pretty(&mut tmp, &serde_json::json!({ "provenance": provenance, "rows": out }))?;
-        tmp.write_all(b"\n")?;
-        tmp.persist(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        super::bench::write_with_provenance(&path, &serde_json::to_value(&out)?)?;
         eprintln!("wrote {} rows to {}", out.len(), path.display());
     }
     Ok(())

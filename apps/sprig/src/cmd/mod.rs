@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod bench;
 pub mod bench_kernels;
+pub mod bench_predict;
 pub mod bench_train_step;
 pub mod demo;
 pub mod dst;
@@ -10,6 +11,7 @@ pub mod export;
 pub mod finetune;
 pub mod inspect;
 pub mod lottery;
+pub mod predict;
 pub mod prune;
 pub mod prune_at_init;
 pub mod ticket;

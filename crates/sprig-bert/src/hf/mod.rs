@@ -31,6 +31,11 @@ pub fn hf_name(name: &str) -> String {
     }
 }
 
+/// The inverse of [`hf_name`]: the model's own parameter name of a checkpoint name (`bert.` dropped).
+pub fn from_hf_name(name: &str) -> &str {
+    name.strip_prefix("bert.").unwrap_or(name)
+}
+
 /// The `config.json` entries that make `transformers` load the right class: `architectures`,
 /// `auto_map` (AutoModelForSequenceClassification -> the shipped file) and `sprig_pooling`.
 pub fn loader_entries(pooling: Pooling) -> serde_json::Map<String, serde_json::Value> {
