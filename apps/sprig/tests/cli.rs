@@ -47,6 +47,31 @@ fn finetune_then_eval_then_rerun_from_config() {
     run_ok(sprig().arg("finetune").arg("--config").arg(run.join("config.toml")).arg("--out").arg(&again));
     assert_eq!(json(&again.join("summary.json"))["test_accuracy"], s["test_accuracy"]);
     assert_eq!(std::fs::read_to_string(again.join("config.toml")).unwrap(), std::fs::read_to_string(run.join("config.toml")).unwrap());
+
+    // A finished run is never overwritten, nor the source checkpoint; nothing is touched.
+    let before = std::fs::read(run.join("model.safetensors")).unwrap();
+    let cfg_before = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let e = run_err(sprig().args(["finetune", "--task", "sms-spam", "--seed", "7", "--out"]).arg(&run).args(tiny));
+    assert!(e.contains("finished run"), "{e}");
+    let e = run_err(sprig().args(["finetune", "--task", "sms-spam", "--model"]).arg(&run).arg("--out").arg(run.join("inner")).args(tiny));
+    assert!(e.contains("inside --model"), "{e}");
+    assert!(!run.join("inner").exists());
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), cfg_before);
+    // A max_seq_len the model cannot take is refused, not clamped and mis-recorded.
+    let e = run_err(sprig().args(["finetune", "--task", "sms-spam", "--max-seq-len", "100000", "--out"]).arg(dir.path().join("long")).args(tiny));
+    assert!(e.contains("100000") && e.contains("512"), "{e}");
+    assert!(!dir.path().join("long").exists());
+    // eval: a zero batch or length, and a split seed other than the training one, are refused.
+    let e = run_err(sprig().args(["eval", "--task", "sms-spam", "--batch-size", "0", "--model"]).arg(&run).arg("--out").arg(dir.path().join("e0")));
+    assert!(e.contains("--batch-size"), "{e}");
+    let e = run_err(sprig().args(["eval", "--task", "sms-spam", "--max-seq-len", "0", "--model"]).arg(&run).arg("--out").arg(dir.path().join("e1")));
+    assert!(e.contains("--max-seq-len"), "{e}");
+    let e = run_err(sprig().args(["eval", "--task", "sms-spam", "--seed", "43", "--model"]).arg(&run).arg("--out").arg(dir.path().join("e2")));
+    assert!(e.contains("43") && e.contains("42") && e.contains("--any-split-seed"), "{e}");
+    for d in ["e0", "e1", "e2"] {
+        assert!(!dir.path().join(d).exists(), "{d} was written");
+    }
 }
 
 #[test]

@@ -108,3 +108,52 @@ fn gmp_with_distillation_writes_a_sparse_hf_directory_and_refuses_bad_input() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.contains("partial")).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Share of exact zeros of every encoder linear weight in `dir/model.safetensors`, and whether
+/// every zero lies in a fully zero `r x 1` block (r consecutive rows of one input column).
+fn zeros_and_blocks(dir: &Path, r: usize) -> (f64, bool) {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (mut zeros, mut total, mut blocked) = (0usize, 0usize, true);
+    for (name, view) in st.tensors() {
+        let linear = name.contains("encoder.layer.") && name.ends_with(".weight") && !name.contains("LayerNorm");
+        if !linear {
+            continue;
+        }
+        let (rows, cols) = (view.shape()[0], view.shape()[1]);
+        let w: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        zeros += w.iter().filter(|x| **x == 0.0).count();
+        total += w.len();
+        for br in (0..rows).step_by(r) {
+            for c in 0..cols {
+                let z: Vec<bool> = (br..br + r).map(|i| w[i * cols + c] == 0.0).collect();
+                blocked &= z.iter().all(|&b| b) || !z.iter().any(|&b| b);
+            }
+        }
+    }
+    (zeros as f64 / total as f64, blocked)
+}
+
+/// Block oBERT (its OBS weight update included) and one-shot pruning in 4x1 blocks, one short
+/// epoch each from the pretrained checkpoint (fresh head, no teacher): the realised sparsity, the
+/// exact zeros in the written weights, and the block structure.
+#[test]
+fn obert_and_4x1_blocks_reach_their_sparsity_with_exact_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let obert = dir.path().join("obert");
+    run_ok(sprig().args(["prune", "--task", "sms-spam", "--sparsity", "0.5", "--method", "obert", "--epochs", "1", "--prune-every", "1", "--out"]).arg(&obert).args(TINY));
+    let s = json(&obert.join("summary.json"));
+    assert_eq!(s["distill"], false, "a pretrained checkpoint has no teacher");
+    let sparsity = s["sparsity"].as_f64().unwrap();
+    assert!((sparsity - 0.5).abs() < 1e-3, "{sparsity}");
+    let (zeros, _) = zeros_and_blocks(&obert, 1);
+    assert!((zeros - sparsity).abs() < 1e-6, "zeros {zeros} vs masks {sparsity}");
+
+    let block = dir.path().join("block");
+    run_ok(sprig().args(["prune", "--task", "sms-spam", "--sparsity", "0.5", "--method", "oneshot", "--granularity", "4x1", "--epochs", "1", "--out"]).arg(&block).args(TINY));
+    let s = json(&block.join("summary.json"));
+    let sparsity = s["sparsity"].as_f64().unwrap();
+    assert!((sparsity - 0.5).abs() < 1e-3, "{sparsity}");
+    let (zeros, blocked) = zeros_and_blocks(&block, 4);
+    assert!((zeros - sparsity).abs() < 1e-6 && blocked, "zeros {zeros}, 4x1 blocks {blocked}");
+}

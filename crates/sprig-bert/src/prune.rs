@@ -429,7 +429,7 @@ pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&T
     })?;
     let (gradual, select) = hooks;
     let masks = gradual.pruner.into_masks();
-    let (best_epoch, best_dev, best) = select.best.context("no evaluation at the final sparsity ran")?;
+    let Kept { epoch: best_epoch, dev: best_dev, weights: best } = select.best.context("no evaluation at the final sparsity ran")?;
     for (n, v) in model.named_params() {
         if let Some(t) = best.iter().find(|(bn, _)| *bn == n).map(|(_, t)| t) {
             v.set(t)?;
@@ -486,7 +486,14 @@ struct SelectHooks<'a> {
     cfg: &'a FinetuneConfig,
     final_step: usize,
     last: Option<Report>,
-    best: Option<(usize, Report, Vec<(String, Tensor)>)>,
+    best: Option<Kept>,
+}
+
+/// The kept evaluation: its epoch, dev report and a copy of the weights.
+struct Kept {
+    epoch: usize,
+    dev: Report,
+    weights: Vec<(String, Tensor)>,
 }
 
 #[derive(Serialize)]
@@ -519,7 +526,7 @@ impl Hooks<BertClassifier> for SelectHooks<'_> {
     fn checkpoint(&mut self, model: &mut BertClassifier, ctx: &mut Ctx, _score: f64) -> sprig_train::error::Result<()> {
         let copy = sprig_train::fit::snapshot(&model.named_params())?;
         if let Some(r) = self.last.take() {
-            self.best = Some((ctx.epoch, r, copy));
+            self.best = Some(Kept { epoch: ctx.epoch, dev: r, weights: copy });
         }
         Ok(())
     }

@@ -25,16 +25,32 @@ pub struct Args {
     pub batch_size: usize,
     #[arg(long, default_value_t = 128)]
     pub max_seq_len: usize,
+    /// Evaluate on the split of a `--seed` other than the one the checkpoint was fine-tuned with
+    /// (its test examples may then be training examples of the checkpoint).
+    #[arg(long)]
+    pub any_split_seed: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let device = Device::Cpu;
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1 (got 0)");
+    }
     let ckpt = Checkpoint::load(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
     if !ckpt.has_classifier() {
         bail!("{} has no classification head (classifier.weight); fine-tune it first with `sprig finetune`", a.model);
     }
     let recorded = ckpt.config.extra.get("sprig").cloned().unwrap_or_default();
-    let seed = a.seed.or_else(|| recorded.get("seed")?.as_str()?.parse().ok()).unwrap_or(42);
+    let trained_seed: Option<u64> = recorded.get("seed").and_then(|s| s.as_str()?.parse().ok());
+    if let (Some(asked), Some(trained)) = (a.seed, trained_seed) {
+        if asked != trained && !a.any_split_seed {
+            bail!("--seed {asked} differs from the seed {trained} of the split {} was fine-tuned on: its test split would overlap that model's training data (pass --any-split-seed to evaluate anyway)", a.model);
+        }
+    }
+    if a.max_seq_len < 2 || a.max_seq_len > ckpt.config.max_position_embeddings {
+        bail!("--max-seq-len must be in 2..={} (the model's max_position_embeddings), got {}", ckpt.config.max_position_embeddings, a.max_seq_len);
+    }
+    let seed = a.seed.or(trained_seed).unwrap_or(42);
     if let Some(t) = recorded.get("task").and_then(|t| t.as_str()) {
         if t != a.task {
             tracing::warn!("checkpoint was fine-tuned on {t}, evaluating on {}", a.task);

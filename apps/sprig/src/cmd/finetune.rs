@@ -78,8 +78,49 @@ impl Args {
     }
 }
 
-/// Load the task, fine-tune, write `config.toml` and the run.
+/// Refuses an output directory that would overwrite or mix runs: one that is not empty (a
+/// finished run, another run, any file), or one equal to or inside the `--model` directory.
+pub fn check_out(out: &Path, model: &str) -> Result<()> {
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        let what = if out.join("summary.json").is_file() { "holds a finished run" } else { "is not empty" };
+        anyhow::bail!("--out {} {what}; nothing was changed (choose a new directory or remove it)", out.display());
+    }
+    let model = Path::new(model);
+    if model.is_dir() {
+        let m = model.canonicalize().with_context(|| format!("resolving {}", model.display()))?;
+        // The deepest existing ancestor of `out` tells whether it lies inside the model.
+        let mut probe = out.to_path_buf();
+        while !probe.exists() {
+            match probe.parent() {
+                Some(p) if !p.as_os_str().is_empty() => probe = p.to_path_buf(),
+                _ => {
+                    probe = std::path::PathBuf::from(".");
+                    break;
+                }
+            }
+        }
+        if probe.canonicalize().is_ok_and(|p| p.starts_with(&m)) {
+            anyhow::bail!("--out {} is inside --model {}: the run would overwrite its own source checkpoint", out.display(), model.display());
+        }
+    }
+    Ok(())
+}
+
+/// `cfg.max_seq_len` against the model's `max_position_embeddings` (read from its config before
+/// anything is written).
+pub fn check_seq_len(cfg: &FinetuneConfig) -> Result<()> {
+    let files = sprig_bert::ModelFiles::resolve(&cfg.model).with_context(|| format!("loading model {}", cfg.model))?;
+    let mc = sprig_bert::BertConfig::from_file(&files.config)?;
+    if cfg.max_seq_len > mc.max_position_embeddings {
+        anyhow::bail!("max_seq_len {} exceeds the model's max_position_embeddings {} (accepted: 2..={})", cfg.max_seq_len, mc.max_position_embeddings, mc.max_position_embeddings);
+    }
+    Ok(())
+}
+
+/// Check the output and the model, load the task, fine-tune, write `config.toml` and the run.
 pub fn run_config(cfg: &FinetuneConfig, out: &Path) -> Result<FinetuneSummary> {
+    check_out(out, &cfg.model)?;
+    check_seq_len(cfg)?;
     let home = sprig_data::sprig_home();
     let data = sprig_data::load_text_task(&cfg.task, &home, cfg.seed).with_context(|| format!("loading task {}", cfg.task))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
