@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sprig_kernels::candle::{Format, SparseLinear};
 use sprig_kernels::nn::{ops, Act};
 use sprig_kernels::Bitmask;
-use sprig_prune::{Mask, MaskSet};
+use sprig_prune::MaskSet;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
@@ -163,17 +163,10 @@ impl Default for MeasureOptions {
 /// The masks of the encoder linears from their exact zeros (a pruned checkpoint written without
 /// masks stores pruned weights as 0.0). Linears without a zero are left out.
 pub fn masks_from_zeros(encoder: &BertEncoder) -> Result<MaskSet> {
+    let all = crate::prune::masks_of_zeros(encoder.named_params())?;
     let mut set = MaskSet::new();
-    for (name, var) in encoder.named_params() {
-        if !is_encoder_linear_weight(name) {
-            continue;
-        }
-        let (n, k) = var.as_tensor().dims2()?;
-        let w = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        let b = Bitmask::from_nonzero(n, k, &w)?;
-        if b.count_ones() < n * k {
-            set.insert(name.clone(), Mask::from_bitmask(&[n, k], &b)?);
-        }
+    for (name, m) in all.iter().filter(|(_, m)| m.count_kept() < m.len()) {
+        set.insert(name.clone(), m.clone());
     }
     Ok(set)
 }

@@ -327,12 +327,14 @@ pub struct Pruned {
     pub summary: PruneSummary,
 }
 
-/// Masks of the exact zeros of the encoder linears (a checkpoint pruned before).
+/// Masks of the exact zeros of every encoder linear (a checkpoint pruned before; a linear
+/// without a zero gets an all-kept mask).
 pub fn masks_of_zeros(params: &[(String, Var)]) -> Result<MaskSet> {
     let mut m = MaskSet::new();
     for (n, v) in params.iter().filter(|(n, _)| is_encoder_linear_weight(n)) {
+        let (rows, cols) = v.as_tensor().dims2()?;
         let w = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        m.insert(n.clone(), Mask::from_bools(v.dims(), &w.iter().map(|&x| x != 0.0).collect::<Vec<_>>())?);
+        m.insert(n.clone(), Mask::from_bitmask(&[rows, cols], &sprig_kernels::Bitmask::from_nonzero(rows, cols, &w)?)?);
     }
     Ok(m)
 }

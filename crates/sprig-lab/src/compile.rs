@@ -96,22 +96,6 @@ pub fn time_pair(dense: &BertClassifier, sparse: &BertClassifier, vocab: usize, 
     Ok((diff, dr, sr))
 }
 
-/// A sparse classifier directory (the Hugging Face layout `sprig prune` writes) as its dense
-/// model and its model compiled to `format` (the masks are the exact zeros of the encoder
-/// linears), with the realised sparsity of those linears.
-pub fn dense_and_compiled(dir: &Path, format: Format) -> Result<(BertClassifier, BertClassifier, f64)> {
-    let spec = dir.to_str().with_context(|| format!("{} is not a UTF-8 path", dir.display()))?;
-    let ck = sprig_bert::Checkpoint::load(spec, &Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
-    if !ck.has_classifier() {
-        bail!("{} has no classification head", dir.display());
-    }
-    let dense = ck.classifier(0, &Device::Cpu)?;
-    let masks = sprig_bert::prune::masks_of_zeros(&dense.named_params())?;
-    let mut sparse = ck.classifier(0, &Device::Cpu)?;
-    sparse.encoder.compile_sparse(&masks, format)?;
-    Ok((dense, sparse, masks.sparsity()))
-}
-
 /// Compiles the ticket at `dir` (a `sprig ticket` checkpoint `OUT/round-RR/seed-S`), checks it
 /// against the masked-dense model on the same random token batch, and times both.
 pub fn compile_ticket(dir: &Path, o: &CompileOptions) -> Result<CompileReport> {

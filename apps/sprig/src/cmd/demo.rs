@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use sprig_bert::prune::PruneConfig;
 use sprig_bert::FinetuneConfig;
 use sprig_kernels::candle::Format;
-use sprig_lab::compile::{dense_and_compiled, time_pair, CompileOptions};
+use sprig_lab::compile::{time_pair, CompileOptions};
 use sprig_lab::dst_run::median;
 use std::path::{Path, PathBuf};
 
@@ -73,13 +73,17 @@ pub fn run(a: Args) -> Result<()> {
     let pcfg = PruneConfig { sparsity: a.sparsity, train: FinetuneConfig { model: dense_path, epochs: a.prune_epochs, ..cfg.clone() }, ..PruneConfig::default() };
     let s = sprig_lab::prune::run(&pcfg, &sparse_dir, &sprig_data::sprig_home())?;
     let t_prune = t.elapsed().as_secs_f64() - t_dense;
-    // 3. Inference speed of the pruned model: dense kernels vs sprig's sparse kernels.
+    // 3. Inference speed of the pruned model: its dense kernels vs the sparse format `sprig
+    //    predict` picks for each linear on this CPU (measured, cached beside the model).
     let o = CompileOptions { format: Format::Csr, batch: 32, seq: 128, warmup: 1, runs: 3 };
-    let (dm, sm, diff, sparsity) = {
-        let (dense, sparse, sparsity) = dense_and_compiled(&sparse_dir, o.format)?;
-        let (diff, dr, sr) = time_pair(&dense, &sparse, dense.encoder.config.vocab_size, &o)?;
-        (median(&dr), median(&sr), diff, sparsity)
+    let (dm, sm, diff, sparsity, formats) = {
+        let l = super::predict::load(&sparse_dir)?;
+        let c = super::predict::compile(&l, super::predict::Formats::Auto, o.batch * o.seq)?;
+        let dense = l.ckpt.classifier(0, &candle_core::Device::Cpu)?;
+        let (diff, dr, sr) = time_pair(&dense, &c.model, dense.encoder.config.vocab_size, &o)?;
+        (median(&dr), median(&sr), diff, l.masks.sparsity(), c.plan.counts())
     };
+    let formats = formats.iter().map(|(f, n)| format!("{n} {f}")).collect::<Vec<_>>().join(", ");
     println!();
     println!("sprig demo: {} on {} ({} train examples, seed {}), {:.1} min in all", a.model, a.task, d.train_size, a.seed, t.elapsed().as_secs_f64() / 60.0);
     println!("| model | encoder-linear sparsity | dev acc | test acc | minutes | forward, batch 32 x 128 |");
@@ -89,7 +93,7 @@ pub fn run(a: Args) -> Result<()> {
         "| pruned (gmp + distillation, {} epochs) | {sparsity:.3} | {:.4} | {:.4} | {:.1} | {sm:.0} ms with sparse kernels ({:.2}x) |",
         a.prune_epochs, s.dev_accuracy, s.test_accuracy, t_prune / 60.0, dm / sm
     );
-    println!("(median of {} alternated forwards each; max |logit diff| sparse vs dense kernels {diff:.1e})", o.runs);
+    println!("(median of {} alternated forwards each; linears as {formats}; max |logit diff| sparse vs dense kernels {diff:.1e})", o.runs);
     println!("sparse checkpoint: {} (Hugging Face layout with exact zeros, masks.safetensors, sprig.json; config.toml re-runs it)", sparse_dir.display());
     Ok(())
 }
