@@ -4,21 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn sprig() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sprig"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn sprig");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-}
+mod common;
+use common::{json, run_ok, sprig};
 
 const TINY: [&str; 14] = ["lottery", "--rounds", "2", "--rate", "0.5", "--seeds", "1", "--epochs", "1", "--batch-size", "1000", "--rewind", "step:5", "--out"];
 

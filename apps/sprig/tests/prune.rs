@@ -2,28 +2,8 @@
 //! gradual magnitude pruning with distillation from it, the written directory (HF layout, masks,
 //! manifest, exact zeros), and the bad inputs of the command.
 use std::path::Path;
-use std::process::Command;
-
-fn sprig() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sprig"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn sprig");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn sprig");
-    assert!(!out.status.success(), "{cmd:?} should fail");
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-}
+mod common;
+use common::{json, run_err, run_ok, sprig};
 
 const TINY: [&str; 8] = ["--max-train", "48", "--max-dev", "64", "--max-test", "128", "--batch-size", "16"];
 

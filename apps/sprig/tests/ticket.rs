@@ -4,21 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn sprig() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sprig"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn sprig");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-}
+mod common;
+use common::{json, run_ok, sprig};
 
 /// The value without wall-clock fields (they differ between runs by nature).
 fn strip_time(v: &mut serde_json::Value) {
