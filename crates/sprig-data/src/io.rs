@@ -24,18 +24,43 @@ pub(crate) fn io_err(path: &Path, e: std::io::Error) -> DataError {
     }
 }
 
-/// Decodes UTF-8, falling back to Latin-1 (every byte is a code point) for legacy files, so
-/// decoding never fails and never loses a byte.
-pub(crate) fn decode_text(bytes: Vec<u8>) -> String {
-    match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => e.into_bytes().iter().map(|&b| b as char).collect(),
-    }
+/// Decodes strict UTF-8. The first invalid sequence gives [`DataError::Encoding`] naming the
+/// file, the 1-based line, the byte offsets (in the file and in the line) and the bad byte(s).
+pub(crate) fn decode_utf8(path: &Path, bytes: Vec<u8>) -> Result<String, DataError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let err = e.utf8_error();
+        let bytes = e.as_bytes();
+        let at = err.valid_up_to();
+        // `error_len() == None`: the file ends inside a multi-byte sequence.
+        let bad = &bytes[at..at + err.error_len().unwrap_or(bytes.len() - at)];
+        let before = &bytes[..at];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        DataError::Encoding {
+            path: path.to_path_buf(),
+            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
+            byte: at,
+            column: at - line_start,
+            bytes: bad
+                .iter()
+                .map(|b| format!("0x{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    })
 }
 
-/// Reads a text file (UTF-8 or Latin-1).
+/// Decodes ISO-8859-1 (Latin-1): every byte is the code point of the same value. Only for files
+/// whose encoding is declared to be Latin-1 (see `text::load_bbc`); never a fallback.
+pub(crate) fn decode_latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// Reads a UTF-8 text file ([`decode_utf8`]).
 pub(crate) fn read_text(path: &Path) -> Result<String, DataError> {
-    read_bytes(path).map(decode_text)
+    decode_utf8(path, read_bytes(path)?)
 }
 
 /// Lines with 1-based line numbers, without the trailing `\r` of CRLF files.
@@ -137,8 +162,53 @@ mod tests {
     }
 
     #[test]
-    fn latin1_fallback_keeps_every_byte() {
-        assert_eq!(decode_text(b"caf\xe9".to_vec()), "café");
-        assert_eq!(decode_text("café".as_bytes().to_vec()), "café");
+    fn invalid_utf8_names_file_line_offsets_and_bytes() {
+        // An rt-sentiment-style file whose line 3 holds a Latin-1 e-acute (0xE9), not UTF-8.
+        let bytes = b"id\tsentiment\ttext\n1\t1.5\tgood\n2\t-2\tcaf\xe9 bad\n".to_vec();
+        let path = Path::new("rt/movieReviewSnippets_GroundTruth.txt");
+        let e = decode_utf8(path, bytes).unwrap_err();
+        let DataError::Encoding {
+            line,
+            byte,
+            column,
+            bytes,
+            ..
+        } = &e
+        else {
+            panic!("expected an encoding error, got {e:?}");
+        };
+        assert_eq!((*line, *byte, *column, bytes.as_str()), (3, 37, 8, "0xE9"));
+        let msg = e.to_string();
+        for part in [
+            "movieReviewSnippets_GroundTruth.txt:3:",
+            "byte 37 of the file",
+            "byte 8 of line 3",
+            "0xE9",
+        ] {
+            assert!(msg.contains(part), "{part:?} not in {msg}");
+        }
+        // A file cut inside a multi-byte sequence reports the bytes left.
+        let e = decode_utf8(path, b"ok\n\xe2\x82".to_vec()).unwrap_err();
+        assert!(
+            matches!(&e, DataError::Encoding { line: 2, byte: 3, column: 0, bytes, .. } if bytes == "0xE2 0x82"),
+            "{e:?}"
+        );
+        assert_eq!(
+            decode_utf8(path, "café £".as_bytes().to_vec()).unwrap(),
+            "café £"
+        );
+    }
+
+    #[test]
+    fn latin1_keeps_every_byte() {
+        assert_eq!(decode_latin1(b"a \xa315.8m caf\xe9"), "a £15.8m café");
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(
+            decode_latin1(&all)
+                .chars()
+                .map(u32::from)
+                .collect::<Vec<_>>(),
+            (0..=255).collect::<Vec<u32>>()
+        );
     }
 }

