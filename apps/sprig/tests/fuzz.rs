@@ -734,13 +734,11 @@ fn fuzz_mask_from_bytes() {
     });
 }
 
-/// Finding (reproducer): `Mask::from_bytes` computes the element count with an unchecked
-/// `shape.iter().product()`, so a shape whose count overflows `usize` wraps in release builds
-/// (`[2^32, 2^32]` gives 0 weights and the empty byte string is accepted as its mask) and panics
-/// ("attempt to multiply with overflow") in debug builds. Through `checkpoint::load` it is not
-/// reachable (safetensors rejects such shapes first), but the public call takes any shape.
+/// `Mask::from_bytes` refuses a shape whose element count overflows `usize` (an unchecked product
+/// wrapped to 0 in release builds, so `[2^32, 2^32]` was accepted with the empty byte string).
+/// Through `checkpoint::load` such shapes are rejected earlier by safetensors; the public call
+/// takes any shape.
 #[test]
-#[ignore = "finding in crates/sprig-prune/src/mask.rs (Mask::from_bytes: unchecked shape product); un-ignore once fixed"]
 fn mask_from_bytes_rejects_an_overflowing_shape() {
     let r = sprig_prune::Mask::from_bytes(&[1 << 32, 1 << 32], &[]);
     assert!(r.is_err(), "a [2^32, 2^32] mask is accepted with {:?} weights", r.map(|m| m.len()));

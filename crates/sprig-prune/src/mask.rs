@@ -57,7 +57,11 @@ impl Mask {
 
     /// From packed bytes (bit `i` is bit `i % 8` of byte `i / 8`); rejects wrong lengths or set padding bits.
     pub fn from_bytes(shape: &[usize], bytes: &[u8]) -> Result<Self> {
-        let len: usize = shape.iter().product();
+        let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(PruneError::BadValue {
+            what: "mask shape",
+            value: f64::INFINITY,
+            why: "the product of the dimensions overflows usize",
+        })?;
         if bytes.len() != len.div_ceil(8) {
             return Err(PruneError::ShapeMismatch {
                 name: "mask bytes".into(),
