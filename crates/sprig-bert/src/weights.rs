@@ -18,8 +18,16 @@ pub fn canonical_name(name: &str) -> String {
     n.to_string()
 }
 
-/// Load every floating-point tensor of the given files as f32 (f16/bf16 are widened); integer
-/// buffers such as `embeddings.position_ids` are skipped. Names are canonicalised.
+/// True for names of trainable parameters (`….weight`, `….bias`, and the old `gamma`/`beta`),
+/// which must be floating point; other tensors are buffers.
+fn is_parameter_name(name: &str) -> bool {
+    [".weight", ".bias", ".gamma", ".beta"].iter().any(|s| name.ends_with(s))
+}
+
+/// Load every floating-point tensor of the given files as f32 (f16/bf16/f64 are converted);
+/// integer buffers such as `embeddings.position_ids` are skipped. A parameter (a `.weight` or
+/// `.bias`) of another dtype is an error naming its dtype, not a tensor that goes missing later.
+/// Names are canonicalised.
 pub fn load_safetensors(files: &[impl AsRef<Path>], device: &Device) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for file in files {
@@ -33,6 +41,13 @@ pub fn load_safetensors(files: &[impl AsRef<Path>], device: &Device) -> Result<H
                 Dtype::F16 => DType::F16,
                 Dtype::BF16 => DType::BF16,
                 Dtype::F64 => DType::F64,
+                other if is_parameter_name(&name) => {
+                    return Err(BertError::Tensor {
+                        path: path.into(),
+                        name,
+                        msg: format!("has dtype {other:?}, expected a float type (F32, F16, BF16 or F64)"),
+                    })
+                }
                 _ => continue,
             };
             let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)
