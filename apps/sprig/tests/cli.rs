@@ -62,6 +62,8 @@ fn bad_arguments_get_clear_errors() {
     assert!(e.contains("/no/such/model"), "{e}");
     let e = run_err(sprig().args(["finetune", "--lr=-1", "--out"]).arg(dir.path().join("z")));
     assert!(e.contains("lr"), "{e}");
+    let e = run_err(sprig().args(["finetune", "--weight-decay=-0.1", "--out"]).arg(dir.path().join("v")));
+    assert!(e.contains("weight_decay") && e.contains("-0.1") && !dir.path().join("v").exists(), "{e}");
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "epochs = 2\nbogus_field = 1\n").unwrap();
     let e = run_err(sprig().arg("finetune").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("w")));

@@ -2,13 +2,13 @@
 //! Face model directory (`config.json`, `model.safetensors`, `modeling_sprig_bert.py`,
 //! `tokenizer.json`; see [`crate::hf`]).
 use crate::config::{BertConfig, Pooling};
-use crate::error::Result;
+use crate::error::{BertError, Result};
 use crate::model::{BertClassifier, BertEncoder, Init};
 use crate::source::ModelFiles;
 use crate::weights::load_safetensors;
-use candle_core::Device;
-use std::collections::HashMap;
-use std::path::Path;
+use candle_core::{Device, Tensor};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 /// A resolved checkpoint: its files, config and tensors.
 pub struct Checkpoint {
@@ -23,6 +23,7 @@ impl Checkpoint {
         let files = ModelFiles::resolve(spec)?;
         let config = BertConfig::from_file(&files.config)?;
         let tensors = load_safetensors(&files.weights, device)?;
+        check_config_against_weights(&config, &tensors, &files.config, &files.weights)?;
         Ok(Self { files, config, tensors })
     }
 
@@ -52,4 +53,77 @@ impl Checkpoint {
 /// with sprig's pooling and head (see [`crate::hf::write_classifier_dir`], the one writer).
 pub fn save_classifier(model: &BertClassifier, labels: &[String], tokenizer: &Path, dir: &Path, metadata: HashMap<String, String>) -> Result<()> {
     crate::hf::write_classifier_dir(model, labels, tokenizer, dir, metadata)
+}
+
+/// Check `config` against the tensors it will be built from, before the model allocates anything
+/// by the config's numbers: the layer count (`encoder.layer.N` indices present, numbered from 0)
+/// must equal `num_hidden_layers` exactly (more in the config would be missing tensors, fewer would
+/// silently drop trained layers); the embedding and FFN shapes must match `vocab_size`,
+/// `hidden_size`, `max_position_embeddings`, `type_vocab_size` and `intermediate_size`; a
+/// classification head must have as many rows as the config declares labels. Errors name
+/// `config.json`, the weights file, the tensor and both numbers.
+pub fn check_config_against_weights(config: &BertConfig, tensors: &HashMap<String, Tensor>, config_path: &Path, weights: &[PathBuf]) -> Result<()> {
+    let file = weights.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    let err = |msg: String| BertError::Config { path: config_path.into(), msg };
+    let layers: BTreeSet<usize> = tensors
+        .keys()
+        .filter_map(|n| n.strip_prefix("encoder.layer.")?.split('.').next()?.parse().ok())
+        .collect();
+    let n = layers.len();
+    if let Some(gap) = (0..n).find(|i| !layers.contains(i)) {
+        let last = layers.last().copied().unwrap_or(0);
+        return Err(err(format!(
+            "{file} has tensors for {n} encoder layers numbered up to encoder.layer.{last}, but none for encoder.layer.{gap} (layers must be numbered 0..{n})"
+        )));
+    }
+    if config.num_hidden_layers != n {
+        let why = if config.num_hidden_layers > n { "the extra layers have no weights" } else { "the checkpoint's last layers would be ignored" };
+        return Err(err(format!(
+            "num_hidden_layers is {} but {file} has {n} encoder layers (encoder.layer.0..{}); it must be {n} ({why})",
+            config.num_hidden_layers,
+            n.saturating_sub(1)
+        )));
+    }
+    let h = config.hidden_size;
+    let mut expected: Vec<(String, [(&str, usize); 2])> = vec![
+        ("embeddings.word_embeddings.weight".into(), [("vocab_size", config.vocab_size), ("hidden_size", h)]),
+        ("embeddings.position_embeddings.weight".into(), [("max_position_embeddings", config.max_position_embeddings), ("hidden_size", h)]),
+        ("embeddings.token_type_embeddings.weight".into(), [("type_vocab_size", config.type_vocab_size), ("hidden_size", h)]),
+    ];
+    expected.extend((0..n).map(|i| (format!("encoder.layer.{i}.intermediate.dense.weight"), [("intermediate_size", config.intermediate_size), ("hidden_size", h)])));
+    for (name, fields) in &expected {
+        // A missing tensor is reported by name when the model is built.
+        let Some(t) = tensors.get(name) else { continue };
+        let want = [fields[0].1, fields[1].1];
+        if t.dims() != want {
+            return Err(err(format!(
+                "tensor {name} in {file} has shape {:?}, which does not match the config's {} {} and {} {} (shape {want:?})",
+                t.dims(),
+                fields[0].0,
+                fields[0].1,
+                fields[1].0,
+                fields[1].1
+            )));
+        }
+    }
+    if let Some(w) = tensors.get("classifier.weight") {
+        let dims = w.dims();
+        if dims.len() != 2 || dims[0] == 0 || dims[1] != h {
+            return Err(err(format!("tensor classifier.weight in {file} has shape {dims:?}, expected [number of labels >= 1, hidden_size {h}]")));
+        }
+        let rows = dims[0];
+        if let Some(b) = tensors.get("classifier.bias") {
+            if b.dims() != [rows] {
+                return Err(err(format!("tensor classifier.bias in {file} has shape {:?} but classifier.weight has {rows} rows (expected [{rows}])", b.dims())));
+            }
+        }
+        if let Some((labels, field)) = config.declared_num_labels() {
+            if labels != rows {
+                return Err(err(format!(
+                    "tensor classifier.weight in {file} has shape {dims:?} ({rows} classes) but the config's {field} declares {labels} labels; they must agree"
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -112,7 +112,44 @@ impl BertConfig {
         if self.pad_token_id >= self.vocab_size {
             return Err(format!("pad_token_id {} >= vocab_size {}", self.pad_token_id, self.vocab_size));
         }
+        // LayerNorm divides by sqrt(var + eps): eps <= 0 gives NaN on constant rows.
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
+            return Err(format!("layer_norm_eps must be a finite number in (0, 1), got {}", self.layer_norm_eps));
+        }
+        self.validate_labels()
+    }
+
+    /// `id2label` keys are exactly `"0"`..`"n-1"`, and a `num_labels` field, when present, is `n`.
+    fn validate_labels(&self) -> std::result::Result<(), String> {
+        if let Some(m) = &self.id2label {
+            let mut ids = Vec::with_capacity(m.len());
+            for k in m.keys() {
+                ids.push(k.parse::<usize>().map_err(|_| format!("id2label key {k:?} is not a class index (expected 0..{})", m.len()))?);
+            }
+            ids.sort_unstable();
+            if let Some((i, _)) = ids.iter().enumerate().find(|(i, id)| i != *id) {
+                return Err(format!("id2label has {} entries but no key \"{i}\" (keys must be 0..{})", m.len(), m.len()));
+            }
+        }
+        if let Some(v) = self.extra.get("num_labels") {
+            let n = v.as_u64().ok_or_else(|| format!("num_labels must be a non-negative integer, got {v}"))?;
+            if let Some(m) = &self.id2label {
+                if n != m.len() as u64 {
+                    return Err(format!("num_labels is {n} but id2label has {} entries", m.len()));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The number of classes the config declares: `id2label`'s size, else `num_labels`; `None`
+    /// when it declares neither. The source field is returned for error messages.
+    pub fn declared_num_labels(&self) -> Option<(usize, &'static str)> {
+        if let Some(m) = &self.id2label {
+            return Some((m.len(), "id2label"));
+        }
+        let n = self.extra.get("num_labels")?.as_u64()?;
+        Some((usize::try_from(n).ok()?, "num_labels"))
     }
 
     pub fn head_dim(&self) -> usize {
@@ -159,5 +196,41 @@ mod tests {
         std::fs::write(&p, v.to_string()).unwrap();
         let e = BertConfig::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    #[test]
+    fn layer_norm_eps_must_be_finite_and_in_0_1() {
+        let c: BertConfig = serde_json::from_value(minimal()).unwrap();
+        for eps in [-1e-12, 0.0, 1.0, 5.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = BertConfig { layer_norm_eps: eps, ..c.clone() }.validate().unwrap_err();
+            assert!(e.contains("layer_norm_eps") && e.contains(&eps.to_string()) && e.contains("(0, 1)"), "{e}");
+        }
+        for eps in [1e-12, 1e-5, 0.1] {
+            assert!(BertConfig { layer_norm_eps: eps, ..c.clone() }.validate().is_ok());
+        }
+    }
+    #[test]
+    fn labels_must_be_numbered_0_to_n_and_agree_with_num_labels() {
+        let mut v = minimal();
+        v["id2label"] = serde_json::json!({"0": "neg", "1": "pos"});
+        let c: BertConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(c.declared_num_labels(), Some((2, "id2label")));
+        assert!(c.validate().is_ok());
+        v["num_labels"] = 3.into();
+        let e = serde_json::from_value::<BertConfig>(v.clone()).unwrap().validate().unwrap_err();
+        assert!(e.contains("num_labels is 3") && e.contains("id2label has 2"), "{e}");
+        v["id2label"] = serde_json::json!({"0": "neg", "x": "pos"});
+        v.as_object_mut().unwrap().remove("num_labels");
+        let e = serde_json::from_value::<BertConfig>(v.clone()).unwrap().validate().unwrap_err();
+        assert!(e.contains("\"x\""), "{e}");
+        v["id2label"] = serde_json::json!({"0": "neg", "2": "pos"});
+        let e = serde_json::from_value::<BertConfig>(v.clone()).unwrap().validate().unwrap_err();
+        assert!(e.contains("no key \"1\""), "{e}");
+        v.as_object_mut().unwrap().remove("id2label");
+        v["num_labels"] = (-2).into();
+        let e = serde_json::from_value::<BertConfig>(v.clone()).unwrap().validate().unwrap_err();
+        assert!(e.contains("num_labels") && e.contains("-2"), "{e}");
+        v["num_labels"] = 4.into();
+        assert_eq!(serde_json::from_value::<BertConfig>(v).unwrap().declared_num_labels(), Some((4, "num_labels")));
     }
 }

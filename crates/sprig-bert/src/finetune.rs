@@ -30,6 +30,7 @@ pub struct FinetuneConfig {
     pub weight_decay: f64,
     /// Fraction of all steps used for linear warm-up.
     pub warmup_ratio: f64,
+    /// Clip the global gradient norm to this (0 turns clipping off).
     pub max_grad_norm: f64,
     pub max_seq_len: usize,
     pub pooling: Pooling,
@@ -86,6 +87,12 @@ impl FinetuneConfig {
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             bail!("warmup_ratio must be in [0, 1), got {}", self.warmup_ratio);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("weight_decay must be a finite number >= 0, got {}", self.weight_decay);
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            bail!("max_grad_norm must be a finite number >= 0 (0 turns clipping off), got {}", self.max_grad_norm);
         }
         if self.max_seq_len < 2 {
             bail!("max_seq_len must be at least 2, got {}", self.max_seq_len);
@@ -176,6 +183,9 @@ fn outputs(model: &BertClassifier, data: &Tokenized, batch_size: usize, pad_id: 
 pub fn evaluate(model: &BertClassifier, data: &Tokenized, batch_size: usize, pad_id: u32) -> Result<Report> {
     if data.labels.is_empty() {
         bail!("cannot evaluate on an empty split");
+    }
+    if let Some(&l) = data.labels.iter().find(|&&l| l >= model.num_labels()) {
+        bail!("label {l} is outside the classifier's {} classes (0..{}): the head does not fit this task", model.num_labels(), model.num_labels());
     }
     let probs = predict(model, data, batch_size, pad_id)?;
     Ok(report(&probs, model.num_labels(), &data.labels))

@@ -118,7 +118,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
     use sprig_train::fit::{BatchOrder, Fit, StepInfo, StepLoss};
-    use sprig_train::{AdamW, AdamWConfig};
+    use sprig_train::{AdamW, AdamWConfig, Optimizer};
 
     #[test]
     fn standard_schedule_prunes_from_10_to_70_percent_and_reaches_the_target() {
@@ -147,7 +147,9 @@ mod tests {
             let a = Var::from_tensor(&Tensor::arange(1f32, 101., &d).unwrap().reshape((10, 10)).unwrap()).unwrap();
             let b = Var::from_tensor(&(Tensor::arange(1f32, 101., &d).unwrap().reshape((10, 10)).unwrap() * 1e-3).unwrap()).unwrap();
             let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
-            let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: 0.0, ..AdamWConfig::default() }).unwrap();
+            // AdamW refuses lr 0 at construction; the rate is lowered to 0 afterwards.
+            let mut opt = AdamW::new(params.clone(), AdamWConfig::default()).unwrap();
+            opt.set_learning_rate(0.0);
             let mut hooks = GradualHooks::new(Gradual { criterion, target: 0.5, start: 0.0, end: 1.0, every: 1 }, params.clone(), 1).unwrap();
             // Loss −(a² + 1000·b²)/2: g = −w and −1000·w, so S = −g⊙w is 1000x larger on b.
             Fit::new(1, BatchOrder::Shuffled { n: 1, batch_size: 1, seed: 0 })

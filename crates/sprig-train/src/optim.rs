@@ -75,6 +75,47 @@ impl Default for AdamWConfig {
     }
 }
 
+impl AdamWConfig {
+    /// Every hyper-parameter within its accepted range: lr finite and > 0, betas in [0, 1), eps
+    /// finite and > 0, weight_decay finite and >= 0. The error names the value and the range.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        check_lr("AdamW", self.lr)?;
+        check_unit_interval("AdamW", "beta1", self.beta1)?;
+        check_unit_interval("AdamW", "beta2", self.beta2)?;
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(crate::invalid!("AdamW: eps must be a finite number > 0, got {}", self.eps));
+        }
+        check_weight_decay("AdamW", self.weight_decay)
+    }
+}
+
+/// `lr` finite and > 0 (the rate an optimizer is built with; a schedule may later lower it).
+pub(crate) fn check_lr(opt: &str, lr: f64) -> crate::error::Result<()> {
+    if lr.is_finite() && lr > 0.0 {
+        Ok(())
+    } else {
+        Err(crate::invalid!("{opt}: lr must be a finite number > 0, got {lr}"))
+    }
+}
+
+/// `weight_decay` finite and >= 0 (a negative decay grows the weights).
+pub(crate) fn check_weight_decay(opt: &str, wd: f64) -> crate::error::Result<()> {
+    if wd.is_finite() && wd >= 0.0 {
+        Ok(())
+    } else {
+        Err(crate::invalid!("{opt}: weight_decay must be a finite number >= 0, got {wd}"))
+    }
+}
+
+/// A decay rate (Adam's betas, SGD's momentum) in [0, 1).
+pub(crate) fn check_unit_interval(opt: &str, name: &str, v: f64) -> crate::error::Result<()> {
+    if (0.0..1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(crate::invalid!("{opt}: {name} must be in [0, 1), got {v}"))
+    }
+}
+
 struct AdamState {
     name: String,
     var: Var,
@@ -93,7 +134,10 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+    /// AdamW over `params`; refuses a config outside the accepted ranges ([`AdamWConfig::validate`])
+    /// and parameters that are not f32.
+    pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> crate::error::Result<Self> {
+        cfg.validate()?;
         let params = params
             .into_iter()
             .map(|(name, var)| {
@@ -347,6 +391,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Result;
     use candle_core::{Device, Tensor};
 
     /// Reference AdamW with candle tensor ops (PyTorch's formula).
@@ -461,5 +506,30 @@ mod tests {
         let after = grad_norm(&grads, &[var])?;
         assert!((after - 1.0).abs() < 1e-4, "{after}");
         Ok(())
+    }
+
+    #[test]
+    fn new_refuses_configs_outside_their_ranges() {
+        let var = || vec![("w".to_string(), Var::from_tensor(&Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap())];
+        let ok = AdamWConfig::default();
+        assert!(AdamW::new(var(), ok.clone()).is_ok());
+        assert!(AdamW::new(var(), AdamWConfig { weight_decay: 0.0, beta1: 0.0, ..ok.clone() }).is_ok());
+        let bad = [
+            (AdamWConfig { lr: 0.0, ..ok.clone() }, "lr", "0"),
+            (AdamWConfig { lr: -1e-3, ..ok.clone() }, "lr", "-0.001"),
+            (AdamWConfig { lr: f64::NAN, ..ok.clone() }, "lr", "NaN"),
+            (AdamWConfig { lr: f64::INFINITY, ..ok.clone() }, "lr", "inf"),
+            (AdamWConfig { weight_decay: -0.1, ..ok.clone() }, "weight_decay", "-0.1"),
+            (AdamWConfig { weight_decay: f64::NAN, ..ok.clone() }, "weight_decay", "NaN"),
+            (AdamWConfig { beta1: 1.0, ..ok.clone() }, "beta1", "[0, 1)"),
+            (AdamWConfig { beta2: -0.5, ..ok.clone() }, "beta2", "-0.5"),
+            (AdamWConfig { beta2: f64::NAN, ..ok.clone() }, "beta2", "NaN"),
+            (AdamWConfig { eps: 0.0, ..ok.clone() }, "eps", "> 0"),
+            (AdamWConfig { eps: f64::INFINITY, ..ok.clone() }, "eps", "inf"),
+        ];
+        for (cfg, field, shown) in bad {
+            let e = AdamW::new(var(), cfg.clone()).err().unwrap_or_else(|| panic!("{cfg:?} accepted")).to_string();
+            assert!(e.contains("AdamW") && e.contains(field) && e.contains(shown), "{e}");
+        }
     }
 }

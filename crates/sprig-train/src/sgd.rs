@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Var};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
-use crate::optim::{check_remap, contiguous_f32, contiguous_f32_mut, find_param, install_mask, remap_state, Optimizer};
+use crate::optim::{check_lr, check_unit_interval, check_weight_decay, check_remap, contiguous_f32, contiguous_f32_mut, find_param, install_mask, remap_state, Optimizer};
 
 /// Hyper-parameters of SGD as PyTorch defines it (Sutskever et al. 2013 momentum; dampening 0):
 /// g ← g + λw; b ← μb + g; g ← g + μb (Nesterov) or b; w ← w − ηg.
@@ -35,8 +35,21 @@ pub struct Sgd {
     cfg: SgdConfig,
 }
 
+impl SgdConfig {
+    /// Every hyper-parameter within its accepted range: lr finite and > 0, momentum in [0, 1),
+    /// weight_decay finite and >= 0. The error names the value and the range.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        check_lr("SGD", self.lr)?;
+        check_unit_interval("SGD", "momentum", self.momentum)?;
+        check_weight_decay("SGD", self.weight_decay)
+    }
+}
+
 impl Sgd {
-    pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> Result<Self> {
+    /// SGD over `params`; refuses a config outside the accepted ranges ([`SgdConfig::validate`])
+    /// and parameters that are not f32.
+    pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> crate::error::Result<Self> {
+        cfg.validate()?;
         let params = params
             .into_iter()
             .map(|(name, var)| {
@@ -138,6 +151,7 @@ impl Optimizer for Sgd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Result;
     use candle_core::{Device, Tensor};
 
     #[test]
@@ -181,5 +195,25 @@ mod tests {
             assert!(opt.set_mask("w", Some(&keep[..3])).is_err());
         }
         Ok(())
+    }
+
+    #[test]
+    fn new_refuses_configs_outside_their_ranges() {
+        let ok = SgdConfig::default();
+        assert!(Sgd::new(Vec::new(), ok.clone()).is_ok());
+        assert!(Sgd::new(Vec::new(), SgdConfig { momentum: 0.0, ..ok.clone() }).is_ok());
+        let bad = [
+            (SgdConfig { lr: 0.0, ..ok.clone() }, "lr", "0"),
+            (SgdConfig { lr: -0.1, ..ok.clone() }, "lr", "-0.1"),
+            (SgdConfig { lr: f64::NAN, ..ok.clone() }, "lr", "NaN"),
+            (SgdConfig { momentum: 1.0, ..ok.clone() }, "momentum", "[0, 1)"),
+            (SgdConfig { momentum: -0.9, ..ok.clone() }, "momentum", "-0.9"),
+            (SgdConfig { weight_decay: -1e-4, ..ok.clone() }, "weight_decay", "-0.0001"),
+            (SgdConfig { weight_decay: f64::INFINITY, ..ok.clone() }, "weight_decay", "inf"),
+        ];
+        for (cfg, field, shown) in bad {
+            let e = Sgd::new(Vec::new(), cfg.clone()).err().unwrap_or_else(|| panic!("{cfg:?} accepted")).to_string();
+            assert!(e.contains("SGD") && e.contains(field) && e.contains(shown), "{e}");
+        }
     }
 }
