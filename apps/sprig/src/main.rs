@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Fine-tune a BERT checkpoint on a classification task.
-    Finetune(cmd::finetune::Args),
+    Finetune(cmd::finetune::Cmd),
     /// Prune a BERT to a sparsity while fine-tuning it (GMP, movement, oBERT, one-shot), with distillation.
     Prune(cmd::prune::Args),
     /// Evaluate a fine-tuned checkpoint on a task's test split.

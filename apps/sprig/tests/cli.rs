@@ -51,6 +51,21 @@ fn finetune_then_eval_then_rerun_from_config() {
     for d in ["e0", "e1", "e2"] {
         assert!(!dir.path().join(d).exists(), "{d} was written");
     }
+    // --overwrite never touches the model, even when it is the run itself.
+    for o in [run.clone(), run.join("inner")] {
+        let e = run_err(sprig().args(["finetune", "--task", "sms-spam", "--overwrite", "--model"]).arg(&run).arg("--out").arg(&o).args(tiny));
+        assert!(e.contains("--model") && e.contains("even with --overwrite"), "{e}");
+    }
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), before);
+    // --overwrite replaces the finished run; a staging directory left by a killed run is removed.
+    let stale = dir.path().join(".run.partial-999999999-abcdef");
+    std::fs::create_dir(&stale).unwrap();
+    run_ok(sprig().args(["finetune", "--task", "sms-spam", "--seed", "7", "--overwrite", "--out"]).arg(&run).args(tiny));
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("seed = 7"));
+    assert_eq!(json(&run.join("summary.json"))["seed"], 7);
+    assert!(!stale.exists());
+    let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| n.starts_with('.')).collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

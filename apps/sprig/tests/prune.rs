@@ -137,3 +137,117 @@ fn obert_and_4x1_blocks_reach_their_sparsity_with_exact_zeros() {
     let (zeros, blocked) = zeros_and_blocks(&block, 4);
     assert!((zeros - sparsity).abs() < 1e-6 && blocked, "zeros {zeros}, 4x1 blocks {blocked}");
 }
+
+/// Runs `cmd`, asserts success and returns stdout and stderr together (the log included).
+fn run_ok_all(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("spawn sprig");
+    let all = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{all}");
+    all
+}
+
+/// The run directory as a contract: stale staging directories of dead processes are removed (a
+/// live one is kept), a finished run is replaced only with `--overwrite` (never the model), and
+/// `sprig inspect` recomputes what it prints and refuses an edited manifest or a NaN kept weight.
+#[test]
+fn prune_run_directory_overwrite_stale_stages_and_inspect_verification() {
+    const CHEAP: [&str; 10] = ["--max-train", "32", "--max-dev", "32", "--max-test", "32", "--epochs", "1", "--batch-size", "16"];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pruned");
+    let stale = dir.path().join(".pruned.partial-999999999-abcdef");
+    let live = dir.path().join(format!(".pruned.partial-{}-abcdef", std::process::id()));
+    for d in [&stale, &live] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("metrics.jsonl"), "{}\n").unwrap();
+    }
+    let prune = |extra: &[&str]| {
+        let mut c = sprig();
+        c.args(["prune", "--task", "sms-spam", "--sparsity", "0.5", "--method", "oneshot", "--out"]).arg(&out).args(CHEAP).args(extra);
+        c
+    };
+    let log = run_ok_all(&mut prune(&[]));
+    assert!(!stale.exists() && log.contains(".pruned.partial-999999999-abcdef"), "{log}");
+    assert!(live.exists(), "the staging directory of a live process was removed");
+    let seed = |d: &Path| std::fs::read_to_string(d.join("config.toml")).unwrap().lines().find(|l| l.starts_with("seed")).unwrap().to_string();
+    assert_eq!(seed(&out), "seed = 42");
+
+    // A finished run: refused without --overwrite, replaced with it.
+    let e = run_err(&mut prune(&["--seed", "7"]));
+    assert!(e.contains("finished run") && e.contains("--overwrite"), "{e}");
+    assert_eq!(seed(&out), "seed = 42");
+    run_ok(&mut prune(&["--seed", "7", "--overwrite"]));
+    assert_eq!(seed(&out), "seed = 7");
+    let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(left.len(), 2, "only the run and the live staging directory: {left:?}");
+    // --out equal to or inside the model or the teacher: refused even with --overwrite.
+    for (flag, o) in [("--model", out.join("inner")), ("--model", out.clone()), ("--teacher", out.clone())] {
+        let e = run_err(sprig().args(["prune", "--task", "sms-spam", "--overwrite", flag]).arg(&out).arg("--out").arg(&o).args(CHEAP));
+        assert!(e.contains(flag) && e.contains("even with --overwrite"), "{flag} {}: {e}", o.display());
+    }
+    assert!(!out.join("inner").exists());
+
+    // inspect: recomputed numbers, and what was verified.
+    let inspect = |fast: bool| {
+        let mut c = sprig();
+        c.arg("inspect").arg(&out);
+        if fast {
+            c.arg("--fast");
+        }
+        c
+    };
+    let text = run_ok(&mut inspect(false));
+    let prunable = text.lines().find(|l| l.starts_with("prunable")).unwrap();
+    assert!(prunable.trim_end().ends_with("50.00%"), "{text}");
+    assert!(text.contains("verified: sha256") && text.contains("manifest_sha256 matches"), "{text}");
+    let fast = run_ok(&mut inspect(true));
+    assert!(fast.contains("NOT VERIFIED") && fast.contains("verified: nothing"), "{fast}");
+
+    let mp = out.join("sprig.json");
+    let good: serde_json::Value = json(&mp);
+    let write = |m: &serde_json::Value, rehash: bool| {
+        let mut m = m.clone();
+        if rehash {
+            m["manifest_sha256"] = sprig_prune::checkpoint::manifest_sha256(&m).into();
+        }
+        std::fs::write(&mp, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    };
+    for field in ["prunable_sparsity", "model_sparsity"] {
+        for rehash in [false, true] {
+            let mut m = good.clone();
+            m[field] = 0.99.into();
+            write(&m, rehash);
+            let e = run_err(&mut inspect(false));
+            assert!(e.contains("sprig.json") && e.contains(field) && e.contains("0.99"), "{e}");
+        }
+    }
+    let mut m = good.clone();
+    m["tensors"][5]["sparsity"] = 0.99.into();
+    write(&m, true);
+    let e = run_err(&mut inspect(false));
+    assert!(e.contains("tensors[5].sparsity") && e.contains("0.99"), "{e}");
+    // A manifest without a hash (an older sprig) loads, and inspect says so.
+    let mut m = good.clone();
+    m.as_object_mut().unwrap().remove("manifest_sha256");
+    write(&m, false);
+    let text = run_ok(&mut inspect(false));
+    assert!(text.contains("unhashed"), "{text}");
+
+    // A NaN in a kept weight of an encoder linear, with every hash made to match.
+    let wp = out.join("model.safetensors");
+    let mut bytes = std::fs::read(&wp).unwrap();
+    let at = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (name, view) = st.tensors().into_iter().find(|(n, _)| n.contains("encoder.layer.0.") && n.ends_with("query.weight")).unwrap();
+        let data = view.data();
+        let i = data.chunks_exact(4).position(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) != 0.0).unwrap();
+        eprintln!("NaN at {name}[{i}]");
+        data.as_ptr() as usize - bytes.as_ptr() as usize + 4 * i
+    };
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&wp, &bytes).unwrap();
+    let mut m = good.clone();
+    m["weights_sha256"] = sprig_prune::checkpoint::weights_sha256(&out).unwrap().into();
+    write(&m, true);
+    let e = run_err(&mut inspect(false));
+    assert!(e.contains("query.weight") && e.contains("not finite"), "{e}");
+}

@@ -3,7 +3,9 @@
 //! whole or not at all: the Hugging Face layout with exact zeros, `masks.safetensors`, the
 //! `sprig.json` manifest, `config.toml` (the resolved config: the experiment record),
 //! `metrics.jsonl`, `summary.json` and `sprig-logits.json` (for `scripts/verify-hf-export`).
+//! The run is staged beside `out` and moved in when complete ([`StagedOut`]).
 use crate::export::{reference_logits, write_sparse_classifier};
+use crate::run_dir::StagedOut;
 use anyhow::{bail, Context, Result};
 use sprig_bert::masked::{Base, TaskData};
 use sprig_bert::prune::{check_head, prune, PruneConfig, PruneSummary, Teacher};
@@ -37,10 +39,15 @@ pub fn resolve_teacher(cfg: &PruneConfig, base: &Base, data: &TaskData) -> Resul
 /// Runs `cfg` and writes the pruned model into `out`, which must not exist (or be an empty
 /// directory). Everything is validated and loaded before training starts.
 pub fn run(cfg: &PruneConfig, out: &Path, home: &Path) -> Result<PruneSummary> {
+    run_to(cfg, out, home, false)
+}
+
+/// [`run`], replacing a finished run in `out` when `overwrite` is given (only once the new run is
+/// complete; see [`StagedOut`]). `out` may never be or lie inside the model or the teacher.
+pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, overwrite: bool) -> Result<PruneSummary> {
     cfg.validate()?;
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{} exists and is not empty; sprig prune writes a new directory (nothing was changed)", out.display());
-    }
+    let sources = [("--model", Path::new(&cfg.train.model)), ("--teacher", Path::new(&cfg.teacher))];
+    StagedOut::check(out, &sources, overwrite)?;
     let base = Base::load(&cfg.train.model)?;
     let data = TaskData::load(&cfg.train, &base, home)?;
     if base.tensors.contains_key("classifier.weight") {
@@ -51,13 +58,9 @@ pub fn run(cfg: &PruneConfig, out: &Path, home: &Path) -> Result<PruneSummary> {
         Some(spec) => Some(Teacher::load(&spec, &data, &cfg.train, &base)?),
         None => None,
     };
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("prune");
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(parent).context("creating a temp directory beside the output")?;
-    let stage = tmp.path();
+    let staged = StagedOut::begin(out, &sources, overwrite)?;
+    let stage = staged.path();
     sprig_train::write_atomic(&stage.join("config.toml"), toml_string(cfg)?.as_bytes())?;
-    tracing::info!(dir = %stage.display(), "run in progress (moved to {} when done)", out.display());
     let mut log = MetricsLog::create(&stage.join("metrics.jsonl"))?;
     let pruned = prune(&base, &data, cfg, teacher.as_ref(), &mut log)?;
     let s = &pruned.summary;
@@ -84,11 +87,7 @@ pub fn run(cfg: &PruneConfig, out: &Path, home: &Path) -> Result<PruneSummary> {
     sprig_train::write_json(&stage.join("sprig-logits.json"), &verify)?;
     sprig_train::write_json(&stage.join("summary.json"), s)?;
     drop(log);
-    if out.exists() {
-        std::fs::remove_dir(out).with_context(|| format!("{} is no longer empty", out.display()))?;
-    }
-    let stage = tmp.keep();
-    std::fs::rename(&stage, out).with_context(|| format!("moving the run into {}", out.display()))?;
+    staged.commit()?;
     Ok(pruned.summary)
 }
 

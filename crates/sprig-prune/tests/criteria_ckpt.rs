@@ -151,3 +151,128 @@ fn corrupt_checkpoints_are_clear_errors() {
     assert!(checkpoint::save(&other, &params, &masks, &CheckpointMeta::default()).is_err());
     assert!(other.join("precious.txt").exists());
 }
+
+fn saved() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (params, masks) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    checkpoint::save(&dir, &params, &masks, &CheckpointMeta { method: "random".into(), ..Default::default() }).unwrap();
+    (tmp, dir)
+}
+
+fn manifest_json(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("sprig.json")).unwrap()).unwrap()
+}
+
+/// Writes `m` as the manifest; with `rehash`, its manifest_sha256 recomputed (a careful forger).
+fn write_manifest(dir: &std::path::Path, mut m: serde_json::Value, rehash: bool) {
+    if rehash {
+        m["manifest_sha256"] = checkpoint::manifest_sha256(&m).into();
+    }
+    std::fs::write(dir.join("sprig.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn manifest_numbers_that_disagree_with_masks_and_weights_are_refused() {
+    let (_tmp, dir) = saved();
+    let good = manifest_json(&dir);
+    assert_eq!(good["manifest_sha256"].as_str().unwrap(), checkpoint::manifest_sha256(&good));
+    let ck = checkpoint::load(&dir, &Device::Cpu).unwrap();
+    assert!(ck.manifest_hashed);
+    assert!((ck.report.prunable_sparsity - 0.8).abs() < 1e-12);
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, &str, Edit); 7] = [
+        ("prunable_sparsity", "0.99", |m| m["prunable_sparsity"] = 0.99.into()),
+        ("model_sparsity", "0.99", |m| m["model_sparsity"] = 0.99.into()),
+        ("tensors[0].sparsity", "0.99", |m| m["tensors"][0]["sparsity"] = 0.99.into()),
+        ("tensors[0].kept", "1", |m| m["tensors"][0]["kept"] = 1.into()),
+        ("tensors[1].numel", "7", |m| m["tensors"][1]["numel"] = 7.into()),
+        ("prunable_numel", "1", |m| m["prunable_numel"] = 1.into()),
+        ("model_numel", "1", |m| m["model_numel"] = 1.into()),
+    ];
+    for (field, value, edit) in edits {
+        for rehash in [false, true] {
+            let mut m = good.clone();
+            edit(&mut m);
+            write_manifest(&dir, m, rehash);
+            let e = checkpoint::load(&dir, &Device::Cpu).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(&e, PruneError::Corrupt { path, .. } if path.ends_with("sprig.json")), "{field}: {msg}");
+            assert!(msg.contains(field) && msg.contains(value), "{field}: {msg}");
+        }
+    }
+    write_manifest(&dir, good, false);
+    checkpoint::load(&dir, &Device::Cpu).unwrap();
+}
+
+#[test]
+fn manifest_hash_catches_other_edits_and_unhashed_manifests_still_load() {
+    let (_tmp, dir) = saved();
+    let good = manifest_json(&dir);
+    let mut m = good.clone();
+    m["method"] = "magnitude".into();
+    write_manifest(&dir, m.clone(), false);
+    let e = checkpoint::load(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("sprig.json") && e.contains("manifest_sha256"), "{e}");
+    // A manifest of an older version: no hash; loads, and says it was unhashed.
+    let mut old = good.clone();
+    old.as_object_mut().unwrap().remove("manifest_sha256");
+    write_manifest(&dir, old, false);
+    let ck = checkpoint::load(&dir, &Device::Cpu).unwrap();
+    assert!(!ck.manifest_hashed);
+    assert_eq!(ck.manifest.manifest_sha256, None);
+    // The hash ignores key order and whitespace.
+    std::fs::write(dir.join("sprig.json"), serde_json::to_vec(&good).unwrap()).unwrap();
+    assert!(checkpoint::load(&dir, &Device::Cpu).unwrap().manifest_hashed);
+}
+
+#[test]
+fn non_finite_kept_weights_are_reported_masked_or_not() {
+    let (params, masks) = sample();
+    let m = masks.get("l1.weight").unwrap();
+    let kept = (0..60).find(|&i| m.get(i)).unwrap();
+    for (which, at) in [("l1.weight", kept), ("l1.bias", 2)] {
+        let mut p = params.clone();
+        let t = p.iter_mut().find(|(n, _)| n == which).unwrap();
+        let mut v = t.1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[at] = if which == "l1.bias" { f32::INFINITY } else { f32::NAN };
+        t.1 = Tensor::from_vec(v, t.1.dims(), &Device::Cpu).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ckpt");
+        checkpoint::save(&dir, &p, &masks, &CheckpointMeta::default()).unwrap();
+        let e = checkpoint::load(&dir, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains(which) && e.contains(&format!("[{at}]")) && e.contains("not finite"), "{e}");
+    }
+}
+
+#[test]
+fn save_removes_temporaries_of_dead_processes_only() {
+    let (params, masks) = sample();
+    let tmp = tempfile::tempdir().unwrap();
+    // A finished child's pid is a pid no process has any more.
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    let me = std::process::id();
+    let names = [
+        ".sprig-ckpt-999999999-abc123".to_string(),
+        ".sprig-old-999999999".to_string(),
+        format!(".sprig-ckpt-{dead_pid}-xyz"),
+        format!(".sprig-ckpt-{me}-live"),
+        ".sprig-ckpt-noPid1".to_string(),
+    ];
+    for n in &names {
+        std::fs::create_dir(tmp.path().join(n)).unwrap();
+        std::fs::write(tmp.path().join(n).join("model.safetensors"), b"partial").unwrap();
+    }
+    checkpoint::save(&tmp.path().join("ckpt"), &params, &masks, &CheckpointMeta::default()).unwrap();
+    for (i, n) in names.iter().enumerate() {
+        let exists = tmp.path().join(n).exists();
+        assert_eq!(exists, i >= 3, "{n}: exists {exists}");
+    }
+    checkpoint::load(&tmp.path().join("ckpt"), &Device::Cpu).unwrap();
+    assert_eq!(checkpoint::pid_in_name(".sprig-ckpt-123-x", ".sprig-ckpt-"), Some(123));
+    assert_eq!(checkpoint::pid_in_name(".sprig-old-123", ".sprig-old-"), Some(123));
+    assert_eq!(checkpoint::pid_in_name(".sprig-ckpt-a1b2c3", ".sprig-ckpt-"), None);
+}

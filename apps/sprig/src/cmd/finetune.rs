@@ -1,6 +1,7 @@
 //! `sprig finetune`: fine-tune a BERT checkpoint on a text-classification task.
 use anyhow::{Context, Result};
 use sprig_bert::{FinetuneConfig, FinetuneSummary, Pooling};
+use sprig_lab::run_dir::StagedOut;
 use std::path::{Path, PathBuf};
 
 /// Every field overrides the config file (or the defaults).
@@ -78,34 +79,6 @@ impl Args {
     }
 }
 
-/// Refuses an output directory that would overwrite or mix runs: one that is not empty (a
-/// finished run, another run, any file), or one equal to or inside the `--model` directory.
-pub fn check_out(out: &Path, model: &str) -> Result<()> {
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        let what = if out.join("summary.json").is_file() { "holds a finished run" } else { "is not empty" };
-        anyhow::bail!("--out {} {what}; nothing was changed (choose a new directory or remove it)", out.display());
-    }
-    let model = Path::new(model);
-    if model.is_dir() {
-        let m = model.canonicalize().with_context(|| format!("resolving {}", model.display()))?;
-        // The deepest existing ancestor of `out` tells whether it lies inside the model.
-        let mut probe = out.to_path_buf();
-        while !probe.exists() {
-            match probe.parent() {
-                Some(p) if !p.as_os_str().is_empty() => probe = p.to_path_buf(),
-                _ => {
-                    probe = std::path::PathBuf::from(".");
-                    break;
-                }
-            }
-        }
-        if probe.canonicalize().is_ok_and(|p| p.starts_with(&m)) {
-            anyhow::bail!("--out {} is inside --model {}: the run would overwrite its own source checkpoint", out.display(), model.display());
-        }
-    }
-    Ok(())
-}
-
 /// `cfg.max_seq_len` against the model's `max_position_embeddings` (read from its config before
 /// anything is written).
 pub fn check_seq_len(cfg: &FinetuneConfig) -> Result<()> {
@@ -117,15 +90,35 @@ pub fn check_seq_len(cfg: &FinetuneConfig) -> Result<()> {
     Ok(())
 }
 
-/// Check the output and the model, load the task, fine-tune, write `config.toml` and the run.
+/// Check the output and the model, load the task, fine-tune, write `config.toml` and the run
+/// into `out`, which must be new or empty.
 pub fn run_config(cfg: &FinetuneConfig, out: &Path) -> Result<FinetuneSummary> {
-    check_out(out, &cfg.model)?;
+    run_config_to(cfg, out, false)
+}
+
+/// [`run_config`], replacing a finished run in `out` when `overwrite` is given. The run is
+/// staged beside `out` and moved in when complete ([`sprig_lab::run_dir::StagedOut`]); `out` may
+/// never be or lie inside `--model`. A failed run that wrote a checkpoint is left in its staging
+/// directory (named in the error) until the next run with the same `out`.
+pub fn run_config_to(cfg: &FinetuneConfig, out: &Path, overwrite: bool) -> Result<FinetuneSummary> {
+    let sources = [("--model", Path::new(&cfg.model))];
+    StagedOut::check(out, &sources, overwrite)?;
     check_seq_len(cfg)?;
     let home = sprig_data::sprig_home();
     let data = sprig_data::load_text_task(&cfg.task, &home, cfg.seed).with_context(|| format!("loading task {}", cfg.task))?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    sprig_train::write_atomic(&out.join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
-    Ok(sprig_bert::finetune(cfg, &data, out)?)
+    let staged = StagedOut::begin(out, &sources, overwrite)?;
+    sprig_train::write_atomic(&staged.path().join("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())?;
+    match sprig_bert::finetune(cfg, &data, staged.path()) {
+        Ok(s) => {
+            staged.commit()?;
+            Ok(s)
+        }
+        Err(e) if staged.path().join("model.safetensors").exists() => {
+            let left = staged.keep();
+            Err(anyhow::Error::from(e).context(format!("fine-tuning failed; nothing was written to --out {}; the partial run is left in {}", out.display(), left.display())))
+        }
+        Err(e) => Err(anyhow::Error::from(e).context(format!("fine-tuning failed; nothing was written to --out {}", out.display()))),
+    }
 }
 
 pub fn print_summary(s: &FinetuneSummary) {
@@ -137,10 +130,21 @@ pub fn print_summary(s: &FinetuneSummary) {
     );
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let cfg = args.resolve()?;
-    let summary = run_config(&cfg, &args.out)?;
+/// The `sprig finetune` command: the recipe and what to do with an existing run.
+#[derive(clap::Args, Debug)]
+pub struct Cmd {
+    #[command(flatten)]
+    pub ft: Args,
+    /// Replace a finished run in `--out` (only once the new run is complete; `--out` may still
+    /// never be or lie inside `--model`).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+pub fn run(c: Cmd) -> Result<()> {
+    let cfg = c.ft.resolve()?;
+    let summary = run_config_to(&cfg, &c.ft.out, c.overwrite)?;
     print_summary(&summary);
-    println!("run directory: {}", args.out.display());
+    println!("run directory: {}", c.ft.out.display());
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The fine-tuning recipe (`--model`, `--task`, `--epochs`, `--lr`, ...; `--config` takes a
-    /// `sprig prune` config.toml, flags override its fields; `--out` must be a new directory).
+    /// `sprig prune` config.toml, flags override its fields; `--out` must be a new directory unless `--overwrite`).
     #[command(flatten)]
     pub ft: crate::cmd::finetune::Args,
     /// Final sparsity of the encoder linears, in [0, 1) [default: 0.8].
@@ -46,6 +46,10 @@ pub struct Args {
     /// Steps between pruning events [default: 10].
     #[arg(long)]
     pub prune_every: Option<usize>,
+    /// Replace a finished run in `--out` (only once the new run is complete; `--out` may still
+    /// never be or lie inside `--model` or `--teacher`).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl Args {
@@ -84,7 +88,7 @@ pub fn print_summary(s: &PruneSummary, out: &Path) {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = a.resolve()?;
-    let s = sprig_lab::prune::run(&cfg, &a.ft.out, &sprig_data::sprig_home())?;
+    let s = sprig_lab::prune::run_to(&cfg, &a.ft.out, &sprig_data::sprig_home(), a.overwrite)?;
     print_summary(&s, &a.ft.out);
     Ok(())
 }
