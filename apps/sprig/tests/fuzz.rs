@@ -1,5 +1,6 @@
 //! Fuzz targets for every reader of untrusted files: the text datasets, a BERT checkpoint's
-//! `config.json` and `model.safetensors`, sparse checkpoints with masks, and `Mask::from_bytes`.
+//! `config.json` and `model.safetensors`, sparse checkpoints with masks, `Mask::from_bytes`, and
+//! the run configs (`config.toml` of `sprig finetune` and `sprig prune`).
 //!
 //! Each target writes a small valid seed file, mutates it with one shared strategy ([`input`]: a
 //! list of byte and JSON-number edits, or purely random bytes), runs the reader and checks the
@@ -346,6 +347,44 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+// ---------------------------------------------------------------------------------- run configs
+
+/// Parses and validates a mutated run `config.toml` (`sprig finetune` / `sprig prune --config`
+/// read theirs this way: TOML into the config type, then `validate`): the TOML parser or the
+/// validation refuses it, or it is a config whose every number is in range; never a panic.
+fn fuzz_run_config<C>(target: &str, seed: &C, validate: impl Fn(&C) -> Result<(), String>)
+where
+    C: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let seed = toml::to_string(seed).unwrap().into_bytes();
+    fuzz(target, input(), |inp| {
+        let bytes = apply(&seed, inp);
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            rejected();
+            return Ok(());
+        };
+        match toml::from_str::<C>(text) {
+            Ok(c) => {
+                if validate(&c).is_err() {
+                    rejected();
+                }
+            }
+            Err(_) => rejected(),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn fuzz_finetune_config() {
+    fuzz_run_config("finetune-config", &sprig_bert::FinetuneConfig::default(), |c| c.validate().map_err(|e| e.to_string()));
+}
+
+#[test]
+fn fuzz_prune_config() {
+    fuzz_run_config("prune-config", &sprig_bert::prune::PruneConfig::default(), |c| c.validate().map_err(|e| e.to_string()));
+}
+
 // -------------------------------------------------------------------------------------- datasets
 
 /// Fuzzes `load_text_task(task)` on a data directory holding `files` (paths under `data/`, as
@@ -632,6 +671,8 @@ fn rehash(dir: &Path) {
     };
     m.insert("weights_sha256".into(), sha256_hex(&read("model.safetensors")).into());
     m.insert("masks_sha256".into(), sha256_hex(&read("masks.safetensors")).into());
+    let mut m = serde_json::Value::Object(m);
+    m["manifest_sha256"] = sprig_prune::checkpoint::manifest_sha256(&m).into();
     std::fs::write(dir.join("sprig.json"), serde_json::to_vec(&m).unwrap()).unwrap();
 }
 

@@ -107,6 +107,13 @@ fn lottery_resumes_after_an_interruption_and_is_deterministic() {
     let e = run_lottery(&bad, &data, &out, &Device::Cpu).unwrap_err();
     assert!(format!("{e:#}").contains("--batch-size"), "{e:#}");
     assert!(!out.exists(), "a refused start wrote {}", out.display());
+    // A negative or non-finite learning rate is refused the same way (it trained "fine" once).
+    for lr in [-1e-3, 0.0, f64::NAN] {
+        let bad = LotteryConfig { rounds: 0, train: TrainConfig { optim: OptimChoice::Adam { lr }, ..cfg.train.clone() }, ..cfg.clone() };
+        let e = run_lottery(&bad, &data, &out, &Device::Cpu).unwrap_err();
+        assert!(format!("{e:#}").contains("--lr"), "{e:#}");
+        assert!(!out.exists(), "a refused start wrote {}", out.display());
+    }
     let good = LotteryConfig { rounds: 0, ..cfg };
     assert_eq!(run_lottery(&good, &data, &out, &Device::Cpu).unwrap()[0].test_acc_mean, rows[0].test_acc_mean);
 }
