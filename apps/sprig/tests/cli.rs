@@ -20,6 +20,15 @@ fn finetune_then_eval_then_rerun_from_config() {
     let ev = dir.path().join("eval");
     run_ok(sprig().args(["eval", "--task", "sms-spam", "--model"]).arg(&run).arg("--out").arg(&ev));
     let e = json(&ev.join("eval.json"));
+    // An earlier evaluation is not replaced unless asked; the checkpoint itself is never written into.
+    let err = run_err(sprig().args(["eval", "--task", "sms-spam", "--split", "dev", "--model"]).arg(&run).arg("--out").arg(&ev));
+    assert!(err.contains("eval.json") && err.contains("--overwrite"), "{err}");
+    assert_eq!(json(&ev.join("eval.json")), e);
+    let err = run_err(sprig().args(["eval", "--task", "sms-spam", "--overwrite", "--model"]).arg(&run).arg("--out").arg(&run));
+    assert!(err.contains("--model") && err.contains("refused even with --overwrite"), "{err}");
+    assert!(!run.join("eval.json").exists());
+    run_ok(sprig().args(["eval", "--task", "sms-spam", "--split", "dev", "--overwrite", "--model"]).arg(&run).arg("--out").arg(&ev));
+    assert_eq!(json(&ev.join("eval.json"))["split"], "dev");
     assert_eq!(e["accuracy"], s["test_accuracy"]);
     // The written config reproduces the run bit for bit.
     let again = dir.path().join("again");

@@ -287,20 +287,7 @@ impl StagedOut {
     /// directories the run reads, by flag (`("--model", path)`); names that are not existing
     /// directories (hub ids, `none`) are skipped.
     pub fn check(out: &Path, sources: &[(&str, &Path)], overwrite: bool) -> Result<()> {
-        let out_r = resolve(out)?;
-        for (flag, src) in sources {
-            if !src.is_dir() {
-                continue;
-            }
-            let src_r = src.canonicalize().with_context(|| format!("resolving {}", src.display()))?;
-            if out_r.starts_with(&src_r) {
-                let how = if out_r == src_r { "is" } else { "is inside" };
-                bail!("--out {} {how} {flag} {}: the run would overwrite its own source (refused even with --overwrite)", out.display(), src.display());
-            }
-            if src_r.starts_with(&out_r) {
-                bail!("{flag} {} is inside --out {}: the run would overwrite its own source (refused even with --overwrite)", src.display(), out.display());
-            }
-        }
+        Self::check_sources(out, sources)?;
         if out.exists() {
             if !out.is_dir() {
                 bail!("--out {} exists and is not a directory; nothing was changed", out.display());
@@ -313,6 +300,26 @@ impl StagedOut {
                 if !overwrite {
                     bail!("--out {} is not empty: it holds a finished run; nothing was changed (choose a new directory, or give --overwrite to replace it)", out.display());
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an `out` equal to, inside or containing one of the `sources` directories (names
+    /// that are not existing directories are skipped), whatever `--overwrite` says.
+    pub fn check_sources(out: &Path, sources: &[(&str, &Path)]) -> Result<()> {
+        let out_r = resolve(out)?;
+        for (flag, src) in sources {
+            if !src.is_dir() {
+                continue;
+            }
+            let src_r = src.canonicalize().with_context(|| format!("resolving {}", src.display()))?;
+            if out_r.starts_with(&src_r) {
+                let how = if out_r == src_r { "is" } else { "is inside" };
+                bail!("--out {} {how} {flag} {}: the run would overwrite its own source (refused even with --overwrite)", out.display(), src.display());
+            }
+            if src_r.starts_with(&out_r) {
+                bail!("{flag} {} is inside --out {}: the run would overwrite its own source (refused even with --overwrite)", src.display(), out.display());
             }
         }
         Ok(())

@@ -3,7 +3,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use sprig_bert::finetune::{evaluate, tokenize};
 use sprig_bert::{BertTokenizer, Checkpoint};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -29,12 +29,25 @@ pub struct Args {
     /// (its test examples may then be training examples of the checkpoint).
     #[arg(long)]
     pub any_split_seed: bool,
+    /// Replace an `eval.json` already in `--out` (refused otherwise).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let device = Device::Cpu;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1 (got 0)");
+    }
+    if !matches!(a.split.as_str(), "test" | "dev") {
+        bail!("unknown split {:?} (test or dev)", a.split);
+    }
+    // An evaluation is written beside runs, never into the checkpoint it evaluates, and never
+    // over an earlier one unless asked.
+    sprig_lab::run_dir::StagedOut::check_sources(&a.out, &[("--model", Path::new(&a.model))])?;
+    let eval_json = a.out.join("eval.json");
+    if eval_json.exists() && !a.overwrite {
+        bail!("{} exists (an earlier evaluation); nothing was changed (choose another --out, or give --overwrite to replace it)", eval_json.display());
     }
     let ckpt = Checkpoint::load(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
     if !ckpt.has_classifier() {
@@ -75,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
         "model": a.model, "task": a.task, "split": a.split, "seed": seed, "seconds": seconds,
         "accuracy": report.accuracy, "macro_f1": report.macro_f1, "mcc": report.mcc, "ece": report.ece, "n": report.n,
     });
-    sprig_train::write_json(&a.out.join("eval.json"), &out)?;
+    sprig_train::write_json(&eval_json, &out)?;
     println!("| task | split | n | accuracy | macro-F1 | MCC | ECE |\n|---|---|---|---|---|---|---|");
     println!("| {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |", a.task, a.split, report.n, report.accuracy, report.macro_f1, report.mcc, report.ece);
     Ok(())
