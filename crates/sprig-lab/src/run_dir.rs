@@ -24,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use sprig_prune::checkpoint::{pid_in_name, process_alive};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -248,15 +249,6 @@ fn parent_and_name(out: &Path) -> Result<(PathBuf, String)> {
     Ok((parent.to_path_buf(), name.to_string()))
 }
 
-/// The pid recorded after `prefix` in `PREFIX{pid}-{rest}`.
-fn staged_pid(name: &str, prefix: &str) -> Option<u32> {
-    let (pid, _) = name.strip_prefix(prefix)?.split_once('-')?;
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    pid.parse().ok()
-}
-
 /// `p` made absolute through its deepest existing ancestor (symbolic links resolved).
 fn resolve(p: &Path) -> Result<PathBuf> {
     let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().context("reading the current directory")?.join(p) };
@@ -432,13 +424,13 @@ pub fn clean_stale_stages(out: &Path) -> Result<Vec<PathBuf>> {
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", parent.display()))?;
         let file = entry.file_name().to_string_lossy().into_owned();
-        let (pid, is_old) = match (staged_pid(&file, &partial), staged_pid(&file, &old)) {
+        let (pid, is_old) = match (pid_in_name(&file, &partial), pid_in_name(&file, &old)) {
             (Some(p), _) => (p, false),
             (None, Some(p)) => (p, true),
             _ => continue,
         };
         let path = entry.path();
-        if sprig_prune::checkpoint::process_alive(pid) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if process_alive(pid) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         if is_old && !out.exists() {
