@@ -251,3 +251,77 @@ fn prune_run_directory_overwrite_stale_stages_and_inspect_verification() {
     let e = run_err(&mut inspect(false));
     assert!(e.contains("query.weight") && e.contains("not finite"), "{e}");
 }
+
+/// The metrics records of a run without their wall-clock fields.
+fn records_without_timing(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("examples_per_second");
+            v
+        })
+        .collect()
+}
+
+/// `sprig prune` killed with SIGKILL mid-run and started again with the same command continues
+/// from its last saved state and ends with the same model, bit for bit, as an uninterrupted run;
+/// an interrupted run of another config is refused by name, never dropped or mixed in.
+#[test]
+fn prune_killed_with_sigkill_resumes_to_the_same_model() {
+    // Movement pruning: its gradient statistics are state too. 64 examples in batches of 16, 3
+    // epochs = 12 steps; the state is saved every 2 steps and at each epoch end.
+    const RUN: [&str; 21] = [
+        "prune", "--task", "trec6", "--method", "movement", "--sparsity", "0.6", "--prune-every", "1", "--epochs", "3",
+        "--max-train", "64", "--max-dev", "32", "--max-test", "32", "--batch-size", "16", "--save-every", "2",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
+    run_ok(sprig().args(RUN).arg("--out").arg(&whole));
+
+    let stage_of = |name: &str| {
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!(".{name}.partial-")))
+    };
+    let mut child = sprig().args(RUN).arg("--out").arg(&killed).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    let stage = loop {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(t0.elapsed().as_secs() < 600, "no progress");
+        if let Some(s) = stage_of("killed") {
+            let steps = std::fs::read_to_string(s.join("metrics.jsonl")).unwrap_or_default().lines().filter(|l| l.contains("\"train\"")).count();
+            if steps >= 5 && s.join("train-state.safetensors").is_file() {
+                break s;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.exists() && stage.join("train-state.safetensors").is_file());
+
+    // A copy of the interrupted run under another --out name, for the refusal below.
+    let other = dir.path().join(".other.partial-999999999-abcdef");
+    std::fs::create_dir(&other).unwrap();
+    for f in ["config.toml", "metrics.jsonl", "train-state.safetensors"] {
+        std::fs::copy(stage.join(f), other.join(f)).unwrap();
+    }
+
+    let log = run_ok_all(sprig().args(RUN).arg("--out").arg(&killed));
+    assert!(log.contains("resuming an interrupted run") && log.contains("resumed from the saved training state"), "{log}");
+    assert!(stage_of("killed").is_none() && !stage.exists(), "the staging directory was taken over and moved in");
+    assert!(!killed.join("train-state.safetensors").exists(), "the finished run does not keep its training state");
+    for f in ["model.safetensors", "masks.safetensors"] {
+        assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(killed.join(f)).unwrap(), "{f} differs from the uninterrupted run's");
+    }
+    assert_eq!(records_without_timing(&whole), records_without_timing(&killed), "metrics.jsonl differs");
+    let (a, b) = (json(&whole.join("summary.json")), json(&killed.join("summary.json")));
+    for k in ["dev_accuracy", "test_accuracy", "sparsity", "steps", "best_epoch"] {
+        assert_eq!(a[k], b[k], "{k}");
+    }
+
+    // Another config for the same --out while a resumable run waits there: refused, kept.
+    let e = run_err(sprig().args(RUN).args(["--lr", "0.0001", "--out"]).arg(dir.path().join("other")));
+    assert!(e.contains(".other.partial-999999999-abcdef") && e.contains("`train.lr`") && e.contains("--config"), "{e}");
+    assert!(other.join("train-state.safetensors").is_file());
+}

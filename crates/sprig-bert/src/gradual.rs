@@ -15,6 +15,7 @@ use candle_core::backprop::GradStore;
 use candle_core::Var;
 use sprig_prune::{Inputs, MaskSet, Pruner, PrunerConfig};
 use sprig_train::fit::{Ctx, Hooks};
+use sprig_train::TrainState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GradualCriterion {
@@ -110,6 +111,17 @@ impl<M: ?Sized> Hooks<M> for GradualHooks {
             tracing::debug!(step = ctx.step, sparsity = m.sparsity(), "gradual prune");
         }
         Ok(())
+    }
+
+    /// The pruner's masks and gradient statistics, under `pruner/` ([`Pruner::state`]).
+    fn save_state(&mut self, _model: &mut M, state: &mut TrainState) -> sprig_train::error::Result<()> {
+        let (t, meta) = self.pruner.state()?;
+        state.put_part("pruner", t, meta)
+    }
+
+    fn load_state(&mut self, _model: &mut M, state: &TrainState) -> sprig_train::error::Result<()> {
+        let (t, meta) = state.part("pruner")?;
+        Ok(self.pruner.restore(&t, &meta)?)
     }
 }
 

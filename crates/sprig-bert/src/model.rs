@@ -489,6 +489,31 @@ impl BertClassifier {
         Ok(Self { encoder, classifier, pooling, dropout, head_params: b.params })
     }
 
+    /// Every dropout layer, in a fixed order (embeddings, each layer's attention and hidden
+    /// dropout, the head's).
+    fn dropouts(&self) -> Vec<&Dropout> {
+        let e = &self.encoder;
+        std::iter::once(&e.embeddings.dropout)
+            .chain(e.layers.iter().flat_map(|l| [&l.attn_dropout, &l.hidden_dropout]))
+            .chain(std::iter::once(&self.dropout))
+            .collect()
+    }
+
+    /// The dropout generators' positions ([`Dropout::position`]), for a resumable run.
+    pub fn dropout_positions(&self) -> Vec<u128> {
+        self.dropouts().iter().map(|d| d.position()).collect()
+    }
+
+    /// Restores [`BertClassifier::dropout_positions`]; errors when the count differs.
+    pub fn set_dropout_positions(&self, pos: &[u128]) -> Result<()> {
+        let d = self.dropouts();
+        if d.len() != pos.len() {
+            bail!("{} dropout positions saved, the model has {} dropout layers", pos.len(), d.len());
+        }
+        d.iter().zip(pos).for_each(|(d, &p)| d.set_position(p));
+        Ok(())
+    }
+
     /// Every parameter, encoder first, then the head.
     pub fn named_params(&self) -> Vec<(String, Var)> {
         self.encoder.named_params().iter().chain(self.head_params.iter()).cloned().collect()

@@ -144,6 +144,17 @@ impl Dropout {
         Some(DropoutSpec { p: self.p, seed })
     }
 
+    /// How far the generator has advanced (ChaCha's word position), for a resumable run.
+    pub fn position(&self) -> u128 {
+        self.rng.lock().expect("dropout rng poisoned").get_word_pos()
+    }
+
+    /// Moves the generator to a [`Dropout::position`] (a resumed run's next draws are those the
+    /// uninterrupted run would have made).
+    pub fn set_position(&self, pos: u128) {
+        self.rng.lock().expect("dropout rng poisoned").set_word_pos(pos);
+    }
+
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if !train || self.p == 0.0 {
             return Ok(x.clone());

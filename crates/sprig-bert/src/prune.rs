@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sprig_data::metrics::Report;
 use sprig_prune::{Allocation, AllocationKind, Criterion, Granularity, Inputs, Mask, MaskSet, Pruner, PrunerConfig, Schedule};
 use sprig_train::fit::{BatchOrder, Ctx, Fit, Hooks, Lr, StepInfo, StepLoss};
-use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, MetricsLog, Optimizer, TrainError};
+use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, MetricsLog, Optimizer, Resume, TrainError, TrainState};
 
 /// How weights are scored and when they are pruned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -341,7 +341,10 @@ pub fn masks_of_zeros(params: &[(String, Var)]) -> Result<MaskSet> {
 
 /// Prunes `base` (its head is kept when it has one for this task) to `cfg.sparsity` while
 /// fine-tuning on `data`, distilling from `teacher` when given, logging to `log`.
-pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&Teacher>, log: &mut MetricsLog) -> Result<Pruned> {
+/// With `resume`, the run saves its state as [`Resume`] says and continues from `resume.from`
+/// when given (the model, data and teacher are rebuilt from `cfg` as for a fresh run, then the
+/// saved state replaces the weights, optimizer, pruner, kept checkpoint and dropout generators).
+pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&Teacher>, log: &mut MetricsLog, resume: Option<Resume>) -> Result<Pruned> {
     cfg.validate()?;
     let tc = &cfg.train;
     let device = Device::Cpu;
@@ -394,6 +397,10 @@ pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&T
         GradualHooks::with_pruner(pruner, prunable.clone()),
         SelectHooks { data, cfg: tc, final_step, last: None, best: None },
     );
+    let fit = match resume {
+        Some(r) => fit.resumable(r),
+        None => fit,
+    };
     let fitted = fit
         .lr(Lr::WarmupDecay(schedule))
         .clip(Some(tc.max_grad_norm))
@@ -530,6 +537,33 @@ impl Hooks<BertClassifier> for SelectHooks<'_> {
         if let Some(r) = self.last.take() {
             self.best = Some(Kept { epoch: ctx.epoch, dev: r, weights: copy });
         }
+        Ok(())
+    }
+
+    /// The kept checkpoint (`select/best/NAME`), the last report and the dropout generators.
+    fn save_state(&mut self, model: &mut BertClassifier, state: &mut TrainState) -> sprig_train::error::Result<()> {
+        let pos: Vec<String> = model.dropout_positions().iter().map(u128::to_string).collect();
+        state.put("select/dropout", &pos)?;
+        state.put("select/last", &self.last)?;
+        state.put("select/best", &self.best.as_ref().map(|k| (k.epoch, &k.dev)))?;
+        for (n, t) in self.best.iter().flat_map(|k| &k.weights) {
+            state.put_tensor(format!("select/best/{n}"), t)?;
+        }
+        Ok(())
+    }
+
+    fn load_state(&mut self, model: &mut BertClassifier, state: &TrainState) -> sprig_train::error::Result<()> {
+        let pos = state.get::<Vec<String>>("select/dropout")?.iter().map(|p| p.parse::<u128>()).collect::<std::result::Result<Vec<_>, _>>();
+        let pos = pos.map_err(|e| TrainError::Invalid(format!("the saved dropout positions: {e}")))?;
+        model.set_dropout_positions(&pos).map_err(TrainError::callback)?;
+        self.last = state.get("select/last")?;
+        self.best = match state.get::<Option<(usize, Report)>>("select/best")? {
+            Some((epoch, dev)) => {
+                let weights = model.named_params().iter().map(|(n, _)| Ok((n.clone(), state.tensor(&format!("select/best/{n}"))?.clone()))).collect::<sprig_train::error::Result<_>>()?;
+                Some(Kept { epoch, dev, weights })
+            }
+            None => None,
+        };
         Ok(())
     }
 }

@@ -30,6 +30,7 @@ pub mod lottery;
 pub mod pai;
 pub mod prune;
 pub mod run_dir;
+pub mod staged;
 pub mod ticket;
 pub mod ticket_summary;
 pub mod transfer;

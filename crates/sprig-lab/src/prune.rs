@@ -5,13 +5,13 @@
 //! `metrics.jsonl`, `summary.json` and `sprig-logits.json` (for `scripts/verify-hf-export`).
 //! The run is staged beside `out` and moved in when complete ([`StagedOut`]).
 use crate::export::{reference_logits, write_sparse_classifier};
-use crate::run_dir::StagedOut;
+use crate::run_dir::{StagedOut, STATE_FILE};
 use anyhow::{bail, Context, Result};
 use sprig_bert::masked::{Base, TaskData};
 use sprig_bert::prune::{check_head, prune, PruneConfig, PruneSummary, Teacher};
 use sprig_bert::Checkpoint;
 use sprig_prune::checkpoint::CheckpointMeta;
-use sprig_train::MetricsLog;
+use sprig_train::{MetricsLog, Resume, TrainState};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -39,12 +39,31 @@ pub fn resolve_teacher(cfg: &PruneConfig, base: &Base, data: &TaskData) -> Resul
 /// Runs `cfg` and writes the pruned model into `out`, which must not exist (or be an empty
 /// directory). Everything is validated and loaded before training starts.
 pub fn run(cfg: &PruneConfig, out: &Path, home: &Path) -> Result<PruneSummary> {
-    run_to(cfg, out, home, false)
+    run_to(cfg, out, home, Options::default())
 }
 
-/// [`run`], replacing a finished run in `out` when `overwrite` is given (only once the new run is
-/// complete; see [`StagedOut`]). `out` may never be or lie inside the model or the teacher.
-pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, overwrite: bool) -> Result<PruneSummary> {
+/// How [`run_to`] treats its run directory.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Replace a finished run in `out` (only once the new run is complete; see [`StagedOut`]).
+    pub overwrite: bool,
+    /// Save the resumable training state every this many steps (0: at epoch ends only); it is
+    /// also saved at every epoch end.
+    pub save_every: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { overwrite: false, save_every: 100 }
+    }
+}
+
+/// [`run`] with [`Options`]. `out` may never be or lie inside the model or the teacher. The run
+/// saves its state in its staging directory ([`STATE_FILE`]); a run killed (even by SIGKILL)
+/// continues from its last save when started again with the same config and `out`, and ends
+/// with the same model, bit for bit, as an uninterrupted run.
+pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Result<PruneSummary> {
+    let overwrite = opts.overwrite;
     cfg.validate()?;
     let sources = [("--model", Path::new(&cfg.train.model)), ("--teacher", Path::new(&cfg.teacher))];
     StagedOut::check(out, &sources, overwrite)?;
@@ -58,11 +77,23 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, overwrite: bool) -> Re
         Some(spec) => Some(Teacher::load(&spec, &data, &cfg.train, &base)?),
         None => None,
     };
-    let staged = StagedOut::begin(out, &sources, overwrite)?;
+    let config = toml_string(cfg)?;
+    let (staged, resumed) = StagedOut::begin_resumable(out, &sources, overwrite, "config.toml", &config)?;
     let stage = staged.path();
-    sprig_train::write_atomic(&stage.join("config.toml"), toml_string(cfg)?.as_bytes())?;
-    let mut log = MetricsLog::create(&stage.join("metrics.jsonl"))?;
-    let pruned = prune(&base, &data, cfg, teacher.as_ref(), &mut log)?;
+    let state_path = stage.join(STATE_FILE);
+    let (mut log, from) = if resumed {
+        let state = TrainState::load(&state_path)?;
+        (MetricsLog::append(&stage.join("metrics.jsonl"))?, Some(state))
+    } else {
+        sprig_train::write_atomic(&stage.join("config.toml"), config.as_bytes())?;
+        (MetricsLog::create(&stage.join("metrics.jsonl"))?, None)
+    };
+    let resume = Resume { path: state_path.clone(), every: opts.save_every, from };
+    let pruned = prune(&base, &data, cfg, teacher.as_ref(), &mut log, Some(resume))?;
+    // The finished run does not carry its resumable state.
+    if state_path.exists() {
+        std::fs::remove_file(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
+    }
     let s = &pruned.summary;
     let meta: HashMap<String, String> = [
         ("task", data.task.clone()),

@@ -316,6 +316,30 @@ impl GradAccumulator {
     pub fn steps(&self) -> usize {
         self.steps
     }
+    /// The sums as named tensors (`gw/NAME`, `gw2/NAME`, `g2/NAME`) and the step count, for a
+    /// resumable run ([`crate::Pruner::state`]).
+    pub(crate) fn export(&self, out: &mut BTreeMap<String, Tensor>) -> serde_json::Value {
+        for (key, m) in [("gw", &self.sum_gw), ("gw2", &self.sum_gw2), ("g2", &self.sum_g2)] {
+            for (n, t) in m {
+                out.insert(format!("{key}/{n}"), t.clone());
+            }
+        }
+        serde_json::json!({"steps": self.steps, "track": self.track})
+    }
+    /// Restores what [`GradAccumulator::export`] wrote (tensors without the caller's prefix).
+    pub(crate) fn import(&mut self, tensors: &BTreeMap<String, Tensor>, meta: &serde_json::Value) -> Result<()> {
+        let bad = |why: String| PruneError::BadName { what: "saved gradient statistics", value: why, expected: "a state saved by the same pruner" };
+        let track: [bool; 3] = serde_json::from_value(meta["track"].clone()).map_err(|e| bad(e.to_string()))?;
+        if track != self.track {
+            return Err(bad(format!("tracked sums {track:?}, this pruner's {:?}", self.track)));
+        }
+        self.steps = meta["steps"].as_u64().ok_or_else(|| bad("no step count".into()))? as usize;
+        for (key, m) in [("gw", &mut self.sum_gw), ("gw2", &mut self.sum_gw2), ("g2", &mut self.sum_g2)] {
+            let p = format!("{key}/");
+            *m = tensors.iter().filter_map(|(n, t)| n.strip_prefix(&p).map(|k| (k.to_string(), t.clone()))).collect();
+        }
+        Ok(())
+    }
     fn get(&self, m: &BTreeMap<String, Tensor>, crit: &'static str) -> Result<BTreeMap<String, Vec<f32>>> {
         if self.steps == 0 {
             return Err(PruneError::MissingInput { criterion: crit, needs: "at least one GradAccumulator::update" });

@@ -126,6 +126,36 @@ impl GradWindow {
         Ok(())
     }
 
+    /// The ring buffers as `[held, n]` tensors by name (slot order) and the counters, for a
+    /// resumable run ([`crate::Pruner::state`]).
+    pub(crate) fn export(&self, out: &mut BTreeMap<String, candle_core::Tensor>) -> Result<serde_json::Value> {
+        for (n, ring) in &self.slots {
+            let cols = ring.first().map_or(0, Vec::len);
+            let flat: Vec<f32> = ring.iter().flatten().copied().collect();
+            out.insert(n.clone(), candle_core::Tensor::from_vec(flat, (ring.len(), cols), &candle_core::Device::Cpu)?);
+        }
+        Ok(serde_json::json!({"capacity": self.capacity, "steps": self.steps}))
+    }
+    /// Restores what [`GradWindow::export`] wrote.
+    pub(crate) fn import(&mut self, tensors: &BTreeMap<String, candle_core::Tensor>, meta: &serde_json::Value) -> Result<()> {
+        let capacity = meta["capacity"].as_u64().unwrap_or(0) as usize;
+        if capacity != self.capacity {
+            return Err(PruneError::BadValue { what: "saved OBS gradient window size", value: capacity as f64, why: "differs from this pruner's m" });
+        }
+        self.steps = meta["steps"].as_u64().unwrap_or(0) as usize;
+        self.slots = tensors
+            .iter()
+            .map(|(n, t)| {
+                let (rows, _) = t.dims2()?;
+                Ok((n.clone(), (0..rows).map(|r| t.get(r)?.to_vec1::<f32>()).collect::<candle_core::Result<Vec<_>>>()?))
+            })
+            .collect::<Result<_>>()?;
+        if self.slots.values().any(|r| r.len() != self.len()) {
+            return Err(PruneError::BadValue { what: "saved OBS gradient window", value: self.steps as f64, why: "holds another number of gradients than its step count says" });
+        }
+        Ok(())
+    }
+
     /// The held gradients of `name`, oldest first.
     fn ordered(&self, name: &str) -> Result<Vec<&[f32]>> {
         let ring = self.slots.get(name).ok_or_else(|| PruneError::NoGradient(name.into()))?;

@@ -28,6 +28,9 @@ use crate::obs::{self, GradWindow, ObsUpdate};
 use crate::schedule::{Rewind, RoundRate, Schedule};
 use crate::score::{Inputs, ScoreOptions};
 
+#[path = "pruner_state.rs"]
+mod state;
+
 /// How fast a [`LayerGroup`] is pruned relative to the schedule.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]

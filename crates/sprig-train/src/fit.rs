@@ -35,6 +35,7 @@ use crate::error::Result;
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::run::{progress_bar, MetricsLog};
 use crate::schedule::{LinearWarmupDecay, LrSchedule};
+use crate::state::TrainState;
 use crate::{invalid, TrainError};
 
 /// Where the batches of each epoch come from: lists of example indices.
@@ -185,6 +186,16 @@ pub trait Hooks<M: ?Sized> {
     fn epoch_end(&mut self, _model: &mut M, _ctx: &mut Ctx, _mean_loss: f64) -> Result<()> {
         Ok(())
     }
+    /// A resumable run ([`Fit::resumable`]) is saving: add the hook's own state (a pruner's
+    /// masks and scores, the best checkpoint kept so far, the model's random generators) under a
+    /// prefix of its own. Hooks without state keep the default.
+    fn save_state(&mut self, _model: &mut M, _state: &mut TrainState) -> Result<()> {
+        Ok(())
+    }
+    /// A resumed run starts: restore what [`Hooks::save_state`] saved.
+    fn load_state(&mut self, _model: &mut M, _state: &TrainState) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// No hooks.
@@ -221,6 +232,14 @@ impl<M: ?Sized, A: Hooks<M>, B: Hooks<M>> Hooks<M> for (A, B) {
     fn epoch_end(&mut self, m: &mut M, ctx: &mut Ctx, mean_loss: f64) -> Result<()> {
         self.0.epoch_end(m, ctx, mean_loss)?;
         self.1.epoch_end(m, ctx, mean_loss)
+    }
+    fn save_state(&mut self, m: &mut M, state: &mut TrainState) -> Result<()> {
+        self.0.save_state(m, state)?;
+        self.1.save_state(m, state)
+    }
+    fn load_state(&mut self, m: &mut M, state: &TrainState) -> Result<()> {
+        self.0.load_state(m, state)?;
+        self.1.load_state(m, state)
     }
 }
 
@@ -289,6 +308,29 @@ pub struct Fit<'a> {
     snapshot_step: Option<usize>,
     progress: Option<String>,
     metrics: Option<&'a mut MetricsLog>,
+    resume: Option<Resume>,
+}
+
+/// Where and how often a resumable run saves its state ([`Fit::resumable`]).
+pub struct Resume {
+    /// The state file ([`TrainState`], replaced atomically at each save).
+    pub path: std::path::PathBuf,
+    /// Save after every `every` steps (0: only at epoch ends) and at the end of every epoch.
+    pub every: usize,
+    /// A saved state to continue from (the caller loads it, e.g. from `path`).
+    pub from: Option<TrainState>,
+}
+
+/// How far the current epoch got, as saved: batches of its order consumed (steps and skipped
+/// short batches), the running loss, and its seconds so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct EpochProgress {
+    epoch: usize,
+    batches: usize,
+    loss_sum_bits: u64,
+    n_steps: usize,
+    evaluated_at: Option<usize>,
+    seconds_bits: u64,
 }
 
 impl<'a> Fit<'a> {
@@ -306,6 +348,7 @@ impl<'a> Fit<'a> {
             snapshot_step: None,
             progress: None,
             metrics: None,
+            resume: None,
         }
     }
     /// Skip batches shorter than the batch size (in-batch negatives need full batches); they do
@@ -354,6 +397,16 @@ impl<'a> Fit<'a> {
     /// `log`; hooks append theirs through [`Ctx::log`].
     pub fn metrics(mut self, log: &'a mut MetricsLog) -> Self {
         self.metrics = Some(log);
+        self
+    }
+
+    /// Save the run's state to `r.path` as [`Resume`] says, and continue from `r.from` when given:
+    /// the loop's counters, the trained parameters, the optimizer's state
+    /// ([`Optimizer::save_state`]) and every hook's ([`Hooks::save_state`]); the metrics log is cut
+    /// back to what it held at the save. A resumed run continues bit for bit as the uninterrupted
+    /// one would have (the batch order is a function of the seed and the epoch).
+    pub fn resumable(mut self, r: Resume) -> Self {
+        self.resume = Some(r);
         self
     }
 
@@ -412,11 +465,19 @@ impl<'a> Fit<'a> {
         if self.snapshot_step == Some(0) {
             out.snapshot = Some(snapshot(&st.params)?);
         }
-        for epoch in 0..self.epochs {
+        let mut at = EpochProgress::default();
+        if let Some(state) = self.resume.as_mut().and_then(|r| r.from.take()) {
+            at = restore(&state, total, model, opt, hooks, &mut st, &mut out)?;
+            pb.set_position(st.step as u64);
+            tracing::info!(step = st.step, total, epoch = at.epoch, "resumed from the saved training state");
+        }
+        for epoch in at.epoch..self.epochs {
             st.epoch = epoch;
             let t_epoch = Instant::now();
-            let (mut loss_sum, mut n_steps, mut evaluated_at) = (0f64, 0usize, None);
-            for batch in self.order.batches(epoch) {
+            let resumed = std::mem::take(&mut at);
+            let (mut loss_sum, mut n_steps, mut evaluated_at) = (f64::from_bits(resumed.loss_sum_bits), resumed.n_steps, resumed.evaluated_at);
+            let seconds_before = f64::from_bits(resumed.seconds_bits);
+            for (b, batch) in self.order.batches(epoch).into_iter().enumerate().skip(resumed.batches) {
                 if self.drop_last && batch.len() < bs {
                     continue;
                 }
@@ -473,6 +534,11 @@ impl<'a> Fit<'a> {
                 if st.step >= total || st.stop {
                     break;
                 }
+                if let Some(r) = self.resume.as_ref().filter(|r| r.every > 0 && st.step.is_multiple_of(r.every)) {
+                    let seconds = seconds_before + t_epoch.elapsed().as_secs_f64();
+                    let at = EpochProgress { epoch, batches: b + 1, loss_sum_bits: loss_sum.to_bits(), n_steps, evaluated_at, seconds_bits: seconds.to_bits() };
+                    save(&r.path, at, total, model, opt, hooks, &mut st, &out)?;
+                }
             }
             let mean = loss_sum / n_steps.max(1) as f64;
             out.epochs_run = epoch + 1;
@@ -481,10 +547,15 @@ impl<'a> Fit<'a> {
                 evaluate(model, opt, hooks, &mut st, &mut out.best)?;
             }
             hooks.epoch_end(model, &mut st.ctx(&[], opt), mean)?;
-            out.epoch_seconds.push(t_epoch.elapsed().as_secs_f64());
-            tracing::debug!(epoch, step = st.step, loss = mean, seconds = t_epoch.elapsed().as_secs_f64(), "epoch done");
+            let seconds = seconds_before + t_epoch.elapsed().as_secs_f64();
+            out.epoch_seconds.push(seconds);
+            tracing::debug!(epoch, step = st.step, loss = mean, seconds, "epoch done");
             if st.step >= total || st.stop {
                 break;
+            }
+            if let Some(r) = &self.resume {
+                let next = EpochProgress { epoch: epoch + 1, seconds_bits: 0f64.to_bits(), ..EpochProgress::default() };
+                save(&r.path, next, total, model, opt, hooks, &mut st, &out)?;
             }
         }
         pb.finish_and_clear();
@@ -529,6 +600,92 @@ fn evaluate<M: ?Sized, H: Hooks<M> + ?Sized>(model: &mut M, opt: &mut dyn Optimi
         *best = Some(Best { score, epoch: st.epoch, step: st.step });
     }
     Ok(())
+}
+
+/// Writes the loop's state at `at` (see [`Fit::resumable`]).
+#[allow(clippy::too_many_arguments)]
+fn save<M: ?Sized, H: Hooks<M> + ?Sized>(
+    path: &std::path::Path,
+    at: EpochProgress,
+    total: usize,
+    model: &mut M,
+    opt: &mut dyn Optimizer,
+    hooks: &mut H,
+    st: &mut State,
+    out: &FitOutcome,
+) -> Result<()> {
+    let mut state = TrainState::new();
+    state.put("fit/total", &total)?;
+    state.put("fit/step", &st.step)?;
+    state.put("fit/at", &at)?;
+    state.put("fit/examples", &out.examples)?;
+    state.put_f64("fit/train_seconds", out.train_seconds);
+    state.put_f64("fit/last_loss", out.last_loss);
+    state.put("fit/epoch_loss", &out.epoch_loss.iter().map(|x| x.to_bits()).collect::<Vec<_>>())?;
+    state.put("fit/epoch_seconds", &out.epoch_seconds.iter().map(|x| x.to_bits()).collect::<Vec<_>>())?;
+    state.put("fit/best", &out.best.map(|b| (b.score.to_bits(), b.epoch, b.step)))?;
+    state.put("fit/metrics_bytes", &st.metrics.as_ref().map(|m| m.len()))?;
+    state.put("fit/params", &st.params.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())?;
+    for (n, v) in &st.params {
+        state.put_tensor(format!("param/{n}"), v.as_tensor())?;
+    }
+    if let Some(snap) = &out.snapshot {
+        for (n, t) in snap {
+            state.put_tensor(format!("snapshot/{n}"), t)?;
+        }
+    }
+    state.put("fit/snapshot", &out.snapshot.is_some())?;
+    opt.save_state(&mut state)?;
+    hooks.save_state(model, &mut state)?;
+    state.save(path)?;
+    tracing::debug!(step = st.step, path = %path.display(), "training state saved");
+    Ok(())
+}
+
+/// Restores what [`save`] wrote; returns where the interrupted epoch stood.
+fn restore<M: ?Sized, H: Hooks<M> + ?Sized>(
+    state: &TrainState,
+    total: usize,
+    model: &mut M,
+    opt: &mut dyn Optimizer,
+    hooks: &mut H,
+    st: &mut State,
+    out: &mut FitOutcome,
+) -> Result<EpochProgress> {
+    let saved_total: usize = state.get("fit/total")?;
+    if saved_total != total {
+        return Err(invalid!("the saved training state is of a run of {saved_total} steps; this run has {total}"));
+    }
+    let names: Vec<String> = state.get("fit/params")?;
+    if names.iter().ne(st.params.iter().map(|(n, _)| n)) {
+        return Err(invalid!("the saved training state is of other parameters ({} saved, {} here)", names.len(), st.params.len()));
+    }
+    for (n, v) in &st.params {
+        let t = state.tensor(&format!("param/{n}"))?;
+        if t.dims() != v.dims() || t.dtype() != v.dtype() {
+            return Err(invalid!("the saved parameter {n} is {:?} {:?}; the model's is {:?} {:?}", t.dtype(), t.dims(), v.dtype(), v.dims()));
+        }
+        v.set(t)?;
+    }
+    if state.get::<bool>("fit/snapshot")? {
+        out.snapshot = Some(st.params.iter().map(|(n, _)| Ok((n.clone(), state.tensor(&format!("snapshot/{n}"))?.clone()))).collect::<Result<_>>()?);
+    }
+    st.step = state.get("fit/step")?;
+    out.examples = state.get("fit/examples")?;
+    out.train_seconds = state.get_f64("fit/train_seconds")?;
+    out.last_loss = state.get_f64("fit/last_loss")?;
+    out.epoch_loss = state.get::<Vec<u64>>("fit/epoch_loss")?.into_iter().map(f64::from_bits).collect();
+    out.epoch_seconds = state.get::<Vec<u64>>("fit/epoch_seconds")?.into_iter().map(f64::from_bits).collect();
+    out.epochs_run = out.epoch_loss.len();
+    out.best = state.get::<Option<(u64, usize, usize)>>("fit/best")?.map(|(s, epoch, step)| Best { score: f64::from_bits(s), epoch, step });
+    match (state.get::<Option<u64>>("fit/metrics_bytes")?, st.metrics.as_deref_mut()) {
+        (Some(len), Some(m)) => m.truncate(len)?,
+        (None, None) => {}
+        _ => return Err(invalid!("the saved training state and this run differ in whether metrics are logged")),
+    }
+    opt.load_state(state)?;
+    hooks.load_state(model, state)?;
+    state.get("fit/at")
 }
 
 /// A copy of every parameter's current value, by name.

@@ -22,9 +22,11 @@ pub mod sgd;
 pub mod vision;
 pub mod dst;
 pub mod fit;
+pub mod state;
 
 pub use error::{TrainError, io_err};
-pub use fit::{AfterStep, BatchOrder, Best, Ctx, Fit, FitOutcome, Hooks, Lr, StepInfo, StepLoss};
+pub use fit::{AfterStep, BatchOrder, Best, Ctx, Fit, FitOutcome, Hooks, Lr, Resume, StepInfo, StepLoss};
 pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, Optimizer};
 pub use run::{progress_bar, write_atomic, write_json, MetricsLog};
 pub use schedule::LinearWarmupDecay;
+pub use state::TrainState;

@@ -33,6 +33,15 @@ pub trait Optimizer {
     /// new entry `i` takes old entry `from[i]`, or fresh zero state where `None` (grown weights).
     /// The parameter's keep-mask is removed (every stored value is active).
     fn remap_param(&mut self, name: &str, var: Var, from: &[Option<usize>]) -> Result<()>;
+    /// Adds everything a resumed run needs (moments, step counter, rate, keep-masks) to `state`
+    /// under `opt/` ([`crate::Fit::resumable`]). Optimizers that cannot say so refuse.
+    fn save_state(&self, _state: &mut crate::state::TrainState) -> crate::error::Result<()> {
+        Err(crate::invalid!("this optimizer cannot save its state; a resumable run needs AdamW"))
+    }
+    /// Restores what [`Optimizer::save_state`] saved, for the same parameters (names and sizes).
+    fn load_state(&mut self, _state: &crate::state::TrainState) -> crate::error::Result<()> {
+        Err(crate::invalid!("this optimizer cannot restore a saved state; a resumable run needs AdamW"))
+    }
 }
 
 /// `old` carried to a new length by position (see [`Optimizer::remap_param`]).
@@ -359,6 +368,38 @@ impl Optimizer for AdamW {
             p.m.iter_mut().for_each(|x| *x = 0.0);
             p.v.iter_mut().for_each(|x| *x = 0.0);
         }
+    }
+
+    fn save_state(&self, state: &mut crate::state::TrainState) -> crate::error::Result<()> {
+        state.put("opt/t", &self.t)?;
+        state.put_f64("opt/lr", self.cfg.lr);
+        state.put("opt/names", &self.params.iter().map(|p| p.name.clone()).collect::<Vec<_>>())?;
+        for p in &self.params {
+            state.put_f32s(format!("opt/m/{}", p.name), &p.m)?;
+            state.put_f32s(format!("opt/v/{}", p.name), &p.v)?;
+            if let Some(k) = &p.keep {
+                state.put_bools(format!("opt/keep/{}", p.name), k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load_state(&mut self, state: &crate::state::TrainState) -> crate::error::Result<()> {
+        let names: Vec<String> = state.get("opt/names")?;
+        let ours: Vec<String> = self.params.iter().map(|p| p.name.clone()).collect();
+        if names != ours {
+            return Err(crate::invalid!("the saved optimizer state is for other parameters ({} saved, {} here)", names.len(), ours.len()));
+        }
+        for p in self.params.iter_mut() {
+            let n = p.m.len();
+            p.m = state.f32s(&format!("opt/m/{}", p.name), n)?;
+            p.v = state.f32s(&format!("opt/v/{}", p.name), n)?;
+            let key = format!("opt/keep/{}", p.name);
+            p.keep = if state.tensors.contains_key(&key) { Some(state.bools(&key, n)?) } else { None };
+        }
+        self.t = state.get("opt/t")?;
+        self.cfg.lr = state.get_f64("opt/lr")?;
+        Ok(())
     }
 }
 

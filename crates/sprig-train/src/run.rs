@@ -33,6 +33,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    len: u64,
 }
 
 impl MetricsLog {
@@ -41,7 +42,39 @@ impl MetricsLog {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self { path: path.to_path_buf(), file, len: 0 })
+    }
+
+    /// Opens an existing log to append to (a resumed run; see [`MetricsLog::truncate`]).
+    pub fn append(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+        let mut log = Self { path: path.to_path_buf(), file, len };
+        log.truncate(len)?;
+        Ok(log)
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Cuts the log back to its first `len` bytes (what it held when a resumed run's state was
+    /// saved) and appends from there.
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        use std::io::Seek;
+        let have = self.file.metadata().with_context(|| format!("reading {}", self.path.display()))?.len();
+        if len > have {
+            bail!("{} holds {have} bytes, fewer than the {len} the saved training state expects", self.path.display());
+        }
+        self.file.set_len(len).with_context(|| format!("truncating {}", self.path.display()))?;
+        self.file.seek(std::io::SeekFrom::Start(len)).with_context(|| format!("seeking {}", self.path.display()))?;
+        self.len = len;
+        Ok(())
     }
 
     pub fn log<T: Serialize>(&mut self, record: &T) -> Result<()> {
@@ -49,6 +82,7 @@ impl MetricsLog {
         line.push('\n');
         self.file.write_all(line.as_bytes()).with_context(|| format!("writing {}", self.path.display()))?;
         self.file.flush()?;
+        self.len += line.len() as u64;
         Ok(())
     }
 }

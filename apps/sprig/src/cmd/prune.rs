@@ -50,6 +50,10 @@ pub struct Args {
     /// never be or lie inside `--model` or `--teacher`).
     #[arg(long)]
     pub overwrite: bool,
+    /// Save the resumable training state every N steps (and at each epoch end; 0 = epoch ends
+    /// only). A killed run started again with the same config and `--out` continues from there.
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
 }
 
 impl Args {
@@ -88,7 +92,8 @@ pub fn print_summary(s: &PruneSummary, out: &Path) {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = a.resolve()?;
-    let s = sprig_lab::prune::run_to(&cfg, &a.ft.out, &sprig_data::sprig_home(), a.overwrite)?;
+    let opts = sprig_lab::prune::Options { overwrite: a.overwrite, save_every: a.save_every };
+    let s = sprig_lab::prune::run_to(&cfg, &a.ft.out, &sprig_data::sprig_home(), opts)?;
     print_summary(&s, &a.ft.out);
     Ok(())
 }
