@@ -35,6 +35,11 @@ pub(crate) fn has_avx2_fma() -> bool {
 #[inline(always)]
 #[allow(clippy::excessive_precision)]
 pub fn exp(x: f32) -> f32 {
+    // Below -87 the result is 0, not the 1.6e-38 of the clamped input: a softmax over padded keys
+    // (bias -1e4) otherwise keeps ~1e-38 probabilities whose products in the attention backward
+    // are subnormal, and x86 FMAs on subnormals take microcode assists (a padded sms-spam batch
+    // took 43 s instead of 0.5 s).
+    let tiny = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = n.mul_add(-0.693_359_4, x);
@@ -51,7 +56,11 @@ pub fn exp(x: f32) -> f32 {
     // with scalar converts and compares: it made every vectorised exp/erf/GELU loop ~4x slower.)
     let ni = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
     let scale = f32::from_bits(ni.wrapping_add(127) << 23);
-    e * scale
+    if tiny {
+        0.0
+    } else {
+        e * scale
+    }
 }
 
 /// `erf(x)` via the Chebyshev fit of `erfc` in Numerical Recipes (§6.2, fractional error
@@ -232,7 +241,9 @@ simd_dispatch! {
     pub fn softmax_backward_row(g: &mut [f32], p: &[f32]) {
         let dot = dot8(g, p);
         for (g, &p) in g.iter_mut().zip(p) {
-            *g = p * (*g - dot);
+            // Subnormal results are flushed to 0 (they would slow every later product; see `exp`).
+            let r = p * (*g - dot);
+            *g = if r.abs() < f32::MIN_POSITIVE { 0.0 } else { r };
         }
     }
 }
@@ -253,6 +264,19 @@ mod tests {
         }
     }
 
+    /// A padded key (bias -1e4) gets probability exactly 0 and no softmax gradient is subnormal.
+    #[test]
+    fn softmax_of_padded_keys_is_exactly_zero_and_never_subnormal() {
+        let mut row = vec![0.5f32, -1.0, 2.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.3];
+        let bias = [0.0, 0.0, 0.0, 0.0, -1e4, -1e4, -1e4, -1e4, 0.0];
+        scaled_softmax_row(&mut row, 0.125, &bias);
+        assert!(row[4..8].iter().all(|&p| p == 0.0), "{row:?}");
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let mut g: Vec<f32> = (0..9).map(|i| 1e-30 * i as f32).collect();
+        softmax_backward_row(&mut g, &row);
+        assert!(g.iter().all(|x| *x == 0.0 || x.abs() >= f32::MIN_POSITIVE), "{g:?}");
+    }
+
     #[test]
     fn exp_matches_std() {
         let mut worst = 0.0f64;
@@ -265,6 +289,8 @@ mod tests {
         // NaN propagates (a NaN loss must stay visible), out-of-range inputs clamp.
         assert!(exp(f32::NAN).is_nan() && gelu(f32::NAN).is_nan() && gelu_grad(f32::NAN).is_nan());
         assert!(exp(1e4).is_finite() && exp(-1e4) >= 0.0);
+        // No subnormal results: below -87, exactly 0.
+        assert!(exp(-87.5) == 0.0 && exp(-1e4) == 0.0 && exp(-87.0) >= f32::MIN_POSITIVE);
     }
 
     #[test]
