@@ -324,4 +324,12 @@ fn prune_killed_with_sigkill_resumes_to_the_same_model() {
     let e = run_err(sprig().args(RUN).args(["--lr", "0.0001", "--out"]).arg(dir.path().join("other")));
     assert!(e.contains(".other.partial-999999999-abcdef") && e.contains("`train.lr`") && e.contains("--config"), "{e}");
     assert!(other.join("train-state.safetensors").is_file());
+    // Its state file truncated: the resume fails with the reason and keeps the directory.
+    let state = other.join("train-state.safetensors");
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+    let e = run_err(sprig().args(RUN).arg("--out").arg(dir.path().join("other")));
+    assert!(e.contains("resuming the interrupted run") && e.contains("not a readable training state") && e.contains("kept"), "{e}");
+    let kept = stage_of("other").expect("the interrupted run is kept");
+    assert!(kept.join("train-state.safetensors").is_file() && !dir.path().join("other").exists());
 }

@@ -82,14 +82,23 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
     let stage = staged.path();
     let state_path = stage.join(STATE_FILE);
     let (mut log, from) = if resumed {
-        let state = TrainState::load(&state_path)?;
-        (MetricsLog::append(&stage.join("metrics.jsonl"))?, Some(state))
+        let loaded = TrainState::load(&state_path).map_err(anyhow::Error::from).and_then(|s| Ok((MetricsLog::append(&stage.join("metrics.jsonl"))?, Some(s))));
+        match loaded {
+            Ok(l) => l,
+            Err(e) => return Err(keep_interrupted(staged, e)),
+        }
     } else {
         sprig_train::write_atomic(&stage.join("config.toml"), config.as_bytes())?;
         (MetricsLog::create(&stage.join("metrics.jsonl"))?, None)
     };
     let resume = Resume { path: state_path.clone(), every: opts.save_every, from };
-    let pruned = prune(&base, &data, cfg, teacher.as_ref(), &mut log, Some(resume))?;
+    let pruned = match prune(&base, &data, cfg, teacher.as_ref(), &mut log, Some(resume)) {
+        Ok(p) => p,
+        // A resumed run that fails keeps its directory (and its saved state) for the user to
+        // inspect or delete; a fresh run's staging directory is removed as before.
+        Err(e) if resumed => return Err(keep_interrupted(staged, e.into())),
+        Err(e) => return Err(e.into()),
+    };
     // The finished run does not carry its resumable state.
     if state_path.exists() {
         std::fs::remove_file(&state_path).with_context(|| format!("removing {}", state_path.display()))?;
@@ -120,6 +129,12 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
     drop(log);
     staged.commit()?;
     Ok(pruned.summary)
+}
+
+/// Keeps an interrupted run's staging directory after its resume failed, named in the error.
+fn keep_interrupted(staged: StagedOut, e: anyhow::Error) -> anyhow::Error {
+    let dir = staged.keep();
+    e.context(format!("resuming the interrupted run in {} (kept; delete that directory to start over)", dir.display()))
 }
 
 fn file_sha256(p: &Path) -> Result<String> {
