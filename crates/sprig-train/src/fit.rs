@@ -36,11 +36,11 @@ use crate::optim::{clip_grad_norm, Optimizer};
 use crate::run::{progress_bar, MetricsLog};
 use crate::schedule::{LinearWarmupDecay, LrSchedule};
 use crate::state::TrainState;
+use crate::{invalid, TrainError};
 
 #[path = "fit_resume.rs"]
 mod resume;
 use resume::{restore, save, EpochProgress};
-use crate::{invalid, TrainError};
 
 /// Where the batches of each epoch come from: lists of example indices.
 pub enum BatchOrder<'a> {
@@ -325,7 +325,6 @@ pub struct Resume {
     pub from: Option<TrainState>,
 }
 
-
 impl<'a> Fit<'a> {
     /// `epochs` passes over `order`; no schedule, clipping, evaluation, snapshot or logging.
     pub fn new(epochs: usize, order: BatchOrder<'a>) -> Self {
@@ -468,9 +467,11 @@ impl<'a> Fit<'a> {
             st.epoch = epoch;
             let t_epoch = Instant::now();
             let resumed = std::mem::take(&mut at);
-            let (mut loss_sum, mut n_steps, mut evaluated_at) = (f64::from_bits(resumed.loss_sum_bits), resumed.n_steps, resumed.evaluated_at);
-            let seconds_before = f64::from_bits(resumed.seconds_bits);
-            for (b, batch) in self.order.batches(epoch).into_iter().enumerate().skip(resumed.batches) {
+            let (mut loss_sum, mut n_steps, mut evaluated_at) = (resumed.loss_sum, resumed.n_steps, resumed.evaluated_at);
+            let seconds_before = resumed.seconds;
+            let batches = self.order.batches(epoch);
+            let n_batches = batches.len();
+            for (b, batch) in batches.into_iter().enumerate().skip(resumed.batches) {
                 if self.drop_last && batch.len() < bs {
                     continue;
                 }
@@ -527,10 +528,11 @@ impl<'a> Fit<'a> {
                 if st.step >= total || st.stop {
                     break;
                 }
-                if let Some(r) = self.resume.as_ref().filter(|r| r.every > 0 && st.step.is_multiple_of(r.every)) {
+                // The epoch's last batch is saved by the epoch-end save just below, not twice.
+                if let Some(r) = self.resume.as_ref().filter(|r| r.every > 0 && st.step.is_multiple_of(r.every) && b + 1 < n_batches) {
                     let seconds = seconds_before + t_epoch.elapsed().as_secs_f64();
-                    let at = EpochProgress { epoch, batches: b + 1, loss_sum_bits: loss_sum.to_bits(), n_steps, evaluated_at, seconds_bits: seconds.to_bits() };
-                    save(&r.path, at, total, model, opt, hooks, &mut st, &out)?;
+                    let at = EpochProgress { epoch, batches: b + 1, loss_sum, n_steps, evaluated_at, seconds };
+                    save(&r.path, at, total, model, opt, hooks, &st, &out)?;
                 }
             }
             let mean = loss_sum / n_steps.max(1) as f64;
@@ -547,8 +549,8 @@ impl<'a> Fit<'a> {
                 break;
             }
             if let Some(r) = &self.resume {
-                let next = EpochProgress { epoch: epoch + 1, seconds_bits: 0f64.to_bits(), ..EpochProgress::default() };
-                save(&r.path, next, total, model, opt, hooks, &mut st, &out)?;
+                let next = EpochProgress { epoch: epoch + 1, ..EpochProgress::default() };
+                save(&r.path, next, total, model, opt, hooks, &st, &out)?;
             }
         }
         pb.finish_and_clear();

@@ -6,15 +6,16 @@ use crate::optim::Optimizer;
 use crate::state::TrainState;
 
 /// How far the current epoch got, as saved: batches of its order consumed (steps and skipped
-/// short batches), the running loss, and its seconds so far.
+/// short batches), the running loss, and its seconds so far. (serde_json's `float_roundtrip`
+/// keeps the floats' bits.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct EpochProgress {
     pub(super) epoch: usize,
     pub(super) batches: usize,
-    pub(super) loss_sum_bits: u64,
+    pub(super) loss_sum: f64,
     pub(super) n_steps: usize,
     pub(super) evaluated_at: Option<usize>,
-    pub(super) seconds_bits: u64,
+    pub(super) seconds: f64,
 }
 
 /// Writes the loop's state at `at` (see [`super::Fit::resumable`]).
@@ -26,7 +27,7 @@ pub(super) fn save<M: ?Sized, H: Hooks<M> + ?Sized>(
     model: &mut M,
     opt: &mut dyn Optimizer,
     hooks: &mut H,
-    st: &mut State,
+    st: &State,
     out: &FitOutcome,
 ) -> Result<()> {
     let mut state = TrainState::new();
@@ -36,9 +37,9 @@ pub(super) fn save<M: ?Sized, H: Hooks<M> + ?Sized>(
     state.put("fit/examples", &out.examples)?;
     state.put_f64("fit/train_seconds", out.train_seconds);
     state.put_f64("fit/last_loss", out.last_loss);
-    state.put("fit/epoch_loss", &out.epoch_loss.iter().map(|x| x.to_bits()).collect::<Vec<_>>())?;
-    state.put("fit/epoch_seconds", &out.epoch_seconds.iter().map(|x| x.to_bits()).collect::<Vec<_>>())?;
-    state.put("fit/best", &out.best.map(|b| (b.score.to_bits(), b.epoch, b.step)))?;
+    state.put("fit/epoch_loss", &out.epoch_loss)?;
+    state.put("fit/epoch_seconds", &out.epoch_seconds)?;
+    state.put("fit/best", &out.best.map(|b| (b.score, b.epoch, b.step)))?;
     state.put("fit/metrics_bytes", &st.metrics.as_ref().map(|m| m.len()))?;
     state.put("fit/params", &st.params.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())?;
     for (n, v) in &st.params {
@@ -89,10 +90,10 @@ pub(super) fn restore<M: ?Sized, H: Hooks<M> + ?Sized>(
     out.examples = state.get("fit/examples")?;
     out.train_seconds = state.get_f64("fit/train_seconds")?;
     out.last_loss = state.get_f64("fit/last_loss")?;
-    out.epoch_loss = state.get::<Vec<u64>>("fit/epoch_loss")?.into_iter().map(f64::from_bits).collect();
-    out.epoch_seconds = state.get::<Vec<u64>>("fit/epoch_seconds")?.into_iter().map(f64::from_bits).collect();
+    out.epoch_loss = state.get("fit/epoch_loss")?;
+    out.epoch_seconds = state.get("fit/epoch_seconds")?;
     out.epochs_run = out.epoch_loss.len();
-    out.best = state.get::<Option<(u64, usize, usize)>>("fit/best")?.map(|(s, epoch, step)| Best { score: f64::from_bits(s), epoch, step });
+    out.best = state.get::<Option<(f64, usize, usize)>>("fit/best")?.map(|(score, epoch, step)| Best { score, epoch, step });
     match (state.get::<Option<u64>>("fit/metrics_bytes")?, st.metrics.as_deref_mut()) {
         (Some(len), Some(m)) => m.truncate(len)?,
         (None, None) => {}
