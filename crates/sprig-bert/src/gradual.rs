@@ -1,9 +1,11 @@
 //! Pruning *during* fine-tuning, for comparison with tickets at the same sparsity: gradual
 //! magnitude pruning (Zhu & Gupta 2017), global over the encoder linears like the tickets, and
 //! movement pruning (Sanh et al. 2020), per matrix: every encoder linear is pruned to the scheduled
-//! sparsity on its own, as the authors' TopK masked linears do. Both are monotone (a pruned weight
-//! stays pruned). A single global threshold on movement scores, whose scale differs between
-//! matrices, emptied whole matrices and left rt-sentiment at chance (docs/results/bert-tickets.md).
+//! sparsity on its own, as the authors' TopK masked linears do. GMP is monotone (a pruned weight
+//! stays pruned); movement re-ranks all weights at every event, pruned ones with the values the
+//! pruner keeps aside, as the authors' masks do ([`sprig_prune::Pruner::revive`]). A single
+//! global threshold on movement scores, whose scale differs between matrices, emptied whole
+//! matrices and left rt-sentiment at chance (docs/results/bert-tickets.md).
 //!
 //! Both are configurations of [`sprig_prune::Pruner`] ([`PrunerConfig::gmp`],
 //! [`PrunerConfig::movement`]): Zhu & Gupta's cubic schedule (eq. 1, with s_i = 0) from step
@@ -104,8 +106,12 @@ impl<M: ?Sized> Hooks<M> for GradualHooks {
 
     fn after_step(&mut self, _model: &mut M, ctx: &mut Ctx, _loss: f64) -> sprig_train::error::Result<()> {
         if self.pruner.step(ctx.step, &self.prunable, &mut Inputs::none())?.is_some() {
-            // Block OBS moves the kept weights to compensate (a no-op for other criteria).
+            // Block OBS moves the kept weights to compensate; non-monotone movement puts pruned
+            // values aside and revived ones back (each a no-op for other configurations).
             self.pruner.obs_update(&self.prunable)?;
+            if let Some(r) = self.pruner.revive(&self.prunable)? {
+                tracing::debug!(step = ctx.step, pruned = r.pruned, revived = r.revived, "movement mask update");
+            }
             let m = self.pruner.masks();
             ctx.opt.set_masks(m)?;
             tracing::debug!(step = ctx.step, sparsity = m.sparsity(), "gradual prune");

@@ -284,12 +284,21 @@ impl GradAccumulator {
     }
     /// Adds one step's gradients (call after `backward`, before the optimizer moves the weights).
     pub fn update(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<()> {
+        self.update_with_aside(params, grads, &BTreeMap::new())
+    }
+    /// [`GradAccumulator::update`] where the weights are `w + aside[name]`: the values a
+    /// non-monotone pruner keeps aside for its pruned weights ([`crate::Pruner::revive`]), so that
+    /// their scores keep moving with the straight-through gradient (Sanh et al. 2020, eq. 7).
+    pub fn update_with_aside(&mut self, params: &[(String, Var)], grads: &GradStore, aside: &BTreeMap<String, Vec<f32>>) -> Result<()> {
         for (n, v) in params {
             // Detached: a product with the variable would record the op, and each running sum
             // would then keep every earlier step's gradients alive (memory grew by a model's
             // worth of gradients per step until the process was killed).
             let g = grad_of(grads, n, v)?.detach().to_dtype(DType::F32)?;
-            let w = v.as_tensor().detach().to_dtype(DType::F32)?;
+            let mut w = v.as_tensor().detach().to_dtype(DType::F32)?;
+            if let Some(a) = aside.get(n) {
+                w = (w + Tensor::from_slice(a, v.dims(), v.device())?)?;
+            }
             let gw = (&g * &w)?;
             let add = |m: &mut BTreeMap<String, Tensor>, t: Tensor| -> Result<()> {
                 let nt = match m.remove(n) {

@@ -33,7 +33,7 @@ pub use error::{PruneError, Result};
 pub use granularity::Granularity;
 pub use mask::{Mask, MaskSet, SparsityReport, TensorSparsity};
 pub use obs::{GradWindow, ObsUpdate};
-pub use pruner::{GroupRate, GrowRule, LayerGroup, Pruner, PrunerConfig, Regrow};
+pub use pruner::{GroupRate, GrowRule, LayerGroup, Pruner, PrunerConfig, Regrow, Revived};
 pub use schedule::{Rewind, RoundRate, Schedule};
 pub use score::{Inputs, ScoreOptions};
 pub use select::Selector;

@@ -6,15 +6,17 @@
 //! |---|---|
 //! | one-shot magnitude / SNIP / GraSP / SynFlow / Wanda | [`PrunerConfig::one_shot`] with the criterion ([`PrunerConfig::iterations`] for SynFlow's Alg. 1) |
 //! | GMP (Zhu & Gupta 2017) | [`PrunerConfig::gmp`]: magnitude, global, cubic schedule |
-//! | movement pruning (Sanh et al. 2020) | [`PrunerConfig::movement`]: movement scores, each matrix on its own |
+//! | movement pruning (Sanh et al. 2020) | [`PrunerConfig::movement`]: movement scores, each matrix on its own, non-monotone ([`Pruner::revive`] after each event) |
 //! | IMP (Frankle & Carbin 2019; BERT-Tickets, Chen et al. 2020) | [`PrunerConfig::imp`] and [`Pruner::round`] |
 //! | the lottery's output-layer rule | [`PrunerConfig::imp`] + a [`LayerGroup`] with its own [`GroupRate::Round`] |
 //! | SET (Mocanu et al. 2018) / RigL (Evci et al. 2020) | [`PrunerConfig::dst`] with [`GrowRule::Random`] / [`GrowRule::Gradient`] |
 //! | GraNet (Liu et al. 2021) | [`PrunerConfig::granet`]: cubic schedule + gradient regrowth |
 //! | oBERT block OBS (Kurtic et al. 2022) | [`PrunerConfig::obert`]: [`Criterion::Obs`], global, cubic schedule; [`Pruner::observe`] every step, [`Pruner::obs_update`] after each pruning event |
 //!
-//! Invariants: masks only shrink (a pruned weight is never revived) except under a grow rule; the
-//! same configuration, seed and inputs give the same masks bit for bit.
+//! Invariants: masks only shrink (a pruned weight is never revived) except under a grow rule or
+//! [`PrunerConfig::revive`]; the same configuration, seed and inputs give the same masks bit for bit.
+use std::collections::BTreeMap;
+
 use candle_core::backprop::GradStore;
 use candle_core::Var;
 
@@ -30,6 +32,9 @@ use crate::score::{Inputs, ScoreOptions};
 
 #[path = "pruner_state.rs"]
 mod state;
+#[path = "pruner_revive.rs"]
+mod revive;
+pub use revive::Revived;
 
 /// How fast a [`LayerGroup`] is pruned relative to the schedule.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -86,6 +91,13 @@ pub struct PrunerConfig {
     pub iterations: usize,
     #[serde(default)]
     pub options: ScoreOptions,
+    /// Non-monotone masks, as movement pruning trains them (Sanh et al. 2020, §3): every pruning
+    /// event ranks all weights, pruned ones included, and a pruned weight whose score rose comes
+    /// back with the value it had ([`Pruner::revive`] keeps pruned values aside; their scores keep
+    /// accumulating). Only for scores that keep moving for pruned weights (movement). `false` =
+    /// a pruned weight stays pruned.
+    #[serde(default)]
+    pub revive: bool,
 }
 
 fn one() -> usize {
@@ -104,6 +116,7 @@ impl PrunerConfig {
             regrow: None,
             iterations: 1,
             options: ScoreOptions::default(),
+            revive: false,
         }
     }
     /// Prune once to `sparsity` at step 0 (magnitude, SNIP, GraSP, SynFlow, Wanda, random...).
@@ -118,8 +131,12 @@ impl PrunerConfig {
     /// Movement pruning (Sanh et al. 2020, §3, hard top-k on S = −Σ_t ∂L/∂W ⊙ W) on the cubic
     /// schedule, every matrix to the scheduled sparsity on its own (uniform allocation), as the
     /// authors' TopK masked linears do. Feed gradients with [`Pruner::observe`].
+    /// Masks are non-monotone ([`PrunerConfig::revive`]): call [`Pruner::revive`] after each
+    /// pruning event.
     pub fn movement(final_sparsity: f64, start: usize, end: usize, frequency: usize) -> Self {
-        Self::new(Criterion::Movement, Schedule::Gradual { initial: 0.0, final_sparsity, start, end, frequency }).allocation(Allocation::uniform())
+        let mut c = Self::new(Criterion::Movement, Schedule::Gradual { initial: 0.0, final_sparsity, start, end, frequency }).allocation(Allocation::uniform());
+        c.revive = true;
+        c
     }
     /// oBERT (Kurtic et al. 2022): block OBS ([`Criterion::Obs`], B = 50, m = 32, λ = 1e-7), one
     /// global ranking, on the cubic schedule. Feed gradients with [`Pruner::observe`] and, after
@@ -245,6 +262,12 @@ impl PrunerConfig {
                 return Err(PruneError::Unsupported { what: format!("N:M {n}:{m} here"), why: "N:M fixes sparsity at 1 - N/M: use a one-shot schedule at exactly that sparsity, without groups" });
             }
         }
+        if self.revive && (self.criterion != Criterion::Movement || self.regrow.is_some() || !matches!(self.schedule, Schedule::Gradual { .. })) {
+            return Err(PruneError::Unsupported {
+                what: format!("reviving pruned weights with {} on this schedule", self.criterion.name()),
+                why: "non-monotone masks need scores that keep moving for pruned weights (movement), a gradual schedule and no grow rule",
+            });
+        }
         if let Some(r) = &self.regrow {
             r.update.validate()?;
             if self.criterion != Criterion::Magnitude {
@@ -272,8 +295,11 @@ pub struct Pruner {
     acc: Option<GradAccumulator>,
     /// The last m gradients ([`Criterion::Obs`]).
     window: Option<GradWindow>,
-    /// [`Criterion::Obs`]: the masks before the pruning events not yet followed by [`Pruner::obs_update`].
+    /// [`Criterion::Obs`] and [`PrunerConfig::revive`]: the masks before the pruning events not yet
+    /// followed by [`Pruner::obs_update`] / [`Pruner::revive`].
     obs_before: Option<MaskSet>,
+    /// [`PrunerConfig::revive`]: the values of pruned weights, kept aside (0 where kept).
+    aside: BTreeMap<String, Vec<f32>>,
     itop: Option<ItopTracker>,
     one_shot_done: bool,
 }
@@ -298,7 +324,7 @@ impl Pruner {
             _ => None,
         };
         let itop = config.regrow.map(|_| ItopTracker::new(&masks));
-        Ok(Self { config, shapes, parts, masks, acc, window, obs_before: None, itop, one_shot_done: false })
+        Ok(Self { config, shapes, parts, masks, acc, window, obs_before: None, aside: BTreeMap::new(), itop, one_shot_done: false })
     }
     /// [`Pruner::new`] over the given `(name, Var)` pairs (all of them prunable).
     pub fn for_params(config: PrunerConfig, prunable: &[(String, Var)]) -> Result<Self> {
@@ -378,7 +404,7 @@ impl Pruner {
         if let Some(w) = self.window.as_mut() {
             w.update(&sel, grads)?;
         }
-        self.acc.as_mut().map_or(Ok(()), |a| a.update(&sel, grads))
+        self.acc.as_mut().map_or(Ok(()), |a| a.update_with_aside(&sel, grads, &self.aside))
     }
 
     /// Block OBS (oBERT eq. 3 and 5): after a pruning event ([`Pruner::step`], [`Pruner::prune_to`],
@@ -444,13 +470,14 @@ impl Pruner {
             }
             let mut alloc = self.config.allocation.clone();
             alloc.keep_dense.retain(|k| part.iter().any(|(n, _)| n == k));
-            let m = prune(scores, part, target, self.config.granularity, &alloc, self.current())?;
+            let revive = self.config.revive;
+            let m = prune(scores, part, target, self.config.granularity, &alloc, if revive { None } else { self.current() })?;
             for (n, mk) in m.iter() {
-                out.insert(n.clone(), mk.and(self.masks.require(n)?)?);
+                out.insert(n.clone(), if revive { mk.clone() } else { mk.and(self.masks.require(n)?)? });
             }
             changed = true;
         }
-        if changed && self.window.is_some() && self.obs_before.is_none() {
+        if changed && (self.window.is_some() || self.config.revive) && self.obs_before.is_none() {
             self.obs_before = Some(std::mem::replace(&mut self.masks, out));
         } else {
             self.masks = out;
@@ -557,11 +584,13 @@ impl Pruner {
             let (n, k) = p.iter().fold((0, 0), |(n, k), (name, s)| (n + s.iter().product::<usize>(), k + self.masks.get(name).map_or(0, Mask::count_kept)));
             p.is_empty() || n == 0 || t <= 1.0 - k as f64 / n as f64 + 1e-12
         });
-        if reached {
+        // Non-monotone masks are ranked again at every event, also once the target is reached.
+        let revive = self.config.revive;
+        if reached && !revive {
             return Ok(None);
         }
         let scores = self.scores(params, inputs)?;
-        Ok(self.apply(&targets, &scores, true)?.then_some(&self.masks))
+        Ok(self.apply(&targets, &scores, !revive)?.then_some(&self.masks))
     }
 
     /// A random start at exact per-tensor counts under the allocation ([`dst::random_masks`]): the

@@ -1,5 +1,6 @@
 //! A [`Pruner`]'s state for a resumable training run: the masks, the gradient statistics
-//! (movement, Taylor, Fisher), the OBS gradient window and the pending OBS masks, so that a run
+//! (movement, Taylor, Fisher), the OBS gradient window, the pending OBS masks and the values a
+//! non-monotone pruner keeps aside, so that a run
 //! killed between pruning events continues with exactly the scores it would have had.
 use std::collections::BTreeMap;
 
@@ -57,6 +58,9 @@ impl Pruner {
             }
             None => None,
         };
+        for (n, a) in &self.aside {
+            t.insert(format!("aside/{n}"), Tensor::from_slice(a, a.len(), &Device::Cpu)?);
+        }
         let names: Vec<&String> = self.shapes.iter().map(|(n, _)| n).collect();
         let meta = serde_json::json!({
             "tensors": names,
@@ -99,8 +103,18 @@ impl Pruner {
             (None, m) if m.is_null() => {}
             _ => return Err(bad("an OBS gradient window saved for another criterion")),
         }
+        let mut aside = BTreeMap::new();
+        for (n, t) in sub(tensors, "aside") {
+            let (_, shape) = self.shapes.iter().find(|(k, _)| *k == n).ok_or_else(|| bad(format!("values kept aside for unknown tensor {n}")))?;
+            let a = t.to_vec1::<f32>()?;
+            if a.len() != shape.iter().product::<usize>() {
+                return Err(bad(format!("{} values kept aside for {n} of shape {shape:?}", a.len())));
+            }
+            aside.insert(n, a);
+        }
         self.masks = masks;
         self.obs_before = obs_before;
+        self.aside = aside;
         self.one_shot_done = meta["one_shot_done"].as_bool().unwrap_or(false);
         Ok(())
     }
@@ -124,6 +138,7 @@ mod tests {
             p.observe(params, &grads).unwrap();
             if p.step(step + 1, params, &mut Inputs::none()).unwrap().is_some() {
                 p.obs_update(params).unwrap();
+                p.revive(params).unwrap();
             }
         }
     }
@@ -140,8 +155,9 @@ mod tests {
                 .collect()
         };
         let schedule = Schedule::Gradual { initial: 0.0, final_sparsity: 0.75, start: 0, end: 12, frequency: 3 };
-        for criterion in [Criterion::Movement, Criterion::Obs { block: 4, grads: 3 }, Criterion::Fisher, Criterion::Magnitude] {
+        for (criterion, revive) in [(Criterion::Movement, false), (Criterion::Movement, true), (Criterion::Obs { block: 4, grads: 3 }, false), (Criterion::Fisher, false), (Criterion::Magnitude, false)] {
             let mut cfg = PrunerConfig::new(criterion, schedule);
+            cfg.revive = revive;
             cfg.options.fisher_damp = 1e-4;
             let (pa, pb) = (params(), params());
             let mut whole = Pruner::for_params(cfg.clone(), &pa).unwrap();
