@@ -356,7 +356,43 @@ impl BertEncoder {
         // Additive mask: 0 for tokens, a large negative number for padding, [B, 1, 1, S].
         let bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.reshape((bsz, 1, 1, seq))?;
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &bias, train)?;
+            x = self.layer_forward(layer, &x, &bias, train, &mut |_, _| Ok(()))?;
+        }
+        Ok(x)
+    }
+
+    /// The calibration pass of activation-aware criteria (Wanda, Sun et al. 2024, §3): one forward
+    /// of a batch on stock ops without dropout, calling `observe(weight name, input)` with the
+    /// input `[batch, seq, in]` of every encoder linear, padding positions set to 0 (they add
+    /// nothing to ‖X_j‖₂). Returns the last hidden states.
+    pub fn observe_linear_inputs(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        observe: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let (bsz, seq) = input_ids.dims2()?;
+        let h = self.config.hidden_size;
+        let e = &self.embeddings;
+        let emb = |v: &Var, ids: &Tensor| -> Result<Tensor> { Ok(v.as_detached_tensor().index_select(&ids.flatten_all()?, 0)?.reshape((bsz, seq, h))?) };
+        let pos = e.position.as_detached_tensor().narrow(0, 0, seq)?.unsqueeze(0)?;
+        let mut x = e.norm.forward(&emb(&e.word, input_ids)?.add(&emb(&e.token_type, token_type_ids)?)?.broadcast_add(&pos)?)?;
+        let bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.reshape((bsz, 1, 1, seq))?;
+        let keep = attention_mask.to_dtype(DType::F32)?.reshape((bsz, seq, 1))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            x = self.layer_forward(layer, &x, &bias, false, &mut |which, input| {
+                let name = match which {
+                    Which::Qkv => ["attention.self.query", "attention.self.key", "attention.self.value"].as_slice(),
+                    Which::AttnOut => &["attention.output.dense"],
+                    Which::FfnIn => &["intermediate.dense"],
+                    Which::FfnOut => &["output.dense"],
+                };
+                let masked = input.broadcast_mul(&keep)?;
+                name.iter().try_for_each(|n| observe(&format!("{p}.{n}.weight"), &masked))
+            })?;
+            x = x.detach();
         }
         Ok(x)
     }
@@ -400,11 +436,13 @@ impl BertEncoder {
         Ok(ops::add_layer_norm(&f, &x1, &l.ffn_norm.gamma_beta(detach)?, l.ffn_norm.eps, None)?)
     }
 
-    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+    /// One layer on stock ops; `input(which, x)` sees the input of each linear before it runs.
+    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool, input: &mut dyn FnMut(Which, &Tensor) -> Result<()>) -> Result<Tensor> {
         let (bsz, seq, h) = x.dims3()?;
         let nh = self.config.num_attention_heads;
         let hd = h / nh;
         let heads = |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((bsz, seq, nh, hd))?.transpose(1, 2)?.contiguous() };
+        input(Which::Qkv, x)?;
         let q = heads(l.query.forward(x)?)?;
         let k = heads(l.key.forward(x)?)?;
         let v = heads(l.value.forward(x)?)?;
@@ -412,12 +450,24 @@ impl BertEncoder {
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let probs = l.attn_dropout.forward(&probs, train)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((bsz, seq, h))?;
+        input(Which::AttnOut, &ctx)?;
         let attn = l.hidden_dropout.forward(&l.attn_out.forward(&ctx)?, train)?;
         let x = l.attn_norm.forward(&attn.add(x)?)?;
+        input(Which::FfnIn, &x)?;
         let ff = self.activation.forward(&l.ffn_in.forward(&x)?)?;
+        input(Which::FfnOut, &ff)?;
         let ff = l.hidden_dropout.forward(&l.ffn_out.forward(&ff)?, train)?;
         Ok(l.ffn_norm.forward(&ff.add(&x)?)?)
     }
+}
+
+/// Which linears of a layer an input feeds ([`BertEncoder::observe_linear_inputs`]).
+#[derive(Clone, Copy)]
+enum Which {
+    Qkv,
+    AttnOut,
+    FfnIn,
+    FfnOut,
 }
 
 /// Q, K and V's compiled patterns stacked row-wise (see `Layer::qkv_pattern`), or `None` when one

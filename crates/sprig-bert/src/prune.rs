@@ -11,6 +11,7 @@
 //! | `obert` (Kurtic et al. 2022) | block OBS: saliency w²/(2[F⁻¹]ᵢᵢ) with the empirical Fisher of the last 32 training gradients over blocks of 50 weights, and the OBS update of the kept weights after each pruning event (eq. 3-5) | cubic |
 //! | `obert-diag` | the same with a diagonal Fisher (blocks of one weight, no update): the cheap variant | cubic |
 //! | `oneshot` | magnitude once before training, then fine-tuning with the mask fixed | one-shot |
+//! | `wanda` (Sun et al. 2024) | \|W_ij\|·‖X_j‖₂ (eq. 1) with the inputs of 128 training examples, each matrix to the target, once before training, then fine-tuning with the mask fixed | one-shot |
 //!
 //! Distillation (Hinton et al. 2015; as in oBERT's and movement pruning's recipes): the loss is
 //! `α·T²·CE(softmax(t/T), softmax(s/T)) + (1 − α)·CE(y, s)` with the teacher's logits `t`
@@ -25,7 +26,7 @@ use crate::Checkpoint;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sprig_data::metrics::Report;
-use sprig_prune::{Allocation, AllocationKind, Criterion, Granularity, Inputs, Mask, MaskSet, Pruner, PrunerConfig, Schedule};
+use sprig_prune::{ActivationNorms, Allocation, AllocationKind, Criterion, Granularity, Inputs, Mask, MaskSet, Pruner, PrunerConfig, Schedule};
 use sprig_train::fit::{BatchOrder, Ctx, Fit, Hooks, Lr, StepInfo, StepLoss};
 use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, MetricsLog, Optimizer, Resume, TrainError, TrainState};
 
@@ -46,13 +47,19 @@ pub enum PruneMethod {
     ObertDiag,
     /// Magnitude pruning once at the start, then fine-tuning with the mask fixed.
     Oneshot,
+    /// Wanda (Sun et al. 2024) once at the start: |W_ij|·‖X_j‖₂ with the inputs of
+    /// [`WANDA_CALIBRATION`] training examples, then fine-tuning with the mask fixed.
+    Wanda,
 }
+
+/// Calibration examples of [`PruneMethod::Wanda`] (the paper's 128 sequences).
+pub const WANDA_CALIBRATION: usize = 128;
 
 impl std::str::FromStr for PruneMethod {
     type Err = BertError;
     fn from_str(s: &str) -> Result<Self> {
         serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
-            .map_err(|_| BertError::Invalid(format!("unknown pruning method {s:?} (expected gmp, movement, obert, obert-diag or oneshot)")))
+            .map_err(|_| BertError::Invalid(format!("unknown pruning method {s:?} (expected gmp, movement, obert, obert-diag, oneshot or wanda)")))
     }
 }
 
@@ -64,7 +71,12 @@ impl PruneMethod {
             Self::Obert => "obert",
             Self::ObertDiag => "obert-diag",
             Self::Oneshot => "oneshot",
+            Self::Wanda => "wanda",
         }
+    }
+    /// Pruned once before training, then fine-tuned with the mask fixed.
+    pub fn is_one_shot(&self) -> bool {
+        matches!(self, Self::Oneshot | Self::Wanda)
     }
     fn criterion(&self) -> Criterion {
         match self {
@@ -72,13 +84,15 @@ impl PruneMethod {
             Self::Movement => Criterion::Movement,
             Self::Obert => Criterion::Obs { block: Criterion::OBERT_BLOCK, grads: Criterion::OBERT_GRADS },
             Self::ObertDiag => Criterion::Fisher,
+            Self::Wanda => Criterion::Wanda,
         }
     }
     /// The method's usual allocation: per matrix for movement (the authors' TopK layers; one
-    /// global threshold on movement scores empties whole matrices), global otherwise.
+    /// global threshold on movement scores empties whole matrices) and Wanda (its scores carry
+    /// each layer's input scale; the paper compares within a layer), global otherwise.
     fn default_allocation(&self) -> AllocationKind {
         match self {
-            Self::Movement => AllocationKind::Uniform,
+            Self::Movement | Self::Wanda => AllocationKind::Uniform,
             _ => AllocationKind::Global,
         }
     }
@@ -122,8 +136,8 @@ pub struct PruneConfig {
     pub method: PruneMethod,
     /// `unstructured`, `4x1`, `1x4`, `2:4` ... ([`parse_granularity`]).
     pub granularity: String,
-    /// `global`, `uniform`, `er` or `erk`; empty = the method's usual one (movement: uniform,
-    /// others: global).
+    /// `global`, `uniform`, `er` or `erk`; empty = the method's usual one (movement and wanda:
+    /// uniform, others: global).
     pub allocation: String,
     /// Start and end of the cubic schedule as fractions of all training steps.
     pub prune_start: f64,
@@ -176,7 +190,7 @@ impl PruneConfig {
             }
         }
         self.allocation()?;
-        if self.method != PruneMethod::Oneshot {
+        if !self.method.is_one_shot() {
             if !(0.0 <= self.prune_start && self.prune_start < self.prune_end && self.prune_end <= 1.0) {
                 bail!("the schedule needs 0 <= prune_start < prune_end <= 1 (got {} and {})", self.prune_start, self.prune_end);
             }
@@ -207,7 +221,7 @@ impl PruneConfig {
     pub fn pruner(&self, total: usize) -> Result<PrunerConfig> {
         self.validate()?;
         let schedule = match self.method {
-            PruneMethod::Oneshot => Schedule::OneShot { sparsity: self.sparsity, step: 0 },
+            PruneMethod::Oneshot | PruneMethod::Wanda => Schedule::OneShot { sparsity: self.sparsity, step: 0 },
             _ => {
                 let t0 = (self.prune_start * total as f64).round() as usize;
                 let t1 = ((self.prune_end * total as f64).round() as usize).max(t0 + 1);
@@ -226,7 +240,7 @@ impl PruneConfig {
     /// The step after which the mask is final (evaluations from then on may be kept).
     fn final_step(&self, total: usize) -> usize {
         match self.method {
-            PruneMethod::Oneshot => 0,
+            PruneMethod::Oneshot | PruneMethod::Wanda => 0,
             _ => {
                 let t0 = (self.prune_start * total as f64).round() as usize;
                 ((self.prune_end * total as f64).round() as usize).max(t0 + 1)
@@ -379,8 +393,16 @@ pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&T
         pruner = pruner.with_masks(start)?;
         opt.set_masks(pruner.masks())?;
     }
-    if cfg.method == PruneMethod::Oneshot {
-        pruner.one_shot(&prunable, &mut Inputs::none())?;
+    if cfg.method.is_one_shot() {
+        let norms = match cfg.method {
+            PruneMethod::Wanda => Some(calibrate(&model, data, tc.eval_batch_size)?),
+            _ => None,
+        };
+        let mut inputs = Inputs::none();
+        if let Some(n) = &norms {
+            inputs = inputs.with_activations(n);
+        }
+        pruner.one_shot(&prunable, &mut inputs)?;
         pruner.obs_update(&prunable)?;
         let m = pruner.masks().clone();
         opt.set_masks(&m)?;
@@ -479,6 +501,20 @@ pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&T
         train_size: data.train.labels.len(),
     };
     Ok(Pruned { model, masks, summary })
+}
+
+/// Wanda's input norms: the inputs of every encoder linear over the first [`WANDA_CALIBRATION`]
+/// training examples (padding excluded), in batches of `batch`.
+fn calibrate(model: &BertClassifier, data: &TaskData, batch: usize) -> Result<ActivationNorms> {
+    let n = data.train.labels.len().min(WANDA_CALIBRATION);
+    let mut norms = ActivationNorms::new();
+    let idx: Vec<usize> = (0..n).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let (ids, types, mask) = batch_tensors(&data.train, chunk, data.pad_id, &Device::Cpu)?;
+        model.encoder.observe_linear_inputs(&ids, &types, &mask, &mut |name, x| Ok(norms.observe(name, x)?))?;
+    }
+    tracing::info!(examples = n, "Wanda calibration");
+    Ok(norms)
 }
 
 /// Soft-target loss T²·mean_b Σ_c softmax(t/T)_bc · (−log softmax(s/T)_bc) (Hinton et al. 2015,

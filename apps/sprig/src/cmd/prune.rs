@@ -15,13 +15,14 @@ pub struct Args {
     #[arg(long)]
     pub sparsity: Option<f64>,
     /// gmp (gradual magnitude), movement, obert (second-order block OBS with weight update),
-    /// obert-diag (diagonal Fisher) or oneshot (magnitude once, then fine-tuning) [default: gmp].
+    /// obert-diag (diagonal Fisher), oneshot (magnitude once, then fine-tuning) or wanda (|w|·‖x‖
+    /// on 128 training examples once, then fine-tuning) [default: gmp].
     #[arg(long)]
     pub method: Option<PruneMethod>,
     /// unstructured, RxC blocks (4x1, 1x4) or N:M (2:4) [default: unstructured].
     #[arg(long)]
     pub granularity: Option<String>,
-    /// global, uniform, er or erk [default: the method's: uniform for movement, else global].
+    /// global, uniform, er or erk [default: the method's: uniform for movement and wanda, else global].
     #[arg(long)]
     pub allocation: Option<String>,
     /// A fine-tuned dense classifier of the task to distil from; `none` for none [default: the
