@@ -19,8 +19,10 @@ struct Cli {
 enum Command {
     /// Fine-tune a BERT checkpoint on a classification task.
     Finetune(cmd::finetune::Cmd),
-    /// Prune a BERT to a sparsity while fine-tuning it (GMP, movement, oBERT, one-shot), with distillation.
+    /// Prune a BERT to a sparsity while fine-tuning it (GMP, movement, oBERT, one-shot, Wanda), with distillation.
     Prune(cmd::prune::Args),
+    /// Plot test accuracy vs sparsity of `sprig prune` runs (and dense fine-tunes) as an SVG.
+    PruneReport(cmd::prune::ReportArgs),
     /// Evaluate a fine-tuned checkpoint on a task's test split.
     Eval(cmd::eval::Args),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
@@ -88,6 +90,7 @@ fn main() {
     let result = match cli.command {
         Command::Finetune(a) => cmd::finetune::run(a),
         Command::Prune(a) => cmd::prune::run(a),
+        Command::PruneReport(a) => cmd::prune::report(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Predict(a) => cmd::predict::run(a),

@@ -29,6 +29,7 @@ pub mod imp;
 pub mod lottery;
 pub mod pai;
 pub mod prune;
+pub mod prune_report;
 pub mod run_dir;
 pub mod staged;
 pub mod ticket;

@@ -98,3 +98,28 @@ pub fn run(a: Args) -> Result<()> {
     print_summary(&s, &a.ft.out);
     Ok(())
 }
+
+/// `sprig prune-report RUN... --svg FILE`: test accuracy vs sparsity of finished runs.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Run directories of `sprig prune` (and `sprig finetune` for the dense lines).
+    #[arg(required = true)]
+    pub runs: Vec<std::path::PathBuf>,
+    /// Where to write the figure (written whole or not at all).
+    #[arg(long)]
+    pub svg: std::path::PathBuf,
+    /// The figure's title.
+    #[arg(long, default_value = "sprig prune: test accuracy vs sparsity")]
+    pub title: String,
+}
+
+pub fn report(a: ReportArgs) -> Result<()> {
+    let points = a.runs.iter().map(|d| sprig_lab::prune_report::read_run(d)).collect::<Result<Vec<_>>>()?;
+    let svg = sprig_lab::prune_report::plot_svg(&points, &a.title)?;
+    sprig_train::run::write_atomic(&a.svg, svg.as_bytes()).with_context(|| format!("writing {}", a.svg.display()))?;
+    for p in &points {
+        println!("{}\t{}\t{:.4}\t{:.4}", p.dir.display(), p.series.as_deref().unwrap_or("dense"), p.sparsity, p.test_accuracy);
+    }
+    println!("figure: {}", a.svg.display());
+    Ok(())
+}
