@@ -297,7 +297,7 @@ pub struct Pruner {
     window: Option<GradWindow>,
     /// [`Criterion::Obs`] and [`PrunerConfig::revive`]: the masks before the pruning events not yet
     /// followed by [`Pruner::obs_update`] / [`Pruner::revive`].
-    obs_before: Option<MaskSet>,
+    pending_before: Option<MaskSet>,
     /// [`PrunerConfig::revive`]: the values of pruned weights, kept aside (0 where kept).
     aside: BTreeMap<String, Vec<f32>>,
     itop: Option<ItopTracker>,
@@ -324,7 +324,7 @@ impl Pruner {
             _ => None,
         };
         let itop = config.regrow.map(|_| ItopTracker::new(&masks));
-        Ok(Self { config, shapes, parts, masks, acc, window, obs_before: None, aside: BTreeMap::new(), itop, one_shot_done: false })
+        Ok(Self { config, shapes, parts, masks, acc, window, pending_before: None, aside: BTreeMap::new(), itop, one_shot_done: false })
     }
     /// [`Pruner::new`] over the given `(name, Var)` pairs (all of them prunable).
     pub fn for_params(config: PrunerConfig, prunable: &[(String, Var)]) -> Result<Self> {
@@ -340,7 +340,7 @@ impl Pruner {
         for (n, m) in masks.iter() {
             self.masks.insert(n.clone(), m.clone());
         }
-        self.obs_before = None;
+        self.pending_before = None;
         if let Some(t) = self.itop.as_mut() {
             *t = ItopTracker::new(&self.masks);
         }
@@ -416,10 +416,10 @@ impl Pruner {
         let (Criterion::Obs { block, .. }, Some(window)) = (self.config.criterion, self.window.as_ref()) else {
             return Ok(None);
         };
-        let Some(before) = self.obs_before.as_ref() else { return Ok(None) };
+        let Some(before) = self.pending_before.as_ref() else { return Ok(None) };
         let sel = self.select(params)?;
         let out = obs::update(window, &sel, before, &self.masks, block, self.config.options.fisher_damp)?;
-        self.obs_before = None;
+        self.pending_before = None;
         Ok(Some(out))
     }
 
@@ -477,8 +477,8 @@ impl Pruner {
             }
             changed = true;
         }
-        if changed && (self.window.is_some() || self.config.revive) && self.obs_before.is_none() {
-            self.obs_before = Some(std::mem::replace(&mut self.masks, out));
+        if changed && (self.window.is_some() || self.config.revive) && self.pending_before.is_none() {
+            self.pending_before = Some(std::mem::replace(&mut self.masks, out));
         } else {
             self.masks = out;
         }
@@ -603,7 +603,7 @@ impl Pruner {
             Schedule::Imp { .. } => return Err(PruneError::Unsupported { what: "a random start".into(), why: "IMP starts dense" }),
         };
         self.masks = dst::random_masks(&self.shapes, s, &self.config.allocation, self.config.options.seed)?;
-        self.obs_before = None;
+        self.pending_before = None;
         self.one_shot_done = true;
         if let Some(t) = self.itop.as_mut() {
             *t = ItopTracker::new(&self.masks);

@@ -29,7 +29,7 @@ impl Pruner {
         if !self.config.revive {
             return Ok(None);
         }
-        let Some(before) = self.obs_before.take() else { return Ok(None) };
+        let Some(before) = self.pending_before.take() else { return Ok(None) };
         let sel = self.select(params)?;
         let mut out = Revived::default();
         for (name, var) in &sel {

@@ -37,7 +37,7 @@ impl Pruner {
         }
         let mut t = BTreeMap::new();
         put_masks(&mut t, "mask", &self.masks)?;
-        if let Some(before) = &self.obs_before {
+        if let Some(before) = &self.pending_before {
             put_masks(&mut t, "obs_before", before)?;
         }
         let acc = match &self.acc {
@@ -67,7 +67,7 @@ impl Pruner {
             "criterion": self.config.criterion.name(),
             "acc": acc,
             "window": window,
-            "obs_before": self.obs_before.is_some(),
+            "obs_before": self.pending_before.is_some(),
             "one_shot_done": self.one_shot_done,
         });
         Ok((t, meta))
@@ -92,7 +92,7 @@ impl Pruner {
             Ok(m)
         };
         let masks = read("mask")?;
-        let obs_before = if meta["obs_before"].as_bool() == Some(true) { Some(read("obs_before")?) } else { None };
+        let pending_before = if meta["obs_before"].as_bool() == Some(true) { Some(read("obs_before")?) } else { None };
         match (&mut self.acc, &meta["acc"]) {
             (Some(a), m) if !m.is_null() => a.import(&sub(tensors, "acc"), m)?,
             (None, m) if m.is_null() => {}
@@ -113,7 +113,7 @@ impl Pruner {
             aside.insert(n, a);
         }
         self.masks = masks;
-        self.obs_before = obs_before;
+        self.pending_before = pending_before;
         self.aside = aside;
         self.one_shot_done = meta["one_shot_done"].as_bool().unwrap_or(false);
         Ok(())
