@@ -30,8 +30,8 @@ def cpu_model():
 
 
 def simd_path():
-    """The SIMD path sprig-kernels picks on this CPU (`sprig_kernels::simd_level`: "avx2+fma" or
-    "portable"), followed by the CPU's wider vector extensions it does not use."""
+    """The SIMD path sprig-kernels picks on this CPU (`sprig_kernels::simd_level`: "avx512",
+    "avx2+fma" or "portable"), capped as the kernels cap it by `SPRIG_SIMD`."""
     flags = set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -41,10 +41,14 @@ def simd_path():
                     break
     except OSError:
         pass
-    path = "avx2+fma" if {"avx2", "fma"} <= flags else "portable"
-    if "avx512f" in flags:
-        path += " (CPU also has AVX-512)"
-    return path
+    levels = ["portable"]
+    if {"avx2", "fma"} <= flags:
+        levels.append("avx2+fma")
+        if {"avx512f", "avx512vl"} <= flags:
+            levels.append("avx512")
+    cap = {"portable": 0, "scalar": 0, "none": 0, "avx2": 1, "avx2+fma": 1}.get(
+        os.environ.get("SPRIG_SIMD", "").strip().lower(), len(levels) - 1)
+    return levels[min(cap, len(levels) - 1)]
 
 
 def git_commit():

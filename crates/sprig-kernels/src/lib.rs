@@ -29,7 +29,7 @@ pub use formats::bitmask::Bitmask;
 pub use formats::bsr::Bsr;
 pub use formats::csr::Csr;
 pub use formats::nm::NmSparse;
-pub use kernels::{force_portable, simd_level};
+pub use kernels::{force_portable, force_simd, simd, simd_level, SimdLevel, SIMD_ENV};
 
 /// A sparse weight matrix `W [rows, cols]` (= `[N, K]`) that can run a linear layer.
 ///

@@ -11,35 +11,106 @@ use simd::{Portable, Simd};
 use std::sync::OnceLock;
 use tasks::{PanelJob, Plan};
 
-/// The vector instruction set the kernels use on this machine: `"avx2+fma"` or `"portable"`.
-pub fn simd_level() -> &'static str {
-    if has_avx2() {
-        "avx2+fma"
-    } else {
-        "portable"
+/// A vector instruction set the kernels are compiled for, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    /// Plain arrays the compiler vectorises for the baseline target (SSE2, NEON).
+    Portable,
+    /// AVX2 + FMA, 8 lanes.
+    Avx2,
+    /// AVX-512 F + VL (with AVX2 + FMA): 16-lane panel loops, 32 vector registers.
+    Avx512,
+}
+
+impl SimdLevel {
+    /// `"portable"`, `"avx2+fma"` or `"avx512"`: what benchmarks record.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Avx2 => "avx2+fma",
+            Self::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses the value of `SPRIG_SIMD` (`portable`, `avx2`, `avx512`; case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "portable" | "scalar" | "none" => Some(Self::Portable),
+            "avx2" | "avx2+fma" => Some(Self::Avx2),
+            "avx512" | "avx-512" => Some(Self::Avx512),
+            _ => None,
+        }
+    }
+
+    /// The best level this CPU supports.
+    pub fn detected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Self::Avx512;
+            }
+            if avx2 {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
     }
 }
 
-static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The environment variable that caps the kernels' instruction set (`portable`, `avx2`,
+/// `avx512`): on an AVX-512 machine `SPRIG_SIMD=avx2` runs the AVX2 path, for tests and
+/// comparisons. A level above what the CPU has is ignored (the CPU's best is used).
+pub const SIMD_ENV: &str = "SPRIG_SIMD";
+
+/// The level in use: [`SimdLevel::detected`], capped by `SPRIG_SIMD` (read once) and by
+/// [`force_simd`].
+pub fn simd() -> SimdLevel {
+    static BASE: OnceLock<SimdLevel> = OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let hw = SimdLevel::detected();
+        match std::env::var(SIMD_ENV) {
+            Ok(v) => match SimdLevel::parse(&v) {
+                Some(cap) => hw.min(cap),
+                None => {
+                    eprintln!("warning: {SIMD_ENV}={v:?} is not one of portable, avx2, avx512; using {}", hw.name());
+                    hw
+                }
+            },
+            Err(_) => hw,
+        }
+    });
+    match FORCED.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => base.min(SimdLevel::Portable),
+        1 => base.min(SimdLevel::Avx2),
+        _ => base,
+    }
+}
+
+/// The vector instruction set the kernels use on this machine: `"avx512"`, `"avx2+fma"` or
+/// `"portable"` ([`SimdLevel::name`] of [`simd`]).
+pub fn simd_level() -> &'static str {
+    simd().name()
+}
+
+/// A cap set by [`force_simd`]: 0 portable, 1 AVX2, anything else none.
+static FORCED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Caps the kernels at `level` (`None`: no cap beyond `SPRIG_SIMD`); for tests and comparisons.
+#[doc(hidden)]
+pub fn force_simd(level: Option<SimdLevel>) {
+    let v = match level {
+        Some(SimdLevel::Portable) => 0,
+        Some(SimdLevel::Avx2) => 1,
+        Some(SimdLevel::Avx512) | None => u8::MAX,
+    };
+    FORCED.store(v, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Forces the portable (non-intrinsics) kernels; for tests and comparisons.
 #[doc(hidden)]
 pub fn force_portable(on: bool) {
-    FORCE_PORTABLE.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-#[inline]
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        !FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed)
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    force_simd(on.then_some(SimdLevel::Portable));
 }
 
 /// Below this batch size the forward uses gathered dot products instead of packed panels.
@@ -50,32 +121,50 @@ const SMALL_M: usize = 4;
 /// about the same at 70% (K=384 N=1536 and transposed, M=512, 2 threads, 2026-11-27).
 const DENSE_DX_DENSITY: f64 = 0.35;
 
-/// Runs `$body` with `$S` bound to the best available vector type, compiling the body inside a
-/// `#[target_feature]` function for AVX2.
+/// Runs `$body` with `$S` bound to the vector type of [`simd`], compiling the body inside a
+/// `#[target_feature]` function for AVX-512 and for AVX2.
 macro_rules! dispatch {
     (|$S:ident| $body:expr) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if has_avx2() {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn run_avx2(f: impl FnOnce()) {
-                    f()
+            match simd() {
+                SimdLevel::Avx512 => {
+                    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                    unsafe fn run_avx512(f: impl FnOnce()) {
+                        f()
+                    }
+                    type $S = simd::Avx512;
+                    // SAFETY: AVX-512 F/VL, AVX2 and FMA were detected at run time.
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        run_avx512(
+                            #[inline(always)]
+                            || $body,
+                        )
+                    };
                 }
-                type $S = simd::Avx2;
-                // SAFETY: AVX2 and FMA were detected at run time.
-                #[allow(unused_unsafe)]
-                unsafe {
-                    run_avx2(
-                        #[inline(always)]
-                        || $body,
-                    )
-                };
-            } else {
-                type $S = Portable;
-                #[allow(unused_unsafe)]
-                unsafe {
-                    $body
-                };
+                SimdLevel::Avx2 => {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn run_avx2(f: impl FnOnce()) {
+                        f()
+                    }
+                    type $S = simd::Avx2;
+                    // SAFETY: AVX2 and FMA were detected at run time.
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        run_avx2(
+                            #[inline(always)]
+                            || $body,
+                        )
+                    };
+                }
+                SimdLevel::Portable => {
+                    type $S = Portable;
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        $body
+                    };
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

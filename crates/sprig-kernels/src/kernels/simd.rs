@@ -1,12 +1,19 @@
-//! A minimal 8-lane f32 vector abstraction so each kernel is written once and compiled twice:
-//! with AVX2+FMA intrinsics (entered through `#[target_feature]` functions after run-time
-//! detection) and as portable arrays the compiler vectorises for the baseline target (SSE2 on
-//! x86-64, NEON on aarch64). All helpers are `#[inline(always)]` so they are inlined into the
-//! feature-enabled entry points and compiled with those features.
+//! A minimal f32 vector abstraction so each kernel is written once and compiled three times:
+//! with AVX-512 and AVX2+FMA intrinsics (entered through `#[target_feature]` functions after
+//! run-time detection) and as portable arrays the compiler vectorises for the baseline target
+//! (SSE2 on x86-64, NEON on aarch64). All helpers are `#[inline(always)]` so they are inlined into
+//! the feature-enabled entry points and compiled with those features.
+//!
+//! [`Simd`] is the 8-lane vocabulary every kernel uses (transposes, permutes, index loads).
+//! [`Lanes`] is the arithmetic alone, for vectors of any width: the hot loops over packed panels
+//! ([`super::tasks::csr_row`], the SDDMM dot products) take [`Simd::Wide`], 16 lanes on AVX-512,
+//! where every weight then costs half the loads and FMAs of the 8-lane loop.
 
-/// 8 f32 lanes.
-pub(crate) trait Simd {
+/// `N` f32 lanes: the arithmetic the panel loops need.
+pub(crate) trait Lanes {
     type V: Copy;
+    /// Floats per vector.
+    const N: usize;
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: f32) -> Self::V;
     /// Unaligned load of 8 floats.
@@ -16,6 +23,14 @@ pub(crate) trait Simd {
     /// `a * b + c`.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+}
+
+/// 8 f32 lanes, and the widest vectors of the same instruction set ([`Simd::Wide`]).
+pub(crate) trait Simd: Lanes {
+    /// The widest vectors (a multiple of 8 lanes); `Self` where that is 8.
+    type Wide: Lanes;
+    /// Lanes `l` and `l + 8` of a wide vector added: 8 lanes (the vector itself when it has 8).
+    unsafe fn fold(w: <Self::Wide as Lanes>::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     /// In-place 8x8 transpose: afterwards `r[j][i]` is the old `r[i][j]`.
     unsafe fn transpose8(r: &mut [Self::V; 8]);
@@ -40,8 +55,9 @@ pub(crate) trait Simd {
 /// Plain arrays; the compiler vectorises them.
 pub(crate) struct Portable;
 
-impl Simd for Portable {
+impl Lanes for Portable {
     type V = [f32; 8];
+    const N: usize = 8;
     #[inline(always)]
     unsafe fn zero() -> Self::V {
         [0.0; 8]
@@ -73,6 +89,14 @@ impl Simd for Portable {
             r[l] += b[l];
         }
         r
+    }
+}
+
+impl Simd for Portable {
+    type Wide = Self;
+    #[inline(always)]
+    unsafe fn fold(w: Self::V) -> Self::V {
+        w
     }
     #[inline(always)]
     unsafe fn hsum(v: Self::V) -> f32 {
@@ -131,19 +155,20 @@ impl Simd for Portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::Avx2;
+pub(crate) use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Simd;
+    use super::{Lanes, Simd};
     use std::arch::x86_64::*;
 
     /// AVX2 + FMA (256-bit). Only used inside `#[target_feature(enable = "avx2,fma")]` functions
     /// reached after `is_x86_feature_detected!` said yes.
     pub(crate) struct Avx2;
 
-    impl Simd for Avx2 {
+    impl Lanes for Avx2 {
         type V = __m256;
+        const N: usize = 8;
         #[inline(always)]
         unsafe fn zero() -> Self::V {
             unsafe { _mm256_setzero_ps() }
@@ -167,6 +192,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
             unsafe { _mm256_add_ps(a, b) }
+        }
+    }
+
+    impl Simd for Avx2 {
+        type Wide = Self;
+        #[inline(always)]
+        unsafe fn fold(w: Self::V) -> Self::V {
+            w
         }
         #[inline(always)]
         unsafe fn hsum(v: Self::V) -> f32 {
@@ -236,6 +269,98 @@ mod x86 {
         #[inline(always)]
         unsafe fn halves(a: Self::V, b: Self::V) -> Self::V {
             unsafe { _mm256_blend_ps::<0xF0>(a, b) }
+        }
+    }
+
+    /// AVX-512 (F + VL): the 8-lane operations are [`Avx2`]'s, compiled with AVX-512 enabled
+    /// (EVEX encodings, 32 vector registers); [`Simd::Wide`] is 16 lanes ([`Zmm`]). Only used
+    /// inside `#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]` functions reached after
+    /// run-time detection.
+    pub(crate) struct Avx512;
+
+    /// 16 lanes (`__m512`).
+    pub(crate) struct Zmm;
+
+    impl Lanes for Zmm {
+        type V = __m512;
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self::V {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self::V {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+    }
+
+    /// Forwards the 8-lane operations of `$T` to [`Avx2`]'s.
+    macro_rules! as_avx2 {
+        ($($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {$(
+            #[inline(always)]
+            unsafe fn $f($($a: $t),*) -> $r {
+                unsafe { <Avx2 as Simd>::$f($($a),*) }
+            }
+        )*};
+    }
+    macro_rules! as_avx2_lanes {
+        ($($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {$(
+            #[inline(always)]
+            unsafe fn $f($($a: $t),*) -> $r {
+                unsafe { <Avx2 as Lanes>::$f($($a),*) }
+            }
+        )*};
+    }
+
+    impl Lanes for Avx512 {
+        type V = __m256;
+        const N: usize = 8;
+        as_avx2_lanes! {
+            zero() -> __m256;
+            splat(x: f32) -> __m256;
+            load(p: *const f32) -> __m256;
+            store(p: *mut f32, v: __m256) -> ();
+            fma(a: __m256, b: __m256, c: __m256) -> __m256;
+            add(a: __m256, b: __m256) -> __m256;
+        }
+    }
+
+    impl Simd for Avx512 {
+        type Wide = Zmm;
+        #[inline(always)]
+        unsafe fn fold(w: __m512) -> __m256 {
+            unsafe {
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(w)));
+                _mm256_add_ps(_mm512_castps512_ps256(w), hi)
+            }
+        }
+        type I = __m256i;
+        as_avx2! {
+            hsum(v: __m256) -> f32;
+            transpose8(r: &mut [__m256; 8]) -> ();
+            load_idx_u8(p: *const u8) -> __m256i;
+            bcast4(p: *const f32) -> __m256;
+            perm4(v: __m256, idx: __m256i) -> __m256;
+            perm8(v: __m256, idx: __m256i) -> __m256;
+            load_idx_u16(p: *const u16) -> __m256i;
+            load_idx_u32(p: *const u32) -> __m256i;
+            halves(a: __m256, b: __m256) -> __m256;
         }
     }
 }

@@ -19,15 +19,17 @@
 //! (within noise of each other). The activation-stationary alternative (lanes over output rows,
 //! Y written directly) needs a gather per FMA for unstructured rows; it is used for N:M instead,
 //! where the gather becomes an in-register permute ([`super::nm`]).
-use super::simd::Simd;
+use super::simd::{Lanes, Simd};
 use crate::formats::{BlockPattern, Idx};
 
 /// One sparse row (CSR) against one panel of width `pw = 8·V`:
 /// `tile[0..pw] = Σ_t vals[t] · panel[cols[t]]` (`+=` unless `first`). The panel row offset is
-/// a shift by the constant `pw` (an `imul` by a run-time width before).
-/// `U` independent accumulator sets hide FMA latency when `V` is small.
+/// a shift by the constant `pw` (an `imul` by a run-time width before). Runs in the widest
+/// vectors that divide the panel ([`Simd::Wide`]: on AVX-512 a weight of a 64-lane panel costs
+/// 4 loads and 4 FMAs instead of 8 and 8).
+/// `U` independent accumulator sets (for 8-lane vectors; scaled for wider ones) keep 8 FMA
+/// chains in flight when the panel has few vectors.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // indexes several fixed-size register arrays in step
 pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
     cols: &[I],
     vals: &[f32],
@@ -36,51 +38,92 @@ pub(crate) unsafe fn csr_row<S: Simd, I: Idx, const V: usize, const U: usize>(
     first: bool,
 ) {
     unsafe {
-        let z = S::zero();
-        let mut acc = [[z; V]; U];
+        if (8 * V).is_multiple_of(<S::Wide as Lanes>::N) {
+            csr_row_in::<S::Wide, I, V, U>(cols, vals, xp, tile, first)
+        } else {
+            csr_row_in::<S, I, V, U>(cols, vals, xp, tile, first)
+        }
+    }
+}
+
+/// [`csr_row`] in vectors of `L::N` lanes (`L::N` divides `8·V`).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexes several fixed-size register arrays in step
+unsafe fn csr_row_in<L: Lanes, I: Idx, const V: usize, const U: usize>(
+    cols: &[I],
+    vals: &[f32],
+    xp: *const f32,
+    tile: *mut f32,
+    first: bool,
+) {
+    // Vectors per panel row and accumulator sets: both compile-time constants.
+    let nv = 8 * V / L::N;
+    let u = (U * L::N / 8).clamp(1, 8);
+    unsafe {
+        let z = L::zero();
+        let mut acc = [[z; 8]; 8];
         if !first {
-            for v in 0..V {
-                acc[0][v] = S::load(tile.add(8 * v));
+            for v in 0..nv {
+                acc[0][v] = L::load(tile.add(L::N * v));
             }
         }
         let n = cols.len();
         let mut t = 0;
-        while t + U <= n {
-            for u in 0..U {
-                let k = cols.get_unchecked(t + u).get();
-                let w = S::splat(*vals.get_unchecked(t + u));
+        while t + u <= n {
+            for j in 0..u {
+                let k = cols.get_unchecked(t + j).get();
+                let w = L::splat(*vals.get_unchecked(t + j));
                 let xr = xp.add(k * (8 * V));
-                for v in 0..V {
-                    acc[u][v] = S::fma(w, S::load(xr.add(8 * v)), acc[u][v]);
+                for v in 0..nv {
+                    acc[j][v] = L::fma(w, L::load(xr.add(L::N * v)), acc[j][v]);
                 }
             }
-            t += U;
+            t += u;
         }
         while t < n {
             let k = cols.get_unchecked(t).get();
-            let w = S::splat(*vals.get_unchecked(t));
+            let w = L::splat(*vals.get_unchecked(t));
             let xr = xp.add(k * (8 * V));
-            for v in 0..V {
-                acc[0][v] = S::fma(w, S::load(xr.add(8 * v)), acc[0][v]);
+            for v in 0..nv {
+                acc[0][v] = L::fma(w, L::load(xr.add(L::N * v)), acc[0][v]);
             }
             t += 1;
         }
-        for v in 0..V {
+        for v in 0..nv {
             let mut s = acc[0][v];
-            for a in acc.iter().skip(1) {
-                s = S::add(s, a[v]);
+            for a in acc.iter().take(u).skip(1) {
+                s = L::add(s, a[v]);
             }
-            S::store(tile.add(8 * v), s);
+            L::store(tile.add(L::N * v), s);
         }
     }
 }
 
 /// Rows `i0..i0+R` of one block row (blocks `r x c`) against one panel;
-/// `tile[i*pw..]` receives row `i0+i`.
+/// `tile[i*pw..]` receives row `i0+i`. In the widest vectors that divide the panel.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-#[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn block_rows<S: Simd, I: Idx, const R: usize, const V: usize>(
+    cols: &[I],
+    vals: &[f32],
+    rc: (usize, usize),
+    i0: usize,
+    xp: *const f32,
+    pw: usize,
+    tile: *mut f32,
+) {
+    unsafe {
+        if (8 * V).is_multiple_of(<S::Wide as Lanes>::N) {
+            block_rows_in::<S::Wide, I, R, V>(cols, vals, rc, i0, xp, pw, tile)
+        } else {
+            block_rows_in::<S, I, R, V>(cols, vals, rc, i0, xp, pw, tile)
+        }
+    }
+}
+
+/// [`block_rows`] in vectors of `L::N` lanes (`L::N` divides `8·V`).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn block_rows_in<L: Lanes, I: Idx, const R: usize, const V: usize>(
     cols: &[I],
     vals: &[f32],
     (r, c): (usize, usize),
@@ -89,30 +132,31 @@ pub(crate) unsafe fn block_rows<S: Simd, I: Idx, const R: usize, const V: usize>
     pw: usize,
     tile: *mut f32,
 ) {
+    let nv = 8 * V / L::N;
     unsafe {
-        let z = S::zero();
-        let mut acc = [[z; V]; R];
+        let z = L::zero();
+        let mut acc = [[z; 8]; R];
         let rc = r * c;
         for (bi, k) in cols.iter().enumerate() {
             let k0 = k.get();
             let wb = vals.as_ptr().add(bi * rc + i0 * c);
             for j in 0..c {
                 let xr = xp.add((k0 + j) * pw);
-                let mut xv = [z; V];
-                for v in 0..V {
-                    xv[v] = S::load(xr.add(8 * v));
+                let mut xv = [z; 8];
+                for v in 0..nv {
+                    xv[v] = L::load(xr.add(L::N * v));
                 }
                 for i in 0..R {
-                    let w = S::splat(*wb.add(i * c + j));
-                    for v in 0..V {
-                        acc[i][v] = S::fma(w, xv[v], acc[i][v]);
+                    let w = L::splat(*wb.add(i * c + j));
+                    for v in 0..nv {
+                        acc[i][v] = L::fma(w, xv[v], acc[i][v]);
                     }
                 }
             }
         }
         for i in 0..R {
-            for v in 0..V {
-                S::store(tile.add(i * pw + 8 * v), acc[i][v]);
+            for v in 0..nv {
+                L::store(tile.add(i * pw + L::N * v), acc[i][v]);
             }
         }
     }
@@ -412,18 +456,17 @@ unsafe fn dot<S: Simd>(a: *const f32, b: *const f32, len: usize) -> f32 {
 
 /// Eight SDDMM dot products sharing one row of dY: `acc[q] = Σ_l dr[l]·X_panel[cols[q]][l]`,
 /// reduced with one 8x8 transpose; the 8 sums are added to `out[oi[q]]`. One dY load serves 8
-/// FMAs, so the loop issues 9 loads per 8 FMAs instead of 2 per FMA.
+/// FMAs, so the loop issues 9 loads per 8 FMAs instead of 2 per FMA. In the widest vectors that
+/// divide `pw` (folded to 8 lanes before the transpose).
 #[inline(always)]
 unsafe fn dot8<S: Simd>(dr: *const f32, xpan: *const f32, pw: usize, cols: &[usize; 8], oi: &[usize; 8], out: &mut [f32]) {
     unsafe {
-        let mut acc = [S::zero(); 8];
         let xr: [*const f32; 8] = std::array::from_fn(|q| xpan.add(cols[q] * pw));
-        for v in (0..pw).step_by(8) {
-            let d = S::load(dr.add(v));
-            for q in 0..8 {
-                acc[q] = S::fma(d, S::load(xr[q].add(v)), acc[q]);
-            }
-        }
+        let mut acc = if pw.is_multiple_of(<S::Wide as Lanes>::N) {
+            dot8_in::<S::Wide>(dr, &xr, pw).map(|a| S::fold(a))
+        } else {
+            dot8_in::<S>(dr, &xr, pw)
+        };
         S::transpose8(&mut acc);
         let s = S::add(
             S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])),
@@ -434,6 +477,21 @@ unsafe fn dot8<S: Simd>(dr: *const f32, xpan: *const f32, pw: usize, cols: &[usi
         for q in 0..8 {
             *out.get_unchecked_mut(oi[q]) += t[q];
         }
+    }
+}
+
+/// The 8 lane-wise partial dot products of [`dot8`] in vectors of `L::N` lanes (`L::N | len`).
+#[inline(always)]
+unsafe fn dot8_in<L: Lanes>(dr: *const f32, xr: &[*const f32; 8], len: usize) -> [L::V; 8] {
+    unsafe {
+        let mut acc = [L::zero(); 8];
+        for v in (0..len).step_by(L::N) {
+            let d = L::load(dr.add(v));
+            for q in 0..8 {
+                acc[q] = L::fma(d, L::load(xr[q].add(v)), acc[q]);
+            }
+        }
+        acc
     }
 }
 

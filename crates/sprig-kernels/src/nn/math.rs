@@ -1,7 +1,8 @@
 //! Branch-free `exp`, `erf` and GELU for slices, written so that LLVM vectorises them; compiled
-//! twice (AVX2+FMA picked at run time, portable otherwise) by [`simd_dispatch!`].
+//! three times (AVX-512 or AVX2+FMA picked at run time, portable otherwise) by [`simd_dispatch!`].
 
-/// Compile a slice function twice, once with AVX2+FMA enabled, and pick at run time.
+/// Compile a slice function three times, with AVX-512, with AVX2+FMA and without, and pick at
+/// run time ([`crate::simd`]).
 macro_rules! simd_dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
@@ -10,11 +11,16 @@ macro_rules! simd_dispatch {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
-                if crate::nn::math::has_avx2_fma() {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { avx2($($arg),*) };
+                match crate::simd() {
+                    // SAFETY: the CPU supports AVX-512 F/VL, AVX2 and FMA (detected at run time).
+                    crate::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: the CPU supports AVX2 and FMA (detected at run time).
+                    crate::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    crate::SimdLevel::Portable => {}
                 }
             }
             body($($arg),*)
@@ -23,12 +29,6 @@ macro_rules! simd_dispatch {
 }
 #[allow(unused_imports)]
 pub(crate) use simd_dispatch;
-
-/// Whether AVX2 and FMA are available (and not switched off by [`crate::force_portable`]).
-#[inline]
-pub(crate) fn has_avx2_fma() -> bool {
-    crate::simd_level() == "avx2+fma"
-}
 
 /// `e^x` for f32, Cephes `expf` polynomial after Cody–Waite range reduction; relative error
 /// below 2e-7 on [-87, 88]; inputs are clamped to that range (so `exp(-1e4)` ≈ 1.6e-38, not 0).

@@ -9,7 +9,9 @@
 //! it loads two vectors of the `b` panel and broadcasts six elements of `a` (12 FMAs per 8 loads,
 //! the classic Goto/BLIS 6x16 shape for 16 architectural registers). Columns are blocked outside
 //! rows so a 16-wide strip of the panel stays in L1 while every row block streams past it.
-use super::math::has_avx2_fma;
+//! With AVX-512 the tile is 8 x 32 (sixteen `zmm` accumulators, 2 panel loads and 8 broadcasts
+//! per 16 FMAs) where the panel is 32 wide, and 12 x 16 on a last 16-wide strip; partial
+//! columns use masked loads and stores.
 
 /// Read-only strided view `a(r, c) = data[r·rs + c·cs]`.
 #[derive(Clone, Copy)]
@@ -66,10 +68,18 @@ pub unsafe fn gemm(m: usize, n: usize, kd: usize, alpha: f32, a: Strided, panel:
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_unchecked(m: usize, n: usize, kd: usize, alpha: f32, a: Strided, panel: &[f32], np: usize, out: *mut f32, ldo: usize, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: AVX2+FMA checked above; in bounds by `gemm`'s checks and contract.
-        unsafe { avx2::tiles(m, n, kd, alpha, a, panel, np, out, ldo, accumulate) };
-        return;
+    match crate::simd() {
+        crate::SimdLevel::Avx512 => {
+            // SAFETY: AVX-512 F detected; in bounds by `gemm`'s checks and contract.
+            unsafe { avx512::tiles(m, n, kd, alpha, a, panel, np, out, ldo, accumulate) };
+            return;
+        }
+        crate::SimdLevel::Avx2 => {
+            // SAFETY: AVX2+FMA detected; in bounds by `gemm`'s checks and contract.
+            unsafe { avx2::tiles(m, n, kd, alpha, a, panel, np, out, ldo, accumulate) };
+            return;
+        }
+        crate::SimdLevel::Portable => {}
     }
     for r in 0..m {
         for c in 0..n {
@@ -183,6 +193,113 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Strided, Tile};
+    use std::arch::x86_64::*;
+
+    /// Every micro-tile of the product (see [`super::avx2::tiles`]): 32-column strips while the
+    /// padded panel has them, then a 16-column strip.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tiles(m: usize, n: usize, kd: usize, alpha: f32, a: Strided, panel: &[f32], np: usize, out: *mut f32, ldo: usize, accumulate: bool) {
+        let mut c0 = 0;
+        while c0 < n {
+            let wide = c0 + 32 <= np && n - c0 > 16;
+            let (w, mr_max) = if wide { (32, 8) } else { (16, 12) };
+            let nc = w.min(n - c0);
+            let mut r0 = 0;
+            while r0 < m {
+                let mr = mr_max.min(m - r0);
+                // SAFETY: in bounds by `gemm`'s checks and contract.
+                unsafe {
+                    let ap = a.data.as_ptr().add(r0 * a.rs);
+                    let bp = panel.as_ptr().add(c0);
+                    let op = out.add(r0 * ldo + c0);
+                    let t = Tile { kd, alpha, ap, ars: a.rs, acs: a.cs, bp, np, op, ldo, nc, accumulate };
+                    if wide {
+                        match mr {
+                            8 => tile::<8, 2>(&t),
+                            7 => tile::<7, 2>(&t),
+                            6 => tile::<6, 2>(&t),
+                            5 => tile::<5, 2>(&t),
+                            4 => tile::<4, 2>(&t),
+                            3 => tile::<3, 2>(&t),
+                            2 => tile::<2, 2>(&t),
+                            _ => tile::<1, 2>(&t),
+                        }
+                    } else {
+                        match mr {
+                            12 => tile::<12, 1>(&t),
+                            11 => tile::<11, 1>(&t),
+                            10 => tile::<10, 1>(&t),
+                            9 => tile::<9, 1>(&t),
+                            8 => tile::<8, 1>(&t),
+                            7 => tile::<7, 1>(&t),
+                            6 => tile::<6, 1>(&t),
+                            5 => tile::<5, 1>(&t),
+                            4 => tile::<4, 1>(&t),
+                            3 => tile::<3, 1>(&t),
+                            2 => tile::<2, 1>(&t),
+                            _ => tile::<1, 1>(&t),
+                        }
+                    }
+                }
+                r0 += mr;
+            }
+            c0 += w;
+        }
+    }
+
+    /// One `M x 16·W` micro-tile (inlined into [`tiles`], which enables AVX-512).
+    #[inline(always)]
+    unsafe fn tile<const M: usize, const W: usize>(t: &Tile) {
+        // SAFETY: AVX-512 and the pointers' ranges are `gemm`'s checks and contract (the panel is
+        // padded, so its loads are always full; `out` is touched only in the valid columns).
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); W]; M];
+            let (mut ak, mut bk) = (t.ap, t.bp);
+            for _ in 0..t.kd {
+                let mut b = [_mm512_setzero_ps(); W];
+                for (j, bv) in b.iter_mut().enumerate() {
+                    *bv = _mm512_loadu_ps(bk.add(16 * j));
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ak.add(r * t.ars));
+                    for j in 0..W {
+                        row[j] = _mm512_fmadd_ps(av, b[j], row[j]);
+                    }
+                }
+                ak = ak.add(t.acs);
+                bk = bk.add(t.np);
+            }
+            let al = _mm512_set1_ps(t.alpha);
+            let masks: [__mmask16; W] = std::array::from_fn(|j| {
+                let valid = t.nc.saturating_sub(16 * j).min(16);
+                ((1u32 << valid) - 1) as __mmask16
+            });
+            for (r, row) in acc.iter().enumerate() {
+                let o = t.op.add(r * t.ldo);
+                for j in 0..W {
+                    let mut v = _mm512_mul_ps(row[j], al);
+                    let p = o.add(16 * j);
+                    if masks[j] == 0xFFFF {
+                        if t.accumulate {
+                            v = _mm512_add_ps(v, _mm512_loadu_ps(p));
+                        }
+                        _mm512_storeu_ps(p, v);
+                    } else if masks[j] != 0 {
+                        if t.accumulate {
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[j], p));
+                        }
+                        _mm512_mask_storeu_ps(p, masks[j], v);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,20 +327,22 @@ mod tests {
         }
     }
 
+    /// Every instruction-set path this CPU has, on shapes that take full and partial tiles of
+    /// every width (AVX-512: 32-column strips, a last 16-column strip, masked edges).
     #[test]
-    fn matches_reference_on_odd_shapes_and_strides() {
-        for &(m, n, kd) in &[(1, 1, 1), (7, 33, 5), (128, 128, 32), (13, 16, 64), (6, 17, 3), (50, 32, 50)] {
-            check(m, n, kd, kd, 1, false);
-            check(m, n, kd, 1, m, true);
-            check(m, n, kd, kd + 2, 1, true);
+    fn every_simd_path_matches_reference_on_odd_shapes_and_strides() {
+        let best = crate::SimdLevel::detected();
+        for level in [crate::SimdLevel::Portable, crate::SimdLevel::Avx2, crate::SimdLevel::Avx512] {
+            if level > best {
+                continue;
+            }
+            crate::force_simd(Some(level));
+            for &(m, n, kd) in &[(1, 1, 1), (7, 33, 5), (128, 128, 32), (13, 16, 64), (6, 17, 3), (50, 32, 50), (20, 40, 7), (25, 20, 9)] {
+                check(m, n, kd, kd, 1, false);
+                check(m, n, kd, 1, m, true);
+                check(m, n, kd, kd + 2, 1, true);
+            }
         }
-    }
-
-    #[test]
-    fn portable_path_agrees() {
-        crate::force_portable(true);
-        check(11, 21, 9, 9, 1, true);
-        check(11, 21, 9, 1, 11, false);
-        crate::force_portable(false);
+        crate::force_simd(None);
     }
 }
