@@ -1,0 +1,211 @@
+//! The MoE FFN layer: a router and `E` two-layer GELU experts, as candle tensors with backward
+//! through the router (via the gate weights) and the experts.
+//!
+//! `y_t = Σ_{e ∈ experts(t)} g_te · FFN_e(x_t)`; a token no expert takes (dropped by capacity)
+//! gets `y_t = 0`, so in a residual block `x + moe(x)` it passes through unchanged (Switch
+//! Transformer §2.2). Tokens are grouped per expert and each group runs as one GEMM pair
+//! (`index_select`, two matmuls, `index_add` back), the CPU form of MegaBlocks' dropless grouping.
+use crate::error::{MoeError, Result};
+use crate::loss::{load_balancing_loss, z_loss};
+use crate::router::{assign, Assignment, RouterConfig, Routing};
+use crate::stats::MoeStats;
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// An MoE layer's settings: the router and the weights of its auxiliary losses.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MoeConfig {
+    pub hidden: usize,
+    /// Neurons per expert.
+    pub expert_ffn: usize,
+    pub router: RouterConfig,
+    /// Weight of [`load_balancing_loss`] in [`MoeOutput::aux_loss`] (Switch: 0.01).
+    pub balance_weight: f64,
+    /// Weight of [`z_loss`] (ST-MoE: 0.001).
+    pub z_weight: f64,
+}
+
+impl MoeConfig {
+    /// Switch's loss weights (balance 0.01, z 0.001) around `router`.
+    pub fn new(hidden: usize, expert_ffn: usize, router: RouterConfig) -> Self {
+        Self { hidden, expert_ffn, router, balance_weight: 0.01, z_weight: 0.001 }
+    }
+}
+
+/// One expert: `w2 · gelu(w1 · x + b1) + b2` (weights `[out, in]` as in `nn.Linear`).
+#[derive(Clone, Debug)]
+pub struct Expert {
+    pub w1: Var,
+    pub b1: Var,
+    pub w2: Var,
+    pub b2: Var,
+}
+
+impl Expert {
+    /// `[n, hidden] -> [n, hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = x.matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?.gelu_erf()?;
+        Ok(h.matmul(&self.w2.t()?)?.broadcast_add(&self.b2)?)
+    }
+}
+
+/// What one forward returns.
+#[derive(Debug)]
+pub struct MoeOutput {
+    /// `[T, hidden]`; zero rows for tokens no expert took.
+    pub y: Tensor,
+    /// `balance_weight · load-balancing loss + z_weight · z-loss` (a scalar to add to the task loss).
+    pub aux_loss: Tensor,
+    pub stats: MoeStats,
+    pub assignment: Assignment,
+}
+
+/// A mixture-of-experts FFN: router `[E, hidden]` and `E` experts.
+#[derive(Clone, Debug)]
+pub struct MoeFfn {
+    pub config: MoeConfig,
+    /// Router weight `[E, hidden]` (no bias).
+    pub router: Var,
+    pub experts: Vec<Expert>,
+}
+
+impl MoeFfn {
+    /// New parameters drawn from ChaCha8 with `seed` (the same layer on every machine): router
+    /// weights N(0, 0.02²) (small logits, near-uniform routing at the start), experts as
+    /// `nn.Linear`'s default, U(−1/√fan_in, 1/√fan_in).
+    pub fn new(config: MoeConfig, seed: u64, device: &Device) -> Result<Self> {
+        config.router.validate()?;
+        let (h, f, e) = (config.hidden, config.expert_ffn, config.router.experts);
+        if h == 0 || f == 0 {
+            return Err(MoeError::BadValue { what: "MoE layer width (hidden, expert_ffn)", value: h.min(f) as f64, why: "must be > 0" });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let normal = normal_sampler(0.02);
+        let router: Vec<f32> = (0..e * h).map(|_| normal(&mut rng)).collect();
+        let router = Var::from_tensor(&Tensor::from_vec(router, (e, h), device)?)?;
+        let mut uniform = |shape: &[usize], fan_in: usize| -> Result<Var> {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random_range(-bound..bound)).collect();
+            Ok(Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?)
+        };
+        let experts = (0..e)
+            .map(|_| Ok(Expert { w1: uniform(&[f, h], h)?, b1: uniform(&[f], h)?, w2: uniform(&[h, f], f)?, b2: uniform(&[h], f)? }))
+            .collect::<Result<_>>()?;
+        Ok(Self { config, router, experts })
+    }
+
+    /// The named parameters (`router.weight`, `experts.{i}.w1|b1|w2|b2`), for an optimizer or a
+    /// checkpoint.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let mut p = vec![("router.weight".to_string(), self.router.clone())];
+        for (i, x) in self.experts.iter().enumerate() {
+            for (n, v) in [("w1", &x.w1), ("b1", &x.b1), ("w2", &x.w2), ("b2", &x.b2)] {
+                p.push((format!("experts.{i}.{n}"), v.clone()));
+            }
+        }
+        p
+    }
+
+    /// Evaluation forward: no jitter or noise. `x` is `[T, hidden]`; `token_ids` only for hash
+    /// routing.
+    pub fn forward(&self, x: &Tensor, token_ids: Option<&[u32]>) -> Result<MoeOutput> {
+        self.run(x, token_ids, None)
+    }
+
+    /// Training forward: the router's jitter and noise (if configured) drawn from `rng`.
+    pub fn forward_train(&self, x: &Tensor, token_ids: Option<&[u32]>, rng: &mut ChaCha8Rng) -> Result<MoeOutput> {
+        self.run(x, token_ids, Some(rng))
+    }
+
+    fn run(&self, x: &Tensor, token_ids: Option<&[u32]>, mut rng: Option<&mut ChaCha8Rng>) -> Result<MoeOutput> {
+        let cfg = &self.config;
+        let (t, h) = x.dims2()?;
+        if h != cfg.hidden {
+            return Err(MoeError::Shape { what: "MoE input".into(), expected: vec![t, cfg.hidden], got: vec![t, h] });
+        }
+        let dev = x.device();
+        let xr = match rng.as_deref_mut() {
+            Some(r) if cfg.router.jitter > 0.0 => {
+                let eps = cfg.router.jitter as f32;
+                let u: Vec<f32> = (0..t * h).map(|_| r.random_range(1.0 - eps..1.0 + eps)).collect();
+                (x * Tensor::from_vec(u, (t, h), dev)?.to_dtype(x.dtype())?)?
+            }
+            _ => x.clone(),
+        };
+        let logits = xr.matmul(&self.router.as_tensor().t()?)?;
+        // The composed softmax: candle-nn's fused `softmax_last_dim` has no backward.
+        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        let pv: Vec<f32> = probs.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let choice = match rng.as_deref_mut() {
+            Some(r) if cfg.router.noise > 0.0 => {
+                let lv: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let normal = normal_sampler(cfg.router.noise);
+                lv.iter().map(|&l| l + normal(r)).collect()
+            }
+            _ => pv.clone(),
+        };
+        let a = assign(&cfg.router, &pv, &choice, t, token_ids)?;
+        let y = self.combine(x, &probs, &a, dev)?;
+        let aux = (load_balancing_loss(&probs, &a)?.affine(cfg.balance_weight, 0.0)? + z_loss(&logits)?.affine(cfg.z_weight, 0.0)?)?;
+        let stats = MoeStats::new(&a, &pv);
+        Ok(MoeOutput { y, aux_loss: aux, stats, assignment: a })
+    }
+
+    /// `Σ_e g · FFN_e(x)` over the assignment, gates from `probs` (differentiable).
+    fn combine(&self, x: &Tensor, probs: &Tensor, a: &Assignment, dev: &Device) -> Result<Tensor> {
+        let (t, h) = x.dims2()?;
+        let e = a.experts;
+        // Every kept pair, grouped by expert: its token and its flat index into probs.
+        let tok: Vec<u32> = a.per_expert.iter().flatten().map(|&t| t as u32).collect();
+        let flat: Vec<u32> = a.per_expert.iter().enumerate().flat_map(|(x, ts)| ts.iter().map(move |&t| (t * e + x) as u32)).collect();
+        let mut y = Tensor::zeros((t, h), x.dtype(), dev)?;
+        if tok.is_empty() {
+            return Ok(y);
+        }
+        let tok_t = Tensor::from_vec(tok.clone(), tok.len(), dev)?;
+        let mut gates = match self.config.router.routing {
+            Routing::Hash => Tensor::ones(tok.len(), probs.dtype(), dev)?,
+            _ => probs.flatten_all()?.index_select(&Tensor::from_vec(flat, tok.len(), dev)?, 0)?,
+        };
+        if self.config.router.normalize {
+            // Divide by the sum of the gates each token kept.
+            let denom = Tensor::zeros(t, gates.dtype(), dev)?.index_add(&tok_t, &gates, 0)?;
+            gates = (&gates / denom.index_select(&tok_t, 0)?)?;
+        }
+        let mut start = 0;
+        for (x_i, ts) in a.per_expert.iter().enumerate() {
+            if ts.is_empty() {
+                continue;
+            }
+            let idx = tok_t.narrow(0, start, ts.len())?;
+            let g = gates.narrow(0, start, ts.len())?.unsqueeze(D::Minus1)?;
+            let out = self.experts[x_i].forward(&x.index_select(&idx, 0)?)?.broadcast_mul(&g)?;
+            y = y.index_add(&idx, &out, 0)?;
+            start += ts.len();
+        }
+        Ok(y)
+    }
+
+    /// Active expert parameters per token over total expert parameters (`k / E` for top-k).
+    pub fn active_fraction(&self) -> f64 {
+        let e = self.config.router.experts as f64;
+        match self.config.router.routing {
+            Routing::TopK { k } => k as f64 / e,
+            Routing::Hash => 1.0 / e,
+            Routing::ExpertChoice => match self.config.router.capacity {
+                crate::router::Capacity::Factor(f) => f / e,
+                crate::router::Capacity::Dropless => 1.0,
+            },
+        }
+    }
+}
+
+/// A sampler of N(0, σ²) by Box–Muller (two uniforms per draw; enough for router noise).
+fn normal_sampler(sigma: f64) -> impl Fn(&mut ChaCha8Rng) -> f32 {
+    move |r: &mut ChaCha8Rng| {
+        let u1: f64 = r.random_range(f64::MIN_POSITIVE..1.0);
+        let u2: f64 = r.random();
+        (sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+}
