@@ -1,8 +1,8 @@
 //! The MoE FFN layer: a router and `E` two-layer GELU experts, as candle tensors with backward
 //! through the router (via the gate weights) and the experts.
 //!
-//! `y_t = Σ_{e ∈ experts(t)} g_te · FFN_e(x_t)`; a token no expert takes (dropped by capacity)
-//! gets `y_t = 0`, so in a residual block `x + moe(x)` it passes through unchanged (Switch
+//! `y_t = Σ_{e ∈ experts(t)} g_te · FFN_e(x_t)` (`+ b` with a shared output bias); a token no
+//! expert takes (dropped by capacity) gets `y_t = 0` (or `b`), so in a residual block `x + moe(x)` it passes through unchanged (Switch
 //! Transformer §2.2). Tokens are grouped per expert and each group runs as one GEMM pair
 //! (`index_select`, two matmuls, `index_add` back), the CPU form of MegaBlocks' dropless grouping.
 use crate::error::{MoeError, Result};
@@ -24,12 +24,17 @@ pub struct MoeConfig {
     pub balance_weight: f64,
     /// Weight of [`z_loss`] (ST-MoE: 0.001).
     pub z_weight: f64,
+    /// Sum the chosen experts' outputs without gate weights (MoEfication: the experts partition a
+    /// dense FFN, so choosing all of them gives it back exactly; the router is then trained on its
+    /// own, as the task loss does not reach it through the gates).
+    #[serde(default)]
+    pub unit_gates: bool,
 }
 
 impl MoeConfig {
     /// Switch's loss weights (balance 0.01, z 0.001) around `router`.
     pub fn new(hidden: usize, expert_ffn: usize, router: RouterConfig) -> Self {
-        Self { hidden, expert_ffn, router, balance_weight: 0.01, z_weight: 0.001 }
+        Self { hidden, expert_ffn, router, balance_weight: 0.01, z_weight: 0.001, unit_gates: false }
     }
 }
 
@@ -68,6 +73,8 @@ pub struct MoeFfn {
     /// Router weight `[E, hidden]` (no bias).
     pub router: Var,
     pub experts: Vec<Expert>,
+    /// An output bias added to every token after the experts (a split dense FFN's `b2`).
+    pub out_bias: Option<Var>,
 }
 
 impl MoeFfn {
@@ -92,7 +99,7 @@ impl MoeFfn {
         let experts = (0..e)
             .map(|_| Ok(Expert { w1: uniform(&[f, h], h)?, b1: uniform(&[f], h)?, w2: uniform(&[h, f], f)?, b2: uniform(&[h], f)? }))
             .collect::<Result<_>>()?;
-        Ok(Self { config, router, experts })
+        Ok(Self { config, router, experts, out_bias: None })
     }
 
     /// The named parameters (`router.weight`, `experts.{i}.w1|b1|w2|b2`), for an optimizer or a
@@ -103,6 +110,9 @@ impl MoeFfn {
             for (n, v) in [("w1", &x.w1), ("b1", &x.b1), ("w2", &x.w2), ("b2", &x.b2)] {
                 p.push((format!("experts.{i}.{n}"), v.clone()));
             }
+        }
+        if let Some(b) = &self.out_bias {
+            p.push(("out_bias".to_string(), b.clone()));
         }
         p
     }
@@ -159,16 +169,20 @@ impl MoeFfn {
         // Every kept pair, grouped by expert: its token and its flat index into probs.
         let tok: Vec<u32> = a.per_expert.iter().flatten().map(|&t| t as u32).collect();
         let flat: Vec<u32> = a.per_expert.iter().enumerate().flat_map(|(x, ts)| ts.iter().map(move |&t| (t * e + x) as u32)).collect();
-        let mut y = Tensor::zeros((t, h), x.dtype(), dev)?;
+        let mut y = match &self.out_bias {
+            Some(b) => b.as_tensor().unsqueeze(0)?.broadcast_as((t, h))?.contiguous()?,
+            None => Tensor::zeros((t, h), x.dtype(), dev)?,
+        };
         if tok.is_empty() {
             return Ok(y);
         }
         let tok_t = Tensor::from_vec(tok.clone(), tok.len(), dev)?;
         let mut gates = match self.config.router.routing {
+            _ if self.config.unit_gates => Tensor::ones(tok.len(), probs.dtype(), dev)?,
             Routing::Hash => Tensor::ones(tok.len(), probs.dtype(), dev)?,
             _ => probs.flatten_all()?.index_select(&Tensor::from_vec(flat, tok.len(), dev)?, 0)?,
         };
-        if self.config.router.normalize {
+        if self.config.router.normalize && !self.config.unit_gates {
             // Divide by the sum of the gates each token kept.
             let denom = Tensor::zeros(t, gates.dtype(), dev)?.index_add(&tok_t, &gates, 0)?;
             gates = (&gates / denom.index_select(&tok_t, 0)?)?;

@@ -13,11 +13,13 @@
 pub mod error;
 pub mod layer;
 pub mod loss;
+pub mod moefy;
 pub mod router;
 pub mod stats;
 
 pub use error::{MoeError, Result};
 pub use layer::{Expert, MoeConfig, MoeFfn, MoeOutput};
 pub use loss::{load_balancing_loss, z_loss};
+pub use moefy::{balanced_clusters, split_ffn, within_group_spread};
 pub use router::{assign, hash_expert, Assignment, Capacity, RouterConfig, Routing};
 pub use stats::MoeStats;

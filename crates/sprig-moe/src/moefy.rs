@@ -1,0 +1,153 @@
+//! Dense FFN → experts (MoEfication, Zhang et al. 2022, "MoEfication: Transformer feed-forward
+//! layers are mixtures of experts", §3.1 parameter clustering split): the `F` neurons of
+//! `W2 · gelu(W1 x + b1) + b2` are partitioned into `E` groups of `F / E` by balanced k-means on
+//! the rows of `W1` (neurons with similar input weights fire together), and each group becomes an
+//! expert. With unit gates and every expert chosen the layer computes the dense FFN exactly; a
+//! router then picks the few experts whose neurons would be most active.
+use crate::error::{MoeError, Result};
+use crate::layer::{Expert, MoeConfig, MoeFfn};
+use crate::router::RouterConfig;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Squared Euclidean distance.
+fn dist2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Partitions the rows of `w1` (`neurons x hidden`, row-major) into `experts` groups of exactly
+/// `neurons / experts` rows by balanced k-means: k-means++ seeding, then `iters` rounds of
+/// capacity-constrained assignment (all (row, centroid) pairs by increasing distance, each row
+/// to the nearest centroid that still has room) and centroid updates. Groups are sorted lists of
+/// row indices.
+pub fn balanced_clusters(w1: &[f32], neurons: usize, hidden: usize, experts: usize, iters: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+    if experts == 0 {
+        return Err(MoeError::NoExperts);
+    }
+    if w1.len() != neurons * hidden {
+        return Err(MoeError::Shape { what: "W1 (neurons x hidden)".into(), expected: vec![neurons, hidden], got: vec![w1.len()] });
+    }
+    if neurons % experts != 0 {
+        return Err(MoeError::BadValue { what: "experts (must divide the FFN's neurons)", value: experts as f64, why: "the neurons cannot be split into equal groups" });
+    }
+    let row = |i: usize| &w1[i * hidden..(i + 1) * hidden];
+    let size = neurons / experts;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // k-means++ seeding.
+    let mut cent: Vec<Vec<f32>> = vec![row(rng.random_range(0..neurons)).to_vec()];
+    let mut d: Vec<f32> = (0..neurons).map(|i| dist2(row(i), &cent[0])).collect();
+    while cent.len() < experts {
+        let total: f64 = d.iter().map(|&x| x as f64).sum();
+        let mut pick = rng.random_range(0.0..total.max(f64::MIN_POSITIVE));
+        let mut next = neurons - 1;
+        for (i, &x) in d.iter().enumerate() {
+            pick -= x as f64;
+            if pick <= 0.0 {
+                next = i;
+                break;
+            }
+        }
+        cent.push(row(next).to_vec());
+        let c = cent.last().expect("just pushed");
+        for (i, di) in d.iter_mut().enumerate() {
+            *di = di.min(dist2(row(i), c));
+        }
+    }
+    let mut groups = vec![Vec::new(); experts];
+    for _ in 0..iters.max(1) {
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::with_capacity(neurons * experts);
+        for i in 0..neurons {
+            for (c, cv) in cent.iter().enumerate() {
+                pairs.push((dist2(row(i), cv), i, c));
+            }
+        }
+        pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut taken = vec![false; neurons];
+        groups = vec![Vec::with_capacity(size); experts];
+        for (_, i, c) in pairs {
+            if !taken[i] && groups[c].len() < size {
+                taken[i] = true;
+                groups[c].push(i);
+            }
+        }
+        for (c, g) in groups.iter().enumerate() {
+            let mut m = vec![0f32; hidden];
+            for &i in g {
+                m.iter_mut().zip(row(i)).for_each(|(a, b)| *a += b);
+            }
+            m.iter_mut().for_each(|a| *a /= g.len() as f32);
+            cent[c] = m;
+        }
+    }
+    groups.iter_mut().for_each(|g| g.sort_unstable());
+    Ok(groups)
+}
+
+/// Mean squared distance of every row to its group's mean: what [`balanced_clusters`] lowers.
+pub fn within_group_spread(w1: &[f32], hidden: usize, groups: &[Vec<usize>]) -> f64 {
+    let mut total = 0f64;
+    let mut n = 0usize;
+    for g in groups {
+        let mut m = vec![0f32; hidden];
+        for &i in g {
+            m.iter_mut().zip(&w1[i * hidden..(i + 1) * hidden]).for_each(|(a, b)| *a += b);
+        }
+        m.iter_mut().for_each(|a| *a /= g.len().max(1) as f32);
+        for &i in g {
+            total += dist2(&w1[i * hidden..(i + 1) * hidden], &m) as f64;
+            n += 1;
+        }
+    }
+    total / n.max(1) as f64
+}
+
+/// An MoE layer whose experts are the `groups` of a dense FFN (`w1 [F, H]`, `b1 [F]`,
+/// `w2 [H, F]`, `b2 [H]`): unit gates, `b2` as the shared output bias, a zero router (to be
+/// trained). `router` says how many experts a token gets.
+pub fn split_ffn(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, groups: &[Vec<usize>], router: RouterConfig) -> Result<MoeFfn> {
+    let (f, h) = w1.dims2()?;
+    let expect = |what: &str, t: &Tensor, want: Vec<usize>| -> Result<()> {
+        if t.dims() != want.as_slice() {
+            return Err(MoeError::Shape { what: what.into(), expected: want, got: t.dims().to_vec() });
+        }
+        Ok(())
+    };
+    expect("b1", b1, vec![f])?;
+    expect("w2", w2, vec![h, f])?;
+    expect("b2", b2, vec![h])?;
+    if groups.len() != router.experts {
+        return Err(MoeError::BadValue { what: "groups (one per expert)", value: groups.len() as f64, why: "must equal the router's number of experts" });
+    }
+    let size = groups.first().map_or(0, Vec::len);
+    let mut seen = vec![false; f];
+    for g in groups {
+        if g.len() != size || g.iter().any(|&i| i >= f || std::mem::replace(&mut seen[i], true)) {
+            return Err(MoeError::BadValue { what: "groups (a partition of the neurons into equal sizes)", value: g.len() as f64, why: "unequal, out of range or repeated neurons" });
+        }
+    }
+    if seen.iter().any(|s| !s) {
+        return Err(MoeError::BadValue { what: "groups", value: size as f64, why: "some neurons are in no group" });
+    }
+    let dev = w1.device();
+    let experts = groups
+        .iter()
+        .map(|g| {
+            let idx = Tensor::from_vec(g.iter().map(|&i| i as u32).collect::<Vec<_>>(), g.len(), dev)?;
+            Ok(Expert {
+                w1: Var::from_tensor(&w1.index_select(&idx, 0)?)?,
+                b1: Var::from_tensor(&b1.index_select(&idx, 0)?)?,
+                w2: Var::from_tensor(&w2.index_select(&idx, 1)?.contiguous()?)?,
+                b2: Var::from_tensor(&Tensor::zeros(h, w2.dtype(), dev)?)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = MoeConfig::new(h, size, router);
+    config.unit_gates = true;
+    Ok(MoeFfn {
+        config,
+        router: Var::from_tensor(&Tensor::zeros((groups.len(), h), DType::F32, &Device::Cpu)?.to_device(dev)?)?,
+        experts,
+        out_bias: Some(Var::from_tensor(b2)?),
+    })
+}

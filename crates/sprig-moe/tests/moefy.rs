@@ -1,0 +1,64 @@
+//! MoEfication's split: balanced groups of neurons, tighter than a random split, and a layer that
+//! gives back the dense FFN exactly when every expert is chosen.
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sprig_moe::{balanced_clusters, split_ffn, within_group_spread, Capacity, RouterConfig};
+
+fn randv(r: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+}
+
+#[test]
+fn clusters_are_balanced_and_tighter_than_a_random_split() {
+    let (f, h, e) = (64, 16, 8);
+    let mut r = ChaCha8Rng::seed_from_u64(1);
+    // Neurons drawn around 8 directions, so there is structure to find.
+    let centers = randv(&mut r, e * h);
+    let w1: Vec<f32> = (0..f).flat_map(|i| { let c = (i * 5) % e; (0..h).map(|j| centers[c * h + j] + 0.3 * r.random_range(-1.0f32..1.0)).collect::<Vec<_>>() }).collect();
+    let g = balanced_clusters(&w1, f, h, e, 10, 3).unwrap();
+    assert!(g.iter().all(|x| x.len() == f / e));
+    let mut all: Vec<usize> = g.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..f).collect::<Vec<_>>());
+    // The planted grouping (neuron i around direction 5i mod 8) and a random balanced split.
+    let planted: Vec<Vec<usize>> = (0..e).map(|c| (0..f).filter(|i| (i * 5) % e == c).collect()).collect();
+    let mut perm: Vec<usize> = (0..f).collect();
+    for i in (1..f).rev() {
+        perm.swap(i, r.random_range(0..=i));
+    }
+    let random: Vec<Vec<usize>> = perm.chunks(f / e).map(<[usize]>::to_vec).collect();
+    let (s_km, s_rand, s_plant) = (within_group_spread(&w1, h, &g), within_group_spread(&w1, h, &random), within_group_spread(&w1, h, &planted));
+    assert!(s_km < 0.5 * s_rand, "k-means {s_km} vs random {s_rand}");
+    assert!(s_km <= s_plant * 1.0001, "k-means {s_km} vs planted {s_plant}");
+    // Same seed, same groups.
+    assert_eq!(g, balanced_clusters(&w1, f, h, e, 10, 3).unwrap());
+    assert!(balanced_clusters(&w1, f, h, 7, 10, 3).is_err());
+}
+
+#[test]
+fn all_experts_chosen_give_back_the_dense_ffn() {
+    let (f, h, e, t) = (64, 16, 8, 10);
+    let mut r = ChaCha8Rng::seed_from_u64(2);
+    let d = Device::Cpu;
+    let w1 = Tensor::from_vec(randv(&mut r, f * h), (f, h), &d).unwrap();
+    let b1 = Tensor::from_vec(randv(&mut r, f), f, &d).unwrap();
+    let w2 = Tensor::from_vec(randv(&mut r, h * f), (h, f), &d).unwrap();
+    let b2 = Tensor::from_vec(randv(&mut r, h), h, &d).unwrap();
+    let x = Tensor::from_vec(randv(&mut r, t * h), (t, h), &d).unwrap();
+    let dense = x.matmul(&w1.t().unwrap()).unwrap().broadcast_add(&b1).unwrap().gelu_erf().unwrap().matmul(&w2.t().unwrap()).unwrap().broadcast_add(&b2).unwrap();
+    let groups = balanced_clusters(&w1.flatten_all().unwrap().to_vec1::<f32>().unwrap(), f, h, e, 5, 0).unwrap();
+    let all = RouterConfig { capacity: Capacity::Dropless, normalize: false, ..RouterConfig::top_k(e, e) };
+    let moe = split_ffn(&w1, &b1, &w2, &b2, &groups, all).unwrap();
+    let y = moe.forward(&x, None).unwrap().y;
+    let diff = (y - &dense).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-4, "max |moe - dense| = {diff}");
+    // Two of eight experts: a different (cheaper) function.
+    let two = RouterConfig { capacity: Capacity::Dropless, ..RouterConfig::top_k(e, 2) };
+    let moe2 = split_ffn(&w1, &b1, &w2, &b2, &groups, two).unwrap();
+    assert_eq!(moe2.forward(&x, None).unwrap().stats.tokens_per_expert.iter().sum::<usize>(), 2 * t);
+    // A partition that repeats a neuron is refused.
+    let mut bad = groups.clone();
+    bad[0][0] = bad[1][0];
+    assert!(split_ffn(&w1, &b1, &w2, &b2, &bad, RouterConfig::top_k(e, 2)).is_err());
+}
