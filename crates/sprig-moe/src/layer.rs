@@ -147,7 +147,7 @@ impl MoeFfn {
         // The composed softmax: candle-nn's fused `softmax_last_dim` has no backward.
         let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
         let pv: Vec<f32> = probs.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let choice = match rng.as_deref_mut() {
+        let choice = match rng {
             Some(r) if cfg.router.noise > 0.0 => {
                 let lv: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                 let normal = normal_sampler(cfg.router.noise);

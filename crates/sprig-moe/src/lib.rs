@@ -10,6 +10,9 @@
 //! Conditional computation as sparsity: Shazeer et al. 2017 (sparsely-gated MoE), Fedus, Zoph &
 //! Shazeer 2022 (Switch Transformers), Zhou et al. 2022 (expert choice), Roller et al. 2021 (hash
 //! layers), Zoph et al. 2022 (ST-MoE).
+// `usize::is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
 pub mod error;
 pub mod layer;
 pub mod loss;
@@ -20,6 +23,6 @@ pub mod stats;
 pub use error::{MoeError, Result};
 pub use layer::{Expert, MoeConfig, MoeFfn, MoeOutput};
 pub use loss::{load_balancing_loss, z_loss};
-pub use moefy::{balanced_clusters, split_ffn, within_group_spread};
+pub use moefy::{balanced_clusters, expert_activation_scores, router_recall, split_ffn, train_router, within_group_spread};
 pub use router::{assign, hash_expert, Assignment, Capacity, RouterConfig, Routing};
 pub use stats::MoeStats;

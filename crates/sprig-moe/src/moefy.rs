@@ -151,3 +151,63 @@ pub fn split_ffn(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, groups: &[V
         out_bias: Some(Var::from_tensor(b2)?),
     })
 }
+
+/// MoEfication's router target (§3.2): for every token, each expert's sum of positive
+/// pre-activations `Σ_{n ∈ e} max(0, w1_n · x + b1_n)` (`[T, E]`): the experts that would
+/// contribute most if run.
+pub fn expert_activation_scores(moe: &MoeFfn, x: &Tensor) -> Result<Tensor> {
+    let cols = moe
+        .experts
+        .iter()
+        .map(|e| Ok(x.matmul(&e.w1.t()?)?.broadcast_add(&e.b1)?.relu()?.sum_keepdim(1)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&cols, 1)?)
+}
+
+/// How well a router picks experts: the share of each token's true top-`k` experts (by
+/// [`expert_activation_scores`]) that are among the router's top-`k`, averaged over tokens.
+pub fn router_recall(moe: &MoeFfn, x: &Tensor, k: usize) -> Result<f64> {
+    let truth: Vec<Vec<f32>> = expert_activation_scores(moe, x)?.to_vec2()?;
+    let logits: Vec<Vec<f32>> = x.matmul(&moe.router.as_tensor().t()?)?.to_vec2()?;
+    let top = |v: &[f32]| {
+        let mut o: Vec<usize> = (0..v.len()).collect();
+        o.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+        o.truncate(k);
+        o
+    };
+    let hits: usize = truth.iter().zip(&logits).map(|(t, l)| {
+        let (tt, ll) = (top(t), top(l));
+        tt.iter().filter(|e| ll.contains(e)).count()
+    }).sum();
+    Ok(hits as f64 / (truth.len() * k).max(1) as f64)
+}
+
+/// Trains the router of a split FFN on calibration hidden states `x` (`[T, H]`, the inputs the
+/// FFN sees): softmax cross-entropy against the distribution of each token's true top-`k`
+/// experts (uniform over them), full-batch AdamW for `steps` steps at `lr`. Returns the router
+/// recall ([`router_recall`]) on `x` after training.
+pub fn train_router(moe: &mut MoeFfn, x: &Tensor, k: usize, steps: usize, lr: f64) -> Result<f64> {
+    use candle_nn::Optimizer;
+    let e = moe.experts.len();
+    if k == 0 || k > e {
+        return Err(MoeError::BadTopK { k, experts: e });
+    }
+    let scores: Vec<Vec<f32>> = expert_activation_scores(moe, x)?.to_vec2()?;
+    let mut target = Vec::with_capacity(scores.len() * e);
+    for s in &scores {
+        let mut o: Vec<usize> = (0..e).collect();
+        o.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+        let mut row = vec![0f32; e];
+        o[..k].iter().for_each(|&i| row[i] = 1.0 / k as f32);
+        target.extend(row);
+    }
+    let target = Tensor::from_vec(target, (scores.len(), e), x.device())?;
+    let mut opt = candle_nn::AdamW::new(vec![moe.router.clone()], candle_nn::ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
+    for _ in 0..steps {
+        let logits = x.matmul(&moe.router.as_tensor().t()?)?;
+        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
+        let loss = (target.mul(&logp)?.sum_all()?.affine(-1.0 / scores.len() as f64, 0.0))?;
+        opt.backward_step(&loss)?;
+    }
+    router_recall(moe, x, k)
+}

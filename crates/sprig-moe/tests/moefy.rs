@@ -62,3 +62,23 @@ fn all_experts_chosen_give_back_the_dense_ffn() {
     bad[0][0] = bad[1][0];
     assert!(split_ffn(&w1, &b1, &w2, &b2, &bad, RouterConfig::top_k(e, 2)).is_err());
 }
+
+#[test]
+fn a_trained_router_finds_the_most_active_experts() {
+    let (f, h, e, t, k) = (128, 32, 8, 2048, 2);
+    let mut r = ChaCha8Rng::seed_from_u64(4);
+    let d = Device::Cpu;
+    let w1 = Tensor::from_vec(randv(&mut r, f * h), (f, h), &d).unwrap();
+    let b1 = Tensor::from_vec(randv(&mut r, f), f, &d).unwrap();
+    let w2 = Tensor::from_vec(randv(&mut r, h * f), (h, f), &d).unwrap();
+    let b2 = Tensor::from_vec(randv(&mut r, h), h, &d).unwrap();
+    let groups = balanced_clusters(&w1.flatten_all().unwrap().to_vec1::<f32>().unwrap(), f, h, e, 10, 0).unwrap();
+    let mut moe = split_ffn(&w1, &b1, &w2, &b2, &groups, RouterConfig { capacity: Capacity::Dropless, ..RouterConfig::top_k(e, k) }).unwrap();
+    let x = Tensor::from_vec(randv(&mut r, t * h), (t, h), &d).unwrap();
+    let held_out = Tensor::from_vec(randv(&mut r, 512 * h), (512, h), &d).unwrap();
+    let before = sprig_moe::router_recall(&moe, &held_out, k).unwrap();
+    sprig_moe::train_router(&mut moe, &x, k, 300, 0.05).unwrap();
+    let after = sprig_moe::router_recall(&moe, &held_out, k).unwrap();
+    eprintln!("router recall of the top-{k} experts on held-out tokens: {before:.3} (zero router) -> {after:.3} (chance {:.3})", k as f64 / e as f64);
+    assert!(after > 0.6 && after > before + 0.2, "{before} -> {after}");
+}
