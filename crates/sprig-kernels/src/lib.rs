@@ -7,7 +7,8 @@
 //!   [`NmSparse`] (N:M, e.g. 2:4, 4:8), each built from dense + mask or from validated parts;
 //! * kernels ([`SparseMatrix`]): forward SpMM, input gradient `dX = dY·W` and the weight gradient
 //!   at kept positions only (SDDMM, `dW_ij = Σ_m dY_mi X_mj`), multithreaded with rayon and
-//!   vectorised (AVX2+FMA picked at run time, portable fallback elsewhere);
+//!   vectorised (AVX-512 or AVX2+FMA picked at run time, portable fallback elsewhere;
+//!   `SPRIG_SIMD` caps the path, [`simd_level`] names it);
 //! * [`dense_linear`]: the fastest dense Rust path measured here (faer), the baseline;
 //! * `candle` (feature `candle`, on by default): a `SparseLinear` custom op with backward.
 //!
