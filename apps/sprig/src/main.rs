@@ -25,6 +25,9 @@ enum Command {
     PruneReport(cmd::prune::ReportArgs),
     /// Evaluate a fine-tuned checkpoint on a task's test split.
     Eval(cmd::eval::Args),
+    /// Split a fine-tuned classifier's FFNs into experts with trained routers (MoEfication) and
+    /// evaluate it against the dense model
+    Moefy(cmd::moefy::Args),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
     Demo(cmd::demo::Args),
     /// Classify texts with a (pruned) classifier directory; each pruned linear runs in its fastest format on this CPU.
@@ -92,6 +95,7 @@ fn main() {
         Command::Prune(a) => cmd::prune::run(a),
         Command::PruneReport(a) => cmd::prune::report(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Moefy(a) => cmd::moefy::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::Bench(b) => cmd::bench::run(b),

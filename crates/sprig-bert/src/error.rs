@@ -27,6 +27,8 @@ pub enum BertError {
     #[error(transparent)]
     Prune(#[from] sprig_prune::PruneError),
     #[error(transparent)]
+    Moe(#[from] sprig_moe::MoeError),
+    #[error(transparent)]
     Data(#[from] sprig_data::DataError),
     #[error(transparent)]
     Kernels(#[from] sprig_kernels::KernelError),

@@ -10,6 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
+mod moe;
+pub use moe::{MoefyConfig, MoefyReport};
+
 /// Where parameter values come from when building a model.
 pub enum Init<'a> {
     /// Pretrained tensors by canonical name (see [`crate::weights::load_safetensors`]); `origin`
@@ -97,6 +100,8 @@ struct Layer {
     /// pattern whose stored values are Q's, K's and V's values concatenated, so the fused path
     /// runs one sparse product (one packing of X, no concatenation of three outputs).
     qkv_pattern: Option<std::sync::Arc<dyn sprig_kernels::SparseMatrix>>,
+    /// The FFN as experts ([`BertEncoder::moefy_layer`]); `ffn_in`/`ffn_out` then go unused.
+    moe: Option<sprig_moe::MoeFfn>,
 }
 
 /// Which implementation runs the encoder's layers. Both compute the same function (tests hold
@@ -179,6 +184,7 @@ impl BertEncoder {
                 attn_dropout: dropout(config.attention_probs_dropout_prob),
                 hidden_dropout: dropout(config.hidden_dropout_prob),
                 qkv_pattern: None,
+                moe: None,
             });
         }
         let activation = Activation::from_hf(&config.hidden_act).expect("validated");
@@ -431,8 +437,13 @@ impl BertEncoder {
         let ctx = ops::attention(&qkv, spec)?;
         let a = l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train), detach)?;
         let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta(detach)?, l.attn_norm.eps, None)?;
-        let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None, detach)?;
-        let f = l.ffn_out.forward_fused(&ff, Act::Identity, l.hidden_dropout.spec(train), detach)?;
+        let f = match &l.moe {
+            Some(m) => l.hidden_dropout.forward(&moe::forward(m, &x1)?, train)?,
+            None => {
+                let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None, detach)?;
+                l.ffn_out.forward_fused(&ff, Act::Identity, l.hidden_dropout.spec(train), detach)?
+            }
+        };
         Ok(ops::add_layer_norm(&f, &x1, &l.ffn_norm.gamma_beta(detach)?, l.ffn_norm.eps, None)?)
     }
 
@@ -454,9 +465,15 @@ impl BertEncoder {
         let attn = l.hidden_dropout.forward(&l.attn_out.forward(&ctx)?, train)?;
         let x = l.attn_norm.forward(&attn.add(x)?)?;
         input(Which::FfnIn, &x)?;
-        let ff = self.activation.forward(&l.ffn_in.forward(&x)?)?;
-        input(Which::FfnOut, &ff)?;
-        let ff = l.hidden_dropout.forward(&l.ffn_out.forward(&ff)?, train)?;
+        let ff = match &l.moe {
+            Some(m) => moe::forward(m, &x)?,
+            None => {
+                let ff = self.activation.forward(&l.ffn_in.forward(&x)?)?;
+                input(Which::FfnOut, &ff)?;
+                l.ffn_out.forward(&ff)?
+            }
+        };
+        let ff = l.hidden_dropout.forward(&ff, train)?;
         Ok(l.ffn_norm.forward(&ff.add(&x)?)?)
     }
 }

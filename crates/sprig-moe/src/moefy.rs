@@ -192,6 +192,9 @@ pub fn train_router(moe: &mut MoeFfn, x: &Tensor, k: usize, steps: usize, lr: f6
     if k == 0 || k > e {
         return Err(MoeError::BadTopK { k, experts: e });
     }
+    // Only the router learns: a graph behind `x` (say, the model that produced it) would be
+    // walked by every backward step.
+    let x = &x.detach();
     let scores: Vec<Vec<f32>> = expert_activation_scores(moe, x)?.to_vec2()?;
     let mut target = Vec::with_capacity(scores.len() * e);
     for s in &scores {

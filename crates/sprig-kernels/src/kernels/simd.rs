@@ -6,7 +6,7 @@
 //!
 //! [`Simd`] is the 8-lane vocabulary every kernel uses (transposes, permutes, index loads).
 //! [`Lanes`] is the arithmetic alone, for vectors of any width: the hot loops over packed panels
-//! ([`super::tasks::csr_row`], the SDDMM dot products) take [`Simd::Wide`], 16 lanes on AVX-512,
+//! ([`super::tasks::csr_row`], [`super::tasks::block_rows`]) take [`Simd::Wide`], 16 lanes on AVX-512,
 //! where every weight then costs half the loads and FMAs of the 8-lane loop.
 
 /// `N` f32 lanes: the arithmetic the panel loops need.
@@ -29,8 +29,6 @@ pub(crate) trait Lanes {
 pub(crate) trait Simd: Lanes {
     /// The widest vectors (a multiple of 8 lanes); `Self` where that is 8.
     type Wide: Lanes;
-    /// Lanes `l` and `l + 8` of a wide vector added: 8 lanes (the vector itself when it has 8).
-    unsafe fn fold(w: <Self::Wide as Lanes>::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     /// In-place 8x8 transpose: afterwards `r[j][i]` is the old `r[i][j]`.
     unsafe fn transpose8(r: &mut [Self::V; 8]);
@@ -94,10 +92,6 @@ impl Lanes for Portable {
 
 impl Simd for Portable {
     type Wide = Self;
-    #[inline(always)]
-    unsafe fn fold(w: Self::V) -> Self::V {
-        w
-    }
     #[inline(always)]
     unsafe fn hsum(v: Self::V) -> f32 {
         ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
@@ -197,10 +191,6 @@ mod x86 {
 
     impl Simd for Avx2 {
         type Wide = Self;
-        #[inline(always)]
-        unsafe fn fold(w: Self::V) -> Self::V {
-            w
-        }
         #[inline(always)]
         unsafe fn hsum(v: Self::V) -> f32 {
             unsafe {
@@ -343,13 +333,6 @@ mod x86 {
 
     impl Simd for Avx512 {
         type Wide = Zmm;
-        #[inline(always)]
-        unsafe fn fold(w: __m512) -> __m256 {
-            unsafe {
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(w)));
-                _mm256_add_ps(_mm512_castps512_ps256(w), hi)
-            }
-        }
         type I = __m256i;
         as_avx2! {
             hsum(v: __m256) -> f32;

@@ -456,17 +456,15 @@ unsafe fn dot<S: Simd>(a: *const f32, b: *const f32, len: usize) -> f32 {
 
 /// Eight SDDMM dot products sharing one row of dY: `acc[q] = Σ_l dr[l]·X_panel[cols[q]][l]`,
 /// reduced with one 8x8 transpose; the 8 sums are added to `out[oi[q]]`. One dY load serves 8
-/// FMAs, so the loop issues 9 loads per 8 FMAs instead of 2 per FMA. In the widest vectors that
-/// divide `pw` (folded to 8 lanes before the transpose).
+/// FMAs, so the loop issues 9 loads per 8 FMAs instead of 2 per FMA. In 8-lane vectors on every
+/// path: 16-lane ones ([`Simd::Wide`], folded before the transpose) made the whole CSR backward
+/// at K=384 N=1536 M=512 1.5x (90%) to 1.9x (50%) slower on an AVX-512 Xeon (2 threads, two
+/// alternated passes of `sprig bench kernels --quick`, 2026-12-06).
 #[inline(always)]
 unsafe fn dot8<S: Simd>(dr: *const f32, xpan: *const f32, pw: usize, cols: &[usize; 8], oi: &[usize; 8], out: &mut [f32]) {
     unsafe {
         let xr: [*const f32; 8] = std::array::from_fn(|q| xpan.add(cols[q] * pw));
-        let mut acc = if pw.is_multiple_of(<S::Wide as Lanes>::N) {
-            dot8_in::<S::Wide>(dr, &xr, pw).map(|a| S::fold(a))
-        } else {
-            dot8_in::<S>(dr, &xr, pw)
-        };
+        let mut acc = dot8_in::<S>(dr, &xr, pw);
         S::transpose8(&mut acc);
         let s = S::add(
             S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])),
