@@ -121,6 +121,26 @@ const SMALL_M: usize = 4;
 /// about the same at 70% (K=384 N=1536 and transposed, M=512, 2 threads, 2026-11-27).
 const DENSE_DX_DENSITY: f64 = 0.35;
 
+/// Runs `$body` with `$S` bound to `$T`, compiled inside a `#[target_feature(enable = $feat)]`
+/// function (the caller checked the features at run time).
+macro_rules! run_target {
+    ($feat:literal, $T:ty, $S:ident, $body:expr) => {{
+        #[target_feature(enable = $feat)]
+        unsafe fn run(f: impl FnOnce()) {
+            f()
+        }
+        type $S = $T;
+        // SAFETY: the dispatcher only takes this branch when `simd()` reports these features.
+        #[allow(unused_unsafe)]
+        unsafe {
+            run(
+                #[inline(always)]
+                || $body,
+            )
+        };
+    }};
+}
+
 /// Runs `$body` with `$S` bound to the vector type of [`simd`], compiling the body inside a
 /// `#[target_feature]` function for AVX-512 and for AVX2.
 macro_rules! dispatch {
@@ -128,36 +148,8 @@ macro_rules! dispatch {
         #[cfg(target_arch = "x86_64")]
         {
             match simd() {
-                SimdLevel::Avx512 => {
-                    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                    unsafe fn run_avx512(f: impl FnOnce()) {
-                        f()
-                    }
-                    type $S = simd::Avx512;
-                    // SAFETY: AVX-512 F/VL, AVX2 and FMA were detected at run time.
-                    #[allow(unused_unsafe)]
-                    unsafe {
-                        run_avx512(
-                            #[inline(always)]
-                            || $body,
-                        )
-                    };
-                }
-                SimdLevel::Avx2 => {
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn run_avx2(f: impl FnOnce()) {
-                        f()
-                    }
-                    type $S = simd::Avx2;
-                    // SAFETY: AVX2 and FMA were detected at run time.
-                    #[allow(unused_unsafe)]
-                    unsafe {
-                        run_avx2(
-                            #[inline(always)]
-                            || $body,
-                        )
-                    };
-                }
+                SimdLevel::Avx512 => run_target!("avx512f,avx512vl,avx2,fma", simd::Avx512, $S, $body),
+                SimdLevel::Avx2 => run_target!("avx2,fma", simd::Avx2, $S, $body),
                 SimdLevel::Portable => {
                     type $S = Portable;
                     #[allow(unused_unsafe)]
