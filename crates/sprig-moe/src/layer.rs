@@ -177,10 +177,10 @@ impl MoeFfn {
             return Ok(y);
         }
         let tok_t = Tensor::from_vec(tok.clone(), tok.len(), dev)?;
-        let mut gates = match self.config.router.routing {
-            _ if self.config.unit_gates => Tensor::ones(tok.len(), probs.dtype(), dev)?,
-            Routing::Hash => Tensor::ones(tok.len(), probs.dtype(), dev)?,
-            _ => probs.flatten_all()?.index_select(&Tensor::from_vec(flat, tok.len(), dev)?, 0)?,
+        let mut gates = if self.config.unit_gates || self.config.router.routing == Routing::Hash {
+            Tensor::ones(tok.len(), probs.dtype(), dev)?
+        } else {
+            probs.flatten_all()?.index_select(&Tensor::from_vec(flat, tok.len(), dev)?, 0)?
         };
         if self.config.router.normalize && !self.config.unit_gates {
             // Divide by the sum of the gates each token kept.
@@ -199,19 +199,6 @@ impl MoeFfn {
             start += ts.len();
         }
         Ok(y)
-    }
-
-    /// Active expert parameters per token over total expert parameters (`k / E` for top-k).
-    pub fn active_fraction(&self) -> f64 {
-        let e = self.config.router.experts as f64;
-        match self.config.router.routing {
-            Routing::TopK { k } => k as f64 / e,
-            Routing::Hash => 1.0 / e,
-            Routing::ExpertChoice => match self.config.router.capacity {
-                crate::router::Capacity::Factor(f) => f / e,
-                crate::router::Capacity::Dropless => 1.0,
-            },
-        }
     }
 }
 

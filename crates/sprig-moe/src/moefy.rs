@@ -7,7 +7,7 @@
 use crate::error::{MoeError, Result};
 use crate::layer::{Expert, MoeConfig, MoeFfn};
 use crate::router::RouterConfig;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -146,7 +146,7 @@ pub fn split_ffn(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, groups: &[V
     config.unit_gates = true;
     Ok(MoeFfn {
         config,
-        router: Var::from_tensor(&Tensor::zeros((groups.len(), h), DType::F32, &Device::Cpu)?.to_device(dev)?)?,
+        router: Var::from_tensor(&Tensor::zeros((groups.len(), h), w1.dtype(), dev)?)?,
         experts,
         out_bias: Some(Var::from_tensor(b2)?),
     })

@@ -1,7 +1,7 @@
 //! MoE-fied encoders (MoEfication, Zhang et al. 2022): each layer's FFN split into experts by
 //! sprig-moe's balanced clustering, with a router trained on the FFN's own inputs to pick the
 //! experts whose neurons would be most active.
-use super::{BertEncoder, Layer};
+use super::BertEncoder;
 use crate::error::{BertError, Result};
 use candle_core::{DType, Tensor};
 use sprig_moe::{balanced_clusters, split_ffn, train_router, Capacity, MoeFfn, RouterConfig};
@@ -69,11 +69,10 @@ impl BertEncoder {
                 Ok(())
             })?;
         }
-        let mut report = MoefyReport::default();
+        let mut report = MoefyReport { calibration_tokens: inputs.first().map_or(0, |v| v.iter().map(|x| x.dims()[0]).sum()), router_recall: Vec::new() };
         let router = RouterConfig { capacity: Capacity::Dropless, ..RouterConfig::top_k(cfg.experts, cfg.top_k) };
         for (i, l) in self.layers.iter_mut().enumerate() {
             let x = Tensor::cat(&inputs[i], 0)?;
-            report.calibration_tokens = x.dims()[0];
             let w1 = l.ffn_in.weight.as_detached_tensor();
             let (f, _) = w1.dims2()?;
             let groups = balanced_clusters(&w1.flatten_all()?.to_vec1::<f32>()?, f, h, cfg.experts, cfg.kmeans_iters, cfg.seed.wrapping_add(i as u64))?;
@@ -85,7 +84,7 @@ impl BertEncoder {
             };
             let mut m = split_ffn(&w1, &bias(&l.ffn_in, f)?, &l.ffn_out.weight.as_detached_tensor(), &bias(&l.ffn_out, h)?, &groups, router.clone())?;
             report.router_recall.push(train_router(&mut m, &x, cfg.top_k, cfg.router_steps, cfg.router_lr)?);
-            set_moe(l, m);
+            l.moe = Some(m);
         }
         Ok(report)
     }
@@ -113,8 +112,4 @@ impl BertEncoder {
         }
         Ok(())
     }
-}
-
-fn set_moe(l: &mut Layer, m: MoeFfn) {
-    l.moe = Some(m);
 }

@@ -300,20 +300,12 @@ mod x86 {
         }
     }
 
-    /// Forwards the 8-lane operations of `$T` to [`Avx2`]'s.
+    /// Forwards the listed methods of `$trait` to [`Avx2`]'s (the 8-lane operations of [`Avx512`]).
     macro_rules! as_avx2 {
-        ($($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {$(
+        ($trait:ident: $($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {$(
             #[inline(always)]
             unsafe fn $f($($a: $t),*) -> $r {
-                unsafe { <Avx2 as Simd>::$f($($a),*) }
-            }
-        )*};
-    }
-    macro_rules! as_avx2_lanes {
-        ($($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {$(
-            #[inline(always)]
-            unsafe fn $f($($a: $t),*) -> $r {
-                unsafe { <Avx2 as Lanes>::$f($($a),*) }
+                unsafe { <Avx2 as $trait>::$f($($a),*) }
             }
         )*};
     }
@@ -321,7 +313,7 @@ mod x86 {
     impl Lanes for Avx512 {
         type V = __m256;
         const N: usize = 8;
-        as_avx2_lanes! {
+        as_avx2! { Lanes:
             zero() -> __m256;
             splat(x: f32) -> __m256;
             load(p: *const f32) -> __m256;
@@ -334,7 +326,7 @@ mod x86 {
     impl Simd for Avx512 {
         type Wide = Zmm;
         type I = __m256i;
-        as_avx2! {
+        as_avx2! { Simd:
             hsum(v: __m256) -> f32;
             transpose8(r: &mut [__m256; 8]) -> ();
             load_idx_u8(p: *const u8) -> __m256i;
