@@ -35,6 +35,9 @@ enum Command {
     /// Benchmarks (kernels, training step, predict).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Theory checks: empirical NTK of randomly pruned MLPs, edge-popup strong tickets, Malach et al.'s construction.
+    #[command(subcommand)]
+    Theory(cmd::theory::TheoryCommand),
     /// Lottery tickets by iterative magnitude pruning, with reinit and random-mask controls.
     Lottery(cmd::lottery::Args),
     /// Per-layer sparsity table of a sparse checkpoint.
@@ -99,6 +102,7 @@ fn main() {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Theory(t) => cmd::theory::run(t),
         Command::Lottery(a) => cmd::lottery::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::PruneAtInit(a) => cmd::prune_at_init::run(a),

@@ -15,6 +15,7 @@ pub mod lottery;
 pub mod predict;
 pub mod prune;
 pub mod prune_at_init;
+pub mod theory;
 pub mod ticket;
 pub mod transfer;
 pub mod transfer_matrix;
