@@ -216,7 +216,7 @@ fn run_malach(a: MalachArgs) -> Result<()> {
         };
         for r in malach::malach_sweep(&cfg)? {
             println!(
-                "| {:?} | {} | {:.3e} | {:.3e} | {:.3e} | {:.3e} | {:.3} |",
+                "| {:?} | {} | {:.3e} | {:.3e} | {:.3e} | {:.3e} | {:.5} |",
                 r.construction, r.width, r.weight_err_mean, r.weight_err_max, r.weight_err_grid_max, r.neuron_err_mean, r.kept_fraction
             );
             rows.push(r);
