@@ -438,7 +438,7 @@ impl BertEncoder {
         let a = l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train), detach)?;
         let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta(detach)?, l.attn_norm.eps, None)?;
         let f = match &l.moe {
-            Some(m) => l.hidden_dropout.forward(&moe::forward(m, &x1)?, train)?,
+            Some(m) => l.hidden_dropout.forward(&moe::forward(m, &x1, detach)?, train)?,
             None => {
                 let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None, detach)?;
                 l.ffn_out.forward_fused(&ff, Act::Identity, l.hidden_dropout.spec(train), detach)?
@@ -466,7 +466,7 @@ impl BertEncoder {
         let x = l.attn_norm.forward(&attn.add(x)?)?;
         input(Which::FfnIn, &x)?;
         let ff = match &l.moe {
-            Some(m) => moe::forward(m, &x)?,
+            Some(m) => moe::forward(m, &x, false)?,
             None => {
                 let ff = self.activation.forward(&l.ffn_in.forward(&x)?)?;
                 input(Which::FfnOut, &ff)?;

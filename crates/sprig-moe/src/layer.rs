@@ -10,6 +10,7 @@ use crate::loss::{load_balancing_loss, z_loss};
 use crate::router::{assign, Assignment, RouterConfig, Routing};
 use crate::stats::MoeStats;
 use candle_core::{DType, Device, Tensor, Var, D};
+use sprig_kernels::nn::{ops::linear, Act};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -38,7 +39,8 @@ impl MoeConfig {
     }
 }
 
-/// One expert: `w2 · gelu(w1 · x + b1) + b2` (weights `[out, in]` as in `nn.Linear`).
+/// One expert: `w2 · gelu(w1 · x + b1) + b2` (weights `[out, in]` as in `nn.Linear`), run by
+/// sprig-kernels' fused linear (one GEMM with the bias and GELU in its epilogue, with backward).
 #[derive(Clone, Debug)]
 pub struct Expert {
     pub w1: Var,
@@ -50,8 +52,14 @@ pub struct Expert {
 impl Expert {
     /// `[n, hidden] -> [n, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = x.matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?.gelu_erf()?;
-        Ok(h.matmul(&self.w2.t()?)?.broadcast_add(&self.b2)?)
+        self.run(x, false)
+    }
+
+    /// `detach`: parameters without autograd tracking (inference: nothing kept for a backward).
+    fn run(&self, x: &Tensor, detach: bool) -> Result<Tensor> {
+        let p = |v: &Var| if detach { v.as_detached_tensor() } else { v.as_tensor().clone() };
+        let h = linear(x, &p(&self.w1), &p(&self.b1), Act::Gelu, None)?;
+        Ok(linear(&h, &p(&self.w2), &p(&self.b2), Act::Identity, None)?)
     }
 }
 
@@ -120,15 +128,21 @@ impl MoeFfn {
     /// Evaluation forward: no jitter or noise. `x` is `[T, hidden]`; `token_ids` only for hash
     /// routing.
     pub fn forward(&self, x: &Tensor, token_ids: Option<&[u32]>) -> Result<MoeOutput> {
-        self.run(x, token_ids, None)
+        self.run(x, token_ids, None, false)
     }
 
     /// Training forward: the router's jitter and noise (if configured) drawn from `rng`.
     pub fn forward_train(&self, x: &Tensor, token_ids: Option<&[u32]>, rng: &mut ChaCha8Rng) -> Result<MoeOutput> {
-        self.run(x, token_ids, Some(rng))
+        self.run(x, token_ids, Some(rng), false)
     }
 
-    fn run(&self, x: &Tensor, token_ids: Option<&[u32]>, mut rng: Option<&mut ChaCha8Rng>) -> Result<MoeOutput> {
+    /// Inference forward: [`MoeFfn::forward`] with the parameters detached (no graph, nothing kept
+    /// for a backward) and the expert outputs scattered back into one buffer. Same values.
+    pub fn infer(&self, x: &Tensor, token_ids: Option<&[u32]>) -> Result<MoeOutput> {
+        self.run(&x.detach(), token_ids, None, true)
+    }
+
+    fn run(&self, x: &Tensor, token_ids: Option<&[u32]>, mut rng: Option<&mut ChaCha8Rng>, detach: bool) -> Result<MoeOutput> {
         let cfg = &self.config;
         let (t, h) = x.dims2()?;
         if h != cfg.hidden {
@@ -143,7 +157,8 @@ impl MoeFfn {
             }
             _ => x.clone(),
         };
-        let logits = xr.matmul(&self.router.as_tensor().t()?)?;
+        let router = if detach { self.router.as_detached_tensor() } else { self.router.as_tensor().clone() };
+        let logits = xr.matmul(&router.t()?)?;
         // The composed softmax: candle-nn's fused `softmax_last_dim` has no backward.
         let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
         let pv: Vec<f32> = probs.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -156,7 +171,7 @@ impl MoeFfn {
             _ => pv.clone(),
         };
         let a = assign(&cfg.router, &pv, &choice, t, token_ids)?;
-        let y = self.combine(x, &probs, &a, dev)?;
+        let y = if detach { self.combine_detached(x, &pv, &a)? } else { self.combine(x, &probs, &a, dev)? };
         let aux = (load_balancing_loss(&probs, &a)?.affine(cfg.balance_weight, 0.0)? + z_loss(&logits)?.affine(cfg.z_weight, 0.0)?)?;
         let stats = MoeStats::new(&a, &pv);
         Ok(MoeOutput { y, aux_loss: aux, stats, assignment: a })
@@ -177,12 +192,10 @@ impl MoeFfn {
             return Ok(y);
         }
         let tok_t = Tensor::from_vec(tok.clone(), tok.len(), dev)?;
-        let mut gates = if self.config.unit_gates || self.config.router.routing == Routing::Hash {
-            Tensor::ones(tok.len(), probs.dtype(), dev)?
-        } else {
-            probs.flatten_all()?.index_select(&Tensor::from_vec(flat, tok.len(), dev)?, 0)?
-        };
-        if self.config.router.normalize && !self.config.unit_gates {
+        // Unit gates (a split dense FFN) and hash routing weigh every expert output by 1.
+        let unit = self.config.unit_gates || self.config.router.routing == Routing::Hash;
+        let mut gates = if unit { Tensor::ones(tok.len(), probs.dtype(), dev)? } else { probs.flatten_all()?.index_select(&Tensor::from_vec(flat, tok.len(), dev)?, 0)? };
+        if self.config.router.normalize && !unit {
             // Divide by the sum of the gates each token kept.
             let denom = Tensor::zeros(t, gates.dtype(), dev)?.index_add(&tok_t, &gates, 0)?;
             gates = (&gates / denom.index_select(&tok_t, 0)?)?;
@@ -193,12 +206,52 @@ impl MoeFfn {
                 continue;
             }
             let idx = tok_t.narrow(0, start, ts.len())?;
-            let g = gates.narrow(0, start, ts.len())?.unsqueeze(D::Minus1)?;
-            let out = self.experts[x_i].forward(&x.index_select(&idx, 0)?)?.broadcast_mul(&g)?;
+            let mut out = self.experts[x_i].forward(&x.index_select(&idx, 0)?)?;
+            if !unit {
+                out = out.broadcast_mul(&gates.narrow(0, start, ts.len())?.unsqueeze(D::Minus1)?)?;
+            }
             y = y.index_add(&idx, &out, 0)?;
             start += ts.len();
         }
         Ok(y)
+    }
+}
+
+impl MoeFfn {
+    /// [`MoeFfn::combine`] without autograd: each expert's output rows, times their gate, added
+    /// into one `[T, hidden]` buffer in place (no `[T, hidden]` copy per expert).
+    fn combine_detached(&self, x: &Tensor, probs: &[f32], a: &Assignment) -> Result<Tensor> {
+        let (t, h) = x.dims2()?;
+        let e = a.experts;
+        let mut y = match &self.out_bias {
+            Some(b) => b.as_detached_tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?.repeat(t),
+            None => vec![0f32; t * h],
+        };
+        let unit = self.config.unit_gates || self.config.router.routing == Routing::Hash;
+        let mut kept_sum = vec![0f32; t];
+        if self.config.router.normalize && !unit {
+            for (x_i, ts) in a.per_expert.iter().enumerate() {
+                ts.iter().for_each(|&tok| kept_sum[tok] += probs[tok * e + x_i]);
+            }
+        }
+        for (x_i, ts) in a.per_expert.iter().enumerate() {
+            if ts.is_empty() {
+                continue;
+            }
+            let idx = Tensor::from_vec(ts.iter().map(|&t| t as u32).collect::<Vec<_>>(), ts.len(), x.device())?;
+            let out = self.experts[x_i].run(&x.index_select(&idx, 0)?, true)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            for (row, &tok) in out.chunks_exact(h).zip(ts) {
+                let g = if unit {
+                    1.0
+                } else if self.config.router.normalize {
+                    probs[tok * e + x_i] / kept_sum[tok]
+                } else {
+                    probs[tok * e + x_i]
+                };
+                y[tok * h..(tok + 1) * h].iter_mut().zip(row).for_each(|(o, &v)| *o += g * v);
+            }
+        }
+        Ok(Tensor::from_vec(y, (t, h), x.device())?.to_dtype(x.dtype())?)
     }
 }
 

@@ -28,6 +28,33 @@ fn one_expert_is_its_ffn() {
 }
 
 #[test]
+fn inference_forward_gives_the_training_forwards_values() {
+    let mut r = ChaCha8Rng::seed_from_u64(3);
+    let x = randn(&mut r, (40, 8));
+    let ids: Vec<u32> = (0..40).map(|i| (i * 7 % 13) as u32).collect();
+    for (routing, capacity, unit) in [
+        (Routing::TopK { k: 2 }, Capacity::Dropless, false),
+        (Routing::TopK { k: 2 }, Capacity::Factor(1.0), false),
+        (Routing::TopK { k: 1 }, Capacity::Factor(1.25), false),
+        (Routing::TopK { k: 3 }, Capacity::Dropless, true),
+        (Routing::ExpertChoice, Capacity::Factor(2.0), false),
+        (Routing::Hash, Capacity::Dropless, false),
+    ] {
+        let mut cfg = MoeConfig::new(8, 12, RouterConfig { routing, capacity, ..RouterConfig::top_k(4, 2) });
+        cfg.unit_gates = unit;
+        let mut moe = layer(cfg);
+        if unit {
+            moe.out_bias = Some(candle_core::Var::from_tensor(&randn(&mut r, (1, 8)).flatten_all().unwrap()).unwrap());
+        }
+        let (a, b) = (moe.forward(&x, Some(&ids)).unwrap(), moe.infer(&x, Some(&ids)).unwrap());
+        let d = (a.y - &b.y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "{routing:?} {capacity:?}: {d}");
+        assert!(!b.y.track_op(), "inference output is tracked");
+        assert_eq!(a.stats, b.stats);
+    }
+}
+
+#[test]
 fn top2_output_is_the_gate_weighted_sum_and_gradients_reach_router_and_experts() {
     let cfg = MoeConfig::new(8, 12, RouterConfig { capacity: Capacity::Dropless, ..RouterConfig::top_k(4, 2) });
     let moe = layer(cfg);

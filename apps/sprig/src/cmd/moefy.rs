@@ -31,6 +31,12 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    /// Also time each layer's FFN block, dense vs experts at the first `--top-k`, on this many
+    /// real FFN-input tokens (32 x 128 = 4096 by default; 0 skips), alternated over `--time-reps`.
+    #[arg(long, default_value_t = 4096)]
+    pub time_tokens: usize,
+    #[arg(long, default_value_t = 10)]
+    pub time_reps: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -68,11 +74,13 @@ pub fn run(a: Args) -> Result<()> {
     let n = a.calibration.min(train_t.labels.len());
     let idx: Vec<usize> = (0..n).collect();
     let calib = idx.chunks(32).map(|c| batch_tensors(&train_t, c, tok.pad_id(), &device)).collect::<sprig_bert::Result<Vec<_>>>()?;
+    let ffn_inputs = if a.time_tokens > 0 { ffn_inputs(&model.encoder, &calib, a.time_tokens)? } else { Vec::new() };
     let cfg = MoefyConfig { experts: a.experts, top_k: a.top_k[0], router_steps: a.router_steps, seed, ..MoefyConfig::default() };
     let t = std::time::Instant::now();
     let report = model.encoder.moefy(&cfg, &calib)?;
     let moefy_seconds = t.elapsed().as_secs_f64();
     tracing::info!(tokens = report.calibration_tokens, recall = ?report.router_recall, seconds = moefy_seconds, "routers trained");
+    let timing = time_ffn(&mut model.encoder, &ffn_inputs, a.top_k[0], a.time_reps)?;
     println!("| model | experts run per token | FFN neurons active | dev acc | test acc | test / dense |\n|---|---|---|---|---|---|");
     println!("| dense | | 100% | {:.4} | {:.4} | |", dense.0, dense.1);
     let mut rows = Vec::new();
@@ -87,8 +95,79 @@ pub fn run(a: Args) -> Result<()> {
         "model": a.model, "task": a.task, "seed": seed, "experts": a.experts, "calibration_examples": n,
         "calibration_tokens": report.calibration_tokens, "router_steps": a.router_steps, "router_recall": report.router_recall,
         "moefy_seconds": moefy_seconds, "dense": {"dev_accuracy": dense.0, "test_accuracy": dense.1}, "moe": rows,
+        "ffn_timing": timing,
     });
     sprig_train::write_json(&out_json, &summary)?;
     println!("summary: {}", out_json.display());
     Ok(())
+}
+
+/// The first `tokens` real (non-padding) FFN inputs of every layer, `[tokens, H]` each, from the
+/// dense encoder on `batches`.
+fn ffn_inputs(enc: &sprig_bert::BertEncoder, batches: &[(candle_core::Tensor, candle_core::Tensor, candle_core::Tensor)], tokens: usize) -> Result<Vec<candle_core::Tensor>> {
+    use candle_core::{DType, Tensor};
+    let mut per_layer: Vec<Vec<Tensor>> = Vec::new();
+    for (ids, types, mask) in batches {
+        let keep: Vec<u32> = mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(i, _)| i as u32).collect();
+        let keep = Tensor::from_vec(keep.clone(), keep.len(), ids.device())?;
+        enc.observe_linear_inputs(ids, types, mask, &mut |name, x| {
+            if let Some(i) = name.strip_prefix("encoder.layer.").and_then(|r| r.strip_suffix(".intermediate.dense.weight")).and_then(|i| i.parse::<usize>().ok()) {
+                let d = x.dims();
+                if per_layer.len() <= i {
+                    per_layer.resize(i + 1, Vec::new());
+                }
+                per_layer[i].push(x.reshape((d[0] * d[1], d[2]))?.index_select(&keep, 0)?.detach());
+            }
+            Ok(())
+        })?;
+    }
+    per_layer
+        .into_iter()
+        .map(|xs| {
+            let x = Tensor::cat(&xs, 0)?;
+            if x.dims()[0] < tokens {
+                bail!("the calibration examples hold {} tokens, fewer than --time-tokens {tokens} (raise --calibration or lower --time-tokens)", x.dims()[0]);
+            }
+            Ok(x.narrow(0, 0, tokens)?.contiguous()?)
+        })
+        .collect()
+}
+
+/// Median wall time (ms) of every layer's dense FFN block and of its experts at top-`k`, the two
+/// alternated `reps` times after one warm-up each; `null` when there are no inputs.
+fn time_ffn(enc: &mut sprig_bert::BertEncoder, inputs: &[candle_core::Tensor], k: usize, reps: usize) -> Result<serde_json::Value> {
+    if inputs.is_empty() || reps == 0 {
+        return Ok(serde_json::Value::Null);
+    }
+    enc.set_moe_top_k(k)?;
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut layers = Vec::new();
+    let (mut dense_sum, mut moe_sum) = (0.0, 0.0);
+    for (i, x) in inputs.iter().enumerate() {
+        let (mut dense, mut moe) = (Vec::new(), Vec::new());
+        for rep in 0..=reps {
+            for (experts, out) in [(false, &mut dense), (true, &mut moe)] {
+                let t = std::time::Instant::now();
+                let y = enc.ffn_block(i, x, experts)?;
+                std::hint::black_box(&y);
+                if rep > 0 {
+                    out.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let (d, m) = (median(dense), median(moe));
+        dense_sum += d;
+        moe_sum += m;
+        tracing::info!(layer = i, dense_ms = d, moe_ms = m, ratio = m / d, "FFN block");
+        layers.push(serde_json::json!({"layer": i, "dense_ms": d, "moe_ms": m, "moe_over_dense": m / d}));
+    }
+    println!("FFN blocks, {} tokens, top-{k}: dense {dense_sum:.1} ms, experts {moe_sum:.1} ms ({:.2}x), medians of {reps} alternated runs", inputs[0].dims()[0], moe_sum / dense_sum);
+    Ok(serde_json::json!({
+        "tokens": inputs[0].dims()[0], "top_k": k, "reps": reps, "threads": sprig_kernels::bench::threads(),
+        "simd": sprig_kernels::simd_level(), "layers": layers,
+        "dense_ms_sum": dense_sum, "moe_ms_sum": moe_sum, "moe_over_dense": moe_sum / dense_sum,
+    }))
 }

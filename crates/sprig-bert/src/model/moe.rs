@@ -6,10 +6,12 @@ use crate::error::{BertError, Result};
 use candle_core::{DType, Tensor};
 use sprig_moe::{balanced_clusters, split_ffn, train_router, Capacity, MoeFfn, RouterConfig};
 
-/// `[B, S, H]` through the layer's experts (every token routed, padding included).
-pub(super) fn forward(m: &MoeFfn, x: &Tensor) -> Result<Tensor> {
+/// `[B, S, H]` through the layer's experts (every token routed, padding included); `detach`:
+/// inference, without autograd.
+pub(super) fn forward(m: &MoeFfn, x: &Tensor, detach: bool) -> Result<Tensor> {
     let (b, s, h) = x.dims3()?;
-    let y = m.forward(&x.reshape((b * s, h))?, None)?.y;
+    let x = x.reshape((b * s, h))?;
+    let y = if detach { m.infer(&x, None)?.y } else { m.forward(&x, None)?.y };
     Ok(y.reshape((b, s, h))?)
 }
 
@@ -87,6 +89,21 @@ impl BertEncoder {
             l.moe = Some(m);
         }
         Ok(report)
+    }
+
+    /// Layer `layer`'s FFN block on `[T, H]` inputs, without the residual and LayerNorm, as inference
+    /// runs it: the dense FFN (fused GEMM with the GELU epilogue), or its experts when `experts`
+    /// (routing and gathering included). For timing the two side by side.
+    pub fn ffn_block(&self, layer: usize, x: &Tensor, experts: bool) -> Result<Tensor> {
+        let l = self.layers.get(layer).ok_or_else(|| BertError::Invalid(format!("layer {layer} does not exist (the encoder has {})", self.layers.len())))?;
+        match (&l.moe, experts) {
+            (Some(m), true) => Ok(m.infer(x, None)?.y),
+            (None, true) => Err(BertError::Invalid(format!("layer {layer} is not MoE-fied"))),
+            (_, false) => {
+                let ff = l.ffn_in.forward_fused(x, sprig_kernels::nn::Act::Gelu, None, true)?;
+                Ok(l.ffn_out.forward_fused(&ff, sprig_kernels::nn::Act::Identity, None, true)?)
+            }
+        }
     }
 
     /// Whether any layer runs its FFN as experts.
