@@ -28,6 +28,8 @@ enum Command {
     /// Split a fine-tuned classifier's FFNs into experts with trained routers (MoEfication) and
     /// evaluate it against the dense model
     Moefy(cmd::moefy::Args),
+    /// Train MoE classifiers from scratch over routers, capacity factors and balancing weights, against dense FFNs.
+    MoeScratch(cmd::moe_scratch::Args),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
     Demo(cmd::demo::Args),
     /// Classify texts with a (pruned) classifier directory; each pruned linear runs in its fastest format on this CPU.
@@ -99,6 +101,7 @@ fn main() {
         Command::PruneReport(a) => cmd::prune::report(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Moefy(a) => cmd::moefy::run(a),
+        Command::MoeScratch(a) => cmd::moe_scratch::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::Bench(b) => cmd::bench::run(b),

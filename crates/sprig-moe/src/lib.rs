@@ -25,4 +25,4 @@ pub use layer::{Expert, MoeConfig, MoeFfn, MoeOutput};
 pub use loss::{load_balancing_loss, z_loss};
 pub use moefy::{balanced_clusters, expert_activation_scores, router_recall, split_ffn, train_router, within_group_spread};
 pub use router::{assign, hash_expert, Assignment, Capacity, RouterConfig, Routing};
-pub use stats::MoeStats;
+pub use stats::{coefficient_of_variation, MoeStats};

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod export;
 pub mod finetune;
 pub mod inspect;
+pub mod moe_scratch;
 pub mod moefy;
 pub mod lottery;
 pub mod predict;
