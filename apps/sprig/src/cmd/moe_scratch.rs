@@ -21,8 +21,8 @@ pub struct Args {
     /// Weights of the Switch load-balancing loss.
     #[arg(long, value_delimiter = ',', default_value = "0.01")]
     pub balance: Vec<f64>,
-    /// Dense FFN widths to train as references (empty: none).
-    #[arg(long, value_delimiter = ',', default_value = "64,128,512")]
+    /// Dense FFN widths to train as references (the flag with no value: none).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "64,128,512")]
     pub dense_widths: Vec<usize>,
     #[arg(long, default_value_t = 8)]
     pub experts: usize,
