@@ -381,7 +381,7 @@ pub fn train_dense_lenet300(cfg: &DenseConfig, data: &ImageDataset, progress: &m
     let mut curve = Vec::new();
     let mut best: Option<(usize, f64, Vec<Tensor>)> = None;
     let mut cb = |step: usize, m: &VisionModel| -> sprig_train::error::Result<()> {
-        if step % spe == 0 {
+        if step.is_multiple_of(spe) {
             let dev_acc = vision::evaluate(m, &data.dev)?;
             let p = EpochPoint { epoch: step / spe, train_loss: None, dev_acc, seconds: t0.elapsed().as_secs_f64() };
             progress(&p);
