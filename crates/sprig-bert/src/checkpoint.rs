@@ -41,8 +41,12 @@ impl Checkpoint {
     }
 
     /// The fine-tuned classifier stored in this checkpoint.
+    /// A MoE-fied classifier's routers (`moe.safetensors` beside `config.json`) are loaded with it.
     pub fn classifier(&self, dropout_seed: u64, device: &Device) -> Result<BertClassifier> {
-        let encoder = self.encoder(dropout_seed, device)?;
+        let mut encoder = self.encoder(dropout_seed, device)?;
+        if let Some(routers) = self.files.config.parent().map(|d| d.join(crate::model::MOE_FILE)).filter(|p| p.exists()) {
+            encoder.load_moe(&routers)?;
+        }
         let n = self.tensors.get("classifier.weight").map(|t| t.dims()[0]).unwrap_or(0);
         let pooling = self.config.sprig_pooling.unwrap_or(Pooling::Cls);
         BertClassifier::new(encoder, n, pooling, Some((&self.tensors, self.origin())), dropout_seed)

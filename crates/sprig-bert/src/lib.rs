@@ -20,6 +20,7 @@ pub mod gradual;
 pub mod hf;
 pub mod masked;
 pub mod model;
+pub mod moe_finetune;
 pub mod nn;
 pub mod prune;
 pub mod source;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 mod moe;
-pub use moe::{MoefyConfig, MoefyReport};
+pub use moe::{MoefyConfig, MoefyReport, MOE_FILE, MOE_FORMAT};
 
 /// Where parameter values come from when building a model.
 pub enum Init<'a> {

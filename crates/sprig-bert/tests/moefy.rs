@@ -41,7 +41,40 @@ fn moefied_minilm_is_exact_with_all_experts_and_routes_above_chance_with_two() {
     eprintln!("top-2 of 8 vs dense hidden states: cosine {c:.4}");
     assert!(c > 0.3 && c < 0.99999, "{c}");
     assert!(enc.moefy(&moe, &calib[3..]).is_err(), "MoE-fying twice is refused");
+    let max_diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     enc.clear_moe();
-    let back = enc.forward_inference(&ids, &types, &mask).unwrap();
-    assert_eq!((back - dense).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(max_diff(&enc.forward_inference(&ids, &types, &mask).unwrap(), &dense), 0.0, "clearing the experts gives the dense weights back");
+    // Same seed and calibration: the same experts and routers, bit for bit.
+    enc.moefy(&moe, &calib[..3]).unwrap();
+    enc.set_moe_top_k(2).unwrap();
+    assert_eq!(max_diff(&enc.forward_inference(&ids, &types, &mask).unwrap(), &two), 0.0, "MoE-fication is deterministic");
+
+    // Save and load: the experts folded back into the FFN (neurons reordered expert by expert:
+    // the dense function is unchanged), the routers in their own file; loading cuts the FFN into
+    // the same experts, so top-2 computes what it computed before.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(sprig_bert::model::MOE_FILE);
+    enc.fold_moe_into_ffn().unwrap();
+    enc.save_moe(&file).unwrap();
+    enc.clear_moe();
+    assert!(max_diff(&enc.forward_inference(&ids, &types, &mask).unwrap(), &dense) < 1e-3, "the folded FFN is the dense FFN");
+    enc.load_moe(&file).unwrap();
+    assert!(enc.is_moefied());
+    let loaded = enc.forward_inference(&ids, &types, &mask).unwrap();
+    assert!(max_diff(&loaded, &two) < 1e-4, "top-2 after save and load: {}", max_diff(&loaded, &two));
+    // A router file that does not match the model is refused, naming the file.
+    enc.clear_moe();
+    let mut small = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, 0, &dev).unwrap();
+    small.moefy(&MoefyConfig { experts: 4, router_steps: 1, ..MoefyConfig::default() }, &calib[..1]).unwrap();
+    small.fold_moe_into_ffn().unwrap();
+    let wrong = dir.path().join("four-experts.safetensors");
+    small.save_moe(&wrong).unwrap();
+    let mut tampered = std::fs::read(&wrong).unwrap();
+    let at = tampered.windows(7).position(|w| w == b"experts").expect("router settings in the metadata");
+    let digit = at + tampered[at..].iter().position(|c| c.is_ascii_digit()).unwrap();
+    tampered[digit] = b'8'; // experts 4 -> 8 in the settings, the tensors still [4, H]
+    std::fs::write(&wrong, &tampered).unwrap();
+    let err = enc.load_moe(&wrong).unwrap_err().to_string();
+    assert!(err.contains("four-experts.safetensors") && err.contains("shape"), "{err}");
+    assert!(enc.load_moe(&dir.path().join("missing.safetensors")).is_err());
 }

@@ -26,7 +26,8 @@ pub struct Args {
     /// Full-batch AdamW steps of each router.
     #[arg(long, default_value_t = 300)]
     pub router_steps: usize,
-    /// Where `moefy.json` goes (a new or empty directory).
+    /// Where `moefy.json` and the MoE-fied checkpoint go (Hugging Face weights with the experts folded
+    /// back into each FFN, plus `moe.safetensors` with the routers; a new or empty directory).
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, default_value_t = 128)]
@@ -37,6 +38,17 @@ pub struct Args {
     pub time_tokens: usize,
     #[arg(long, default_value_t = 10)]
     pub time_reps: usize,
+    /// Epochs of fine-tuning after MoE-fication at the first `--top-k`, distilled from the dense
+    /// model (MoEBERT); 0 evaluates the MoE-fied model as split.
+    #[arg(long, default_value_t = 0)]
+    pub finetune_epochs: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Weight of the soft targets in the fine-tuning loss (the rest: hard labels).
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub temperature: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -74,13 +86,42 @@ pub fn run(a: Args) -> Result<()> {
     let n = a.calibration.min(train_t.labels.len());
     let idx: Vec<usize> = (0..n).collect();
     let calib = idx.chunks(32).map(|c| batch_tensors(&train_t, c, tok.pad_id(), &device)).collect::<sprig_bert::Result<Vec<_>>>()?;
+    let teacher = if a.finetune_epochs > 0 { sprig_bert::finetune::logits(&model, &train_t, a.batch_size, tok.pad_id())? } else { Vec::new() };
     let ffn_inputs = if a.time_tokens > 0 { ffn_inputs(&model.encoder, &calib, a.time_tokens)? } else { Vec::new() };
     let cfg = MoefyConfig { experts: a.experts, top_k: a.top_k[0], router_steps: a.router_steps, seed, ..MoefyConfig::default() };
     let t = std::time::Instant::now();
     let report = model.encoder.moefy(&cfg, &calib)?;
     let moefy_seconds = t.elapsed().as_secs_f64();
     tracing::info!(tokens = report.calibration_tokens, recall = ?report.router_recall, seconds = moefy_seconds, "routers trained");
+    let mut finetune = serde_json::Value::Null;
+    if a.finetune_epochs > 0 {
+        let mut rows = Vec::new();
+        for &k in &a.top_k {
+            model.encoder.set_moe_top_k(k)?;
+            rows.push((k, eval(&model)?));
+        }
+        model.encoder.set_moe_top_k(a.top_k[0])?;
+        let fc = sprig_bert::moe_finetune::MoeFinetuneConfig { epochs: a.finetune_epochs, lr: a.lr, alpha: a.alpha, temperature: a.temperature, seed, ..Default::default() };
+        let s = sprig_bert::moe_finetune::finetune_moefied(&mut model, &train_t, &dev_t, &teacher, tok.pad_id(), &fc)?;
+        tracing::info!(best_epoch = s.best_epoch, dev = s.best_dev_accuracy, seconds = s.train_seconds, "fine-tuned after MoE-fication");
+        finetune = serde_json::json!({
+            "config": fc, "summary": s,
+            "before": rows.iter().map(|(k, (d, t))| serde_json::json!({"top_k": k, "dev_accuracy": d, "test_accuracy": t})).collect::<Vec<_>>(),
+        });
+    }
+    // The MoE-fied model as a checkpoint: Hugging Face weights with the experts folded back into
+    // each FFN (every expert on), plus the routers; loaded back and evaluated to check.
+    model.encoder.set_moe_top_k(a.top_k[0])?;
+    model.encoder.fold_moe_into_ffn()?;
+    let meta = [("task", a.task.clone()), ("seed", seed.to_string())].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    sprig_bert::save_classifier(&model, &labels, ckpt.files.tokenizer()?, &a.out, meta)?;
+    model.encoder.save_moe(&a.out.join(sprig_bert::model::MOE_FILE))?;
+    let reloaded = eval(&Checkpoint::load(a.out.to_str().context("non-UTF-8 --out")?, &device)?.classifier(seed, &device)?)?;
+    tracing::info!(dev = reloaded.0, test = reloaded.1, top_k = a.top_k[0], "saved and reloaded");
     let timing = time_ffn(&mut model.encoder, &ffn_inputs, a.top_k[0], a.time_reps)?;
+    if a.finetune_epochs > 0 {
+        println!("(MoE rows: after {} epochs of fine-tuning at top-{} distilled from the dense model)", a.finetune_epochs, a.top_k[0]);
+    }
     println!("| model | experts run per token | FFN neurons active | dev acc | test acc | test / dense |\n|---|---|---|---|---|---|");
     println!("| dense | | 100% | {:.4} | {:.4} | |", dense.0, dense.1);
     let mut rows = Vec::new();
@@ -90,12 +131,13 @@ pub fn run(a: Args) -> Result<()> {
         println!("| MoE-fied, top-{k} of {} | {k} | {:.1}% | {d:.4} | {t:.4} | {:.3} |", a.experts, 100.0 * k as f64 / a.experts as f64, t / dense.1);
         rows.push(serde_json::json!({"top_k": k, "active_ffn_fraction": k as f64 / a.experts as f64, "dev_accuracy": d, "test_accuracy": t, "test_over_dense": t / dense.1}));
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let summary = serde_json::json!({
         "model": a.model, "task": a.task, "seed": seed, "experts": a.experts, "calibration_examples": n,
         "calibration_tokens": report.calibration_tokens, "router_steps": a.router_steps, "router_recall": report.router_recall,
         "moefy_seconds": moefy_seconds, "dense": {"dev_accuracy": dense.0, "test_accuracy": dense.1}, "moe": rows,
         "ffn_timing": timing,
+        "finetune": finetune,
+        "reloaded": {"top_k": a.top_k[0], "dev_accuracy": reloaded.0, "test_accuracy": reloaded.1},
     });
     sprig_train::write_json(&out_json, &summary)?;
     println!("summary: {}", out_json.display());

@@ -15,6 +15,12 @@ pub(super) fn forward(m: &MoeFfn, x: &Tensor, detach: bool) -> Result<Tensor> {
     Ok(y.reshape((b, s, h))?)
 }
 
+/// The `format` metadata of a router file ([`BertEncoder::save_moe`]).
+pub const MOE_FORMAT: &str = "sprig-moe-routers-v1";
+
+/// The router file beside a MoE-fied checkpoint's Hugging Face weights.
+pub const MOE_FILE: &str = "moe.safetensors";
+
 /// How to MoE-fy an encoder.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MoefyConfig {
@@ -104,6 +110,116 @@ impl BertEncoder {
                 Ok(l.ffn_out.forward_fused(&ff, sprig_kernels::nn::Act::Identity, None, true)?)
             }
         }
+    }
+
+    /// The MoE-fied layers' parameters (`encoder.layer.{i}.moe.router.weight`,
+    /// `...moe.experts.{j}.w1`, ...), for an optimizer.
+    pub fn moe_params(&self) -> Vec<(String, candle_core::Var)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.moe.as_ref().map(|m| (i, m)))
+            .flat_map(|(i, m)| m.params().into_iter().map(move |(n, v)| (format!("encoder.layer.{i}.moe.{n}"), v)))
+            .collect()
+    }
+
+    /// Writes every MoE-fied layer's experts back into its dense FFN weights, expert after expert
+    /// (expert `e` becomes FFN neurons `e·f .. (e+1)·f`; the shared output bias becomes the FFN's
+    /// output bias), so that the Hugging Face weights run the model with every expert on, and
+    /// [`BertEncoder::load_moe`] cuts them back into the same experts. Refused when an expert has
+    /// a non-zero output bias of its own (a top-k model could not then be folded exactly).
+    pub fn fold_moe_into_ffn(&mut self) -> Result<()> {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let Some(m) = &l.moe else { continue };
+            let cat = |f: &dyn Fn(&sprig_moe::Expert) -> Tensor, dim: usize| Tensor::cat(&m.experts.iter().map(f).collect::<Vec<_>>(), dim);
+            for x in &m.experts {
+                if x.b2.as_tensor().abs()?.max_all()?.to_scalar::<f32>()? != 0.0 {
+                    return Err(BertError::Invalid(format!("layer {i}: an expert has its own output bias; the experts cannot be folded into one FFN")));
+                }
+            }
+            let want = l.ffn_in.weight.dims().to_vec();
+            let w1 = cat(&|x| x.w1.as_detached_tensor(), 0)?;
+            if w1.dims() != want.as_slice() {
+                return Err(BertError::Invalid(format!("layer {i}: the experts hold {:?} FFN-in weights, the FFN {want:?}", w1.dims())));
+            }
+            l.ffn_in.weight.set(&w1)?;
+            if let Some(b) = &l.ffn_in.bias {
+                b.set(&cat(&|x| x.b1.as_detached_tensor(), 0)?)?;
+            }
+            l.ffn_out.weight.set(&cat(&|x| x.w2.as_detached_tensor(), 1)?.contiguous()?)?;
+            if let (Some(b), Some(ob)) = (&l.ffn_out.bias, &m.out_bias) {
+                b.set(&ob.as_detached_tensor())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the routers of a MoE-fied encoder whose experts were folded
+    /// ([`BertEncoder::fold_moe_into_ffn`]) to `path` (safetensors, written to a temporary file
+    /// and renamed): `encoder.layer.{i}.moe.router.weight` `[E, H]` per layer, and the routing in
+    /// the metadata.
+    pub fn save_moe(&self, path: &std::path::Path) -> Result<()> {
+        let mut tensors = Vec::new();
+        let mut meta = std::collections::HashMap::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            if let Some(m) = &l.moe {
+                tensors.push((format!("encoder.layer.{i}.moe.router.weight"), m.router.as_detached_tensor()));
+                meta.entry("router".to_string()).or_insert(serde_json::to_string(&m.config.router).map_err(|e| BertError::Invalid(e.to_string()))?);
+            }
+        }
+        if tensors.is_empty() {
+            return Err(BertError::Invalid("this encoder is not MoE-fied: no routers to save".into()));
+        }
+        meta.insert("format".into(), MOE_FORMAT.into());
+        let bytes = crate::weights::to_safetensors_bytes(&tensors, Some(meta))?;
+        sprig_train::write_atomic(path, &bytes)?;
+        Ok(())
+    }
+
+    /// MoE-fies this encoder from a file written by [`BertEncoder::save_moe`]: each layer with a
+    /// router `[E, H]` has its FFN cut into `E` experts of consecutive neurons. Errors name the
+    /// file when it does not match the model (hidden size, layer, neurons not divisible by `E`).
+    pub fn load_moe(&mut self, path: &std::path::Path) -> Result<()> {
+        if self.is_moefied() {
+            return Err(BertError::Invalid("this encoder is MoE-fied already".into()));
+        }
+        let bad = |msg: String| BertError::Invalid(format!("{}: {msg}", path.display()));
+        let bytes = std::fs::read(path).map_err(crate::error::io_err(path))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| BertError::Safetensors { path: path.into(), msg: e.to_string() })?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(MOE_FORMAT) {
+            return Err(bad(format!("not a sprig MoE router file (metadata format {:?}, expected {MOE_FORMAT:?})", meta.get("format"))));
+        }
+        let router: RouterConfig = serde_json::from_str(meta.get("router").ok_or_else(|| bad("no router settings in its metadata".into()))?).map_err(|e| bad(format!("router settings: {e}")))?;
+        router.validate()?;
+        let tensors = crate::weights::load_safetensors(&[path], &self.device)?;
+        let h = self.config.hidden_size;
+        let n = self.layers.len();
+        let mut moes = Vec::new();
+        for (name, t) in &tensors {
+            let i = name.strip_prefix("encoder.layer.").and_then(|r| r.strip_suffix(".moe.router.weight")).and_then(|i| i.parse::<usize>().ok());
+            let i = i.filter(|&i| i < n).ok_or_else(|| bad(format!("tensor {name} is not the router of one of the model's {n} layers")))?;
+            let (e, th) = t.dims2().map_err(|_| bad(format!("{name} has shape {:?}, expected [experts, {h}]", t.dims())))?;
+            let l = &self.layers[i];
+            let f = l.ffn_in.weight.dims()[0];
+            if th != h || e != router.experts || f % e != 0 {
+                return Err(bad(format!("{name} has shape [{e}, {th}]; the model needs [{}, {h}] with its {f} FFN neurons divisible by the experts", router.experts)));
+            }
+            let groups: Vec<Vec<usize>> = (0..e).map(|x| (x * f / e..(x + 1) * f / e).collect()).collect();
+            let bias = |lin: &crate::nn::Linear, len: usize| -> Result<Tensor> {
+                Ok(match &lin.bias {
+                    Some(b) => b.as_detached_tensor(),
+                    None => Tensor::zeros(len, DType::F32, &self.device)?,
+                })
+            };
+            let m = split_ffn(&l.ffn_in.weight.as_detached_tensor(), &bias(&l.ffn_in, f)?, &l.ffn_out.weight.as_detached_tensor(), &bias(&l.ffn_out, h)?, &groups, router.clone())?;
+            m.router.set(t)?;
+            moes.push((i, m));
+        }
+        for (i, m) in moes {
+            self.layers[i].moe = Some(m);
+        }
+        Ok(())
     }
 
     /// Whether any layer runs its FFN as experts.
