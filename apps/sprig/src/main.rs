@@ -30,6 +30,8 @@ enum Command {
     Moefy(cmd::moefy::Args),
     /// Train MoE classifiers from scratch over routers, capacity factors and balancing weights, against dense FFNs.
     MoeScratch(cmd::moe_scratch::Args),
+    /// Plot test accuracy against FFN neurons run per token for `sprig moefy` runs.
+    MoefyReport(cmd::moefy::ReportArgs),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
     Demo(cmd::demo::Args),
     /// Classify texts with a (pruned) classifier directory; each pruned linear runs in its fastest format on this CPU.
@@ -102,6 +104,7 @@ fn main() {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Moefy(a) => cmd::moefy::run(a),
         Command::MoeScratch(a) => cmd::moe_scratch::run(a),
+        Command::MoefyReport(a) => cmd::moefy::report(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::Bench(b) => cmd::bench::run(b),

@@ -27,6 +27,7 @@ pub mod dst_run;
 pub mod export;
 pub mod imp;
 pub mod lottery;
+pub mod moe_report;
 pub mod moe_scratch;
 pub mod pai;
 pub mod prune;

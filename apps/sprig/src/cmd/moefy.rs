@@ -213,3 +213,31 @@ fn time_ffn(enc: &mut sprig_bert::BertEncoder, inputs: &[candle_core::Tensor], k
         "dense_ms_sum": dense_sum, "moe_ms_sum": moe_sum, "moe_over_dense": moe_sum / dense_sum,
     }))
 }
+
+/// `sprig moefy-report RUN... --svg FILE`: accuracy vs FFN neurons run per token of finished
+/// `sprig moefy` runs.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Output directories of `sprig moefy`.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where to write the figure (written whole or not at all).
+    #[arg(long)]
+    pub svg: PathBuf,
+    #[arg(long, default_value = "MoE-fied MiniLM-L6: accuracy vs FFN neurons run per token")]
+    pub title: String,
+}
+
+pub fn report(a: ReportArgs) -> Result<()> {
+    let mut series = Vec::new();
+    for d in &a.runs {
+        series.extend(sprig_lab::moe_report::read_moefy(d)?);
+    }
+    let svg = sprig_lab::moe_report::plot_svg(&series, &a.title)?;
+    sprig_train::run::write_atomic(&a.svg, svg.as_bytes()).with_context(|| format!("writing {}", a.svg.display()))?;
+    for (label, pts) in &series {
+        println!("{label}: {}", pts.iter().map(|(x, y)| format!("{x:.1}% -> {y:.1}%")).collect::<Vec<_>>().join(", "));
+    }
+    println!("figure: {}", a.svg.display());
+    Ok(())
+}

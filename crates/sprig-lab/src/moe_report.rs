@@ -1,0 +1,84 @@
+//! Accuracy against the share of FFN neurons run per token, for `sprig moefy` runs: the figure of
+//! docs/results/moe.md. One series per task and stage (as split; fine-tuned after the split), the
+//! test accuracy as a percentage of the dense model's.
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// One series: its label and `(active FFN %, test accuracy as % of dense)` points.
+pub type Series = (String, Vec<(f64, f64)>);
+
+/// The series of one run directory's `moefy.json`.
+pub fn read_moefy(dir: &Path) -> Result<Vec<Series>> {
+    let path = dir.join("moefy.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {} (is {} a finished `sprig moefy` run?)", path.display(), dir.display()))?;
+    let s: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let task = s["task"].as_str().with_context(|| format!("{}: no task", path.display()))?;
+    let dense = s["dense"]["test_accuracy"].as_f64().with_context(|| format!("{}: no dense test accuracy", path.display()))?;
+    let experts = s["experts"].as_f64().with_context(|| format!("{}: no experts", path.display()))?;
+    let points = |rows: &Value| -> Vec<(f64, f64)> {
+        let mut p: Vec<(f64, f64)> = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Some((100.0 * r["top_k"].as_f64()? / experts, 100.0 * r["test_accuracy"].as_f64()? / dense)))
+            .collect();
+        p.sort_by(|a, b| a.0.total_cmp(&b.0));
+        p
+    };
+    let mut out = Vec::new();
+    // The first `--top-k` is the one fine-tuned at (and the first row).
+    if s["finetune"].is_object() {
+        let epochs = s["finetune"]["config"]["epochs"].as_u64().unwrap_or(0);
+        out.push((format!("{task}: as split (no fine-tuning)"), points(&s["finetune"]["before"])));
+        out.push((format!("{task}: fine-tuned {epochs} epochs at top-{}, distilled", s["moe"][0]["top_k"].as_u64().unwrap_or(0)), points(&s["moe"])));
+    } else {
+        out.push((format!("{task}: as split (no fine-tuning)"), points(&s["moe"])));
+    }
+    Ok(out)
+}
+
+/// The SVG text of the figure.
+pub fn plot_svg(series: &[Series], title: &str) -> Result<String> {
+    use plotters::prelude::*;
+    if series.iter().all(|(_, p)| p.is_empty()) {
+        bail!("no MoE-fied rows to plot");
+    }
+    let ys: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).collect();
+    let ymin = (ys.iter().cloned().fold(f64::INFINITY, f64::min) - 5.0).floor();
+    let ymax = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(100.0).ceil() + 2.0;
+    fn e<E: std::fmt::Display>(e: E) -> anyhow::Error {
+        anyhow::anyhow!("drawing the figure: {e}")
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..105f64, ymin..ymax)
+            .map_err(e)?;
+        chart.configure_mesh().x_desc("FFN neurons run per token (%)").y_desc("test accuracy (% of the dense model's)").draw().map_err(e)?;
+        let c = BLACK.mix(0.5);
+        chart
+            .draw_series(std::iter::once(PathElement::new(vec![(0.0, 98.0), (105.0, 98.0)], c.stroke_width(1))))
+            .map_err(e)?
+            .label("98% of dense")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
+        for (i, (label, pts)) in series.iter().enumerate() {
+            let c = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+                .map_err(e)?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled()))).map_err(e)?;
+        }
+        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
+        root.present().map_err(e)?;
+    }
+    Ok(svg)
+}
