@@ -332,11 +332,9 @@ pub fn run(cfg: &ScratchConfig, progress: &mut dyn FnMut(usize, f64)) -> Result<
     let per_expert = |f: usize| 2 * cfg.hidden * f + f + cfg.hidden;
     let (total, active) = match &cfg.ffn {
         Ffn::Dense { width } => (per_expert(*width), per_expert(*width) as f64),
-        Ffn::Moe { experts, expert_ffn, routing, .. } => {
-            let k = match routing {
-                Routing::TopK { k } => *k as f64,
-                _ => 1.0,
-            };
+        Ffn::Moe { experts, expert_ffn, routing, capacity, .. } => {
+            // Experts per token on average: k, 1 for hash, the capacity factor for expert choice.
+            let k = routing.per_token(*capacity);
             let router = cfg.hidden * experts;
             (router + experts * per_expert(*expert_ffn), router as f64 + k * per_expert(*expert_ffn) as f64)
         }

@@ -43,7 +43,7 @@ impl Routing {
         Err(MoeError::UnknownRouting(s))
     }
     /// Experts per token on average (`k` for top-k, 1 for hash; expert choice: the capacity factor).
-    fn per_token(&self, capacity: Capacity) -> f64 {
+    pub fn per_token(&self, capacity: Capacity) -> f64 {
         match *self {
             Self::TopK { k } => k as f64,
             Self::Hash => 1.0,
