@@ -288,8 +288,21 @@ fn evaluate(m: &Model, split: &Split, dev: &Device) -> Result<(f64, Vec<usize>, 
     Ok((correct as f64 / split.len().max(1) as f64, load, if requested > 0.0 { dropped / requested } else { 0.0 }))
 }
 
-/// Trains one classifier and measures it. `progress(epoch, dev_accuracy)` after every epoch.
-pub fn run(cfg: &ScratchConfig, progress: &mut dyn FnMut(usize, f64)) -> Result<ScratchResult> {
+/// One training step's record in `metrics.jsonl`: the loss and the MoE layer's statistics.
+#[derive(Serialize)]
+struct StepRecord<'a> {
+    kind: &'static str,
+    epoch: usize,
+    step: usize,
+    loss: f32,
+    #[serde(flatten)]
+    moe: &'a sprig_moe::MoeStats,
+}
+
+/// Trains one classifier and measures it. `progress(epoch, dev_accuracy)` after every epoch;
+/// `metrics`, when given, gets every step's loss and MoE statistics (tokens per expert, load CV,
+/// dropped fraction, router entropy).
+pub fn run(cfg: &ScratchConfig, progress: &mut dyn FnMut(usize, f64), mut metrics: Option<&mut sprig_train::MetricsLog>) -> Result<ScratchResult> {
     if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.hidden == 0 {
         bail!("epochs, batch size and hidden width must be at least 1 (got {}, {}, {})", cfg.epochs, cfg.batch_size, cfg.hidden);
     }
@@ -313,7 +326,7 @@ pub fn run(cfg: &ScratchConfig, progress: &mut dyn FnMut(usize, f64)) -> Result<
         for chunk in order.chunks(cfg.batch_size) {
             opt.set_learning_rate(schedule.lr(step));
             let b = train.batch(chunk, &dev)?;
-            let (logits, aux, _) = model.forward(&b, Some(&mut rng))?;
+            let (logits, aux, stats) = model.forward(&b, Some(&mut rng))?;
             let labels = Tensor::from_vec(b.labels.clone(), b.labels.len(), &dev)?;
             let loss = (candle_nn::loss::cross_entropy(&logits, &labels)? + aux)?;
             let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
@@ -322,6 +335,9 @@ pub fn run(cfg: &ScratchConfig, progress: &mut dyn FnMut(usize, f64)) -> Result<
             }
             opt.step(&loss.backward()?)?;
             step += 1;
+            if let Some(m) = metrics.as_deref_mut() {
+                m.log(&StepRecord { kind: "step", epoch, step, loss: l, moe: &stats })?;
+            }
         }
         dev_curve.push(evaluate(&model, &dev_split, &dev)?.0);
         progress(epoch + 1, dev_curve[epoch]);

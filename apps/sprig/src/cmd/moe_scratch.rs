@@ -1,6 +1,8 @@
 //! `sprig moe-scratch`: MoE classifiers trained from scratch over a grid of routers, capacity
 //! factors and balancing-loss weights, against dense FFNs, over seeds. Every finished cell is one
-//! line of `results.jsonl` in `--out`; rerunning the same command skips finished cells.
+//! line of `results.jsonl` in `--out`, its steps (loss, tokens per expert, load CV, dropped
+//! fraction, router entropy) in `metrics/<cell>-s<seed>.jsonl`; rerunning the same command skips
+//! finished cells.
 use anyhow::{bail, Context, Result};
 use sprig_lab::moe_scratch::{run as run_cell, Ffn, ScratchConfig, ScratchResult};
 use sprig_moe::{Capacity, Routing};
@@ -95,6 +97,11 @@ fn cells(a: &Args) -> Result<Vec<ScratchConfig>> {
         .collect())
 }
 
+/// A cell's label as a file name (`top2/1.25/bal0.01` -> `top2_1.25_bal0.01`).
+fn r_label(cfg: &ScratchConfig) -> String {
+    cfg.ffn.label().replace('/', "_")
+}
+
 /// Finished cells of `path` (a torn last line, from a killed run, is ignored with a warning).
 fn finished(path: &std::path::Path) -> Result<Vec<ScratchResult>> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
@@ -121,7 +128,10 @@ pub fn run(a: Args) -> Result<()> {
     let bar = sprig_train::progress_bar(todo.len() as u64, "cells");
     for cfg in todo {
         bar.set_message(format!("{} seed {}", cfg.ffn.label(), cfg.seed));
-        let r = run_cell(cfg, &mut |epoch, acc| tracing::debug!(epoch, dev_accuracy = acc, "epoch"))?;
+        // Every step's loss and MoE statistics, one file per cell.
+        let name = format!("{}-s{}.jsonl", r_label(cfg), cfg.seed);
+        let mut log = sprig_train::MetricsLog::create(&a.out.join("metrics").join(&name))?;
+        let r = run_cell(cfg, &mut |epoch, acc| tracing::debug!(epoch, dev_accuracy = acc, "epoch"), Some(&mut log))?;
         tracing::info!(cell = %r.label, seed = cfg.seed, test = r.test_accuracy, load_cv = r.test_load_cv, dropped = r.test_dropped_fraction, seconds = r.train_seconds, "cell finished");
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
         f.write_all(format!("{}\n", serde_json::to_string(&r)?).as_bytes()).with_context(|| format!("appending to {}", path.display()))?;
