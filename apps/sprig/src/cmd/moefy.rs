@@ -147,26 +147,9 @@ pub fn run(a: Args) -> Result<()> {
 /// The first `tokens` real (non-padding) FFN inputs of every layer, `[tokens, H]` each, from the
 /// dense encoder on `batches`.
 fn ffn_inputs(enc: &sprig_bert::BertEncoder, batches: &[(candle_core::Tensor, candle_core::Tensor, candle_core::Tensor)], tokens: usize) -> Result<Vec<candle_core::Tensor>> {
-    use candle_core::{DType, Tensor};
-    let mut per_layer: Vec<Vec<Tensor>> = Vec::new();
-    for (ids, types, mask) in batches {
-        let keep: Vec<u32> = mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(i, _)| i as u32).collect();
-        let keep = Tensor::from_vec(keep.clone(), keep.len(), ids.device())?;
-        enc.observe_linear_inputs(ids, types, mask, &mut |name, x| {
-            if let Some(i) = name.strip_prefix("encoder.layer.").and_then(|r| r.strip_suffix(".intermediate.dense.weight")).and_then(|i| i.parse::<usize>().ok()) {
-                let d = x.dims();
-                if per_layer.len() <= i {
-                    per_layer.resize(i + 1, Vec::new());
-                }
-                per_layer[i].push(x.reshape((d[0] * d[1], d[2]))?.index_select(&keep, 0)?.detach());
-            }
-            Ok(())
-        })?;
-    }
-    per_layer
+    enc.ffn_inputs(batches)?
         .into_iter()
-        .map(|xs| {
-            let x = Tensor::cat(&xs, 0)?;
+        .map(|x| {
             if x.dims()[0] < tokens {
                 bail!("the calibration examples hold {} tokens, fewer than --time-tokens {tokens} (raise --calibration or lower --time-tokens)", x.dims()[0]);
             }

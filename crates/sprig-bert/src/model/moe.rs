@@ -21,6 +21,12 @@ pub const MOE_FORMAT: &str = "sprig-moe-routers-v1";
 /// The router file beside a MoE-fied checkpoint's Hugging Face weights.
 pub const MOE_FILE: &str = "moe.safetensors";
 
+/// A layer's dense FFN cut into experts by neuron `groups` (sprig-moe's `split_ffn`).
+fn split_layer(l: &super::Layer, groups: &[Vec<usize>], router: &RouterConfig) -> Result<MoeFfn> {
+    let (w1, w2) = (l.ffn_in.weight.as_detached_tensor(), l.ffn_out.weight.as_detached_tensor());
+    Ok(split_ffn(&w1, &l.ffn_in.bias_or_zeros()?.detach(), &w2, &l.ffn_out.bias_or_zeros()?.detach(), groups, router.clone())?)
+}
+
 /// How to MoE-fy an encoder.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MoefyConfig {
@@ -63,10 +69,27 @@ impl BertEncoder {
         if self.layers.iter().any(|l| l.moe.is_some()) {
             return Err(BertError::Invalid("this encoder is MoE-fied already".into()));
         }
-        let n = self.layers.len();
         let h = self.config.hidden_size;
-        let mut inputs: Vec<Vec<Tensor>> = vec![Vec::new(); n];
-        for (ids, types, mask) in calibration {
+        let inputs = self.ffn_inputs(calibration)?;
+        let mut report = MoefyReport { calibration_tokens: inputs.first().map_or(0, |x| x.dims()[0]), router_recall: Vec::new() };
+        let router = RouterConfig { capacity: Capacity::Dropless, ..RouterConfig::top_k(cfg.experts, cfg.top_k) };
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let w1 = l.ffn_in.weight.as_detached_tensor();
+            let (f, _) = w1.dims2()?;
+            let groups = balanced_clusters(&w1.flatten_all()?.to_vec1::<f32>()?, f, h, cfg.experts, cfg.kmeans_iters, cfg.seed.wrapping_add(i as u64))?;
+            let mut m = split_layer(l, &groups, &router)?;
+            report.router_recall.push(train_router(&mut m, &inputs[i], cfg.top_k, cfg.router_steps, cfg.router_lr)?);
+            l.moe = Some(m);
+        }
+        Ok(report)
+    }
+
+    /// Every layer's FFN inputs on `batches` (`(input_ids, token_type_ids, attention_mask)`), from
+    /// the dense encoder, padding excluded: one `[tokens, H]` tensor per layer.
+    pub fn ffn_inputs(&self, batches: &[(Tensor, Tensor, Tensor)]) -> Result<Vec<Tensor>> {
+        let h = self.config.hidden_size;
+        let mut inputs: Vec<Vec<Tensor>> = vec![Vec::new(); self.layers.len()];
+        for (ids, types, mask) in batches {
             let keep: Vec<u32> = mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(i, _)| i as u32).collect();
             let keep = Tensor::from_vec(keep.clone(), keep.len(), &self.device)?;
             self.observe_linear_inputs(ids, types, mask, &mut |name, x| {
@@ -77,24 +100,7 @@ impl BertEncoder {
                 Ok(())
             })?;
         }
-        let mut report = MoefyReport { calibration_tokens: inputs.first().map_or(0, |v| v.iter().map(|x| x.dims()[0]).sum()), router_recall: Vec::new() };
-        let router = RouterConfig { capacity: Capacity::Dropless, ..RouterConfig::top_k(cfg.experts, cfg.top_k) };
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            let x = Tensor::cat(&inputs[i], 0)?;
-            let w1 = l.ffn_in.weight.as_detached_tensor();
-            let (f, _) = w1.dims2()?;
-            let groups = balanced_clusters(&w1.flatten_all()?.to_vec1::<f32>()?, f, h, cfg.experts, cfg.kmeans_iters, cfg.seed.wrapping_add(i as u64))?;
-            let bias = |lin: &crate::nn::Linear, len: usize| -> Result<Tensor> {
-                Ok(match &lin.bias {
-                    Some(b) => b.as_detached_tensor(),
-                    None => Tensor::zeros(len, DType::F32, &self.device)?,
-                })
-            };
-            let mut m = split_ffn(&w1, &bias(&l.ffn_in, f)?, &l.ffn_out.weight.as_detached_tensor(), &bias(&l.ffn_out, h)?, &groups, router.clone())?;
-            report.router_recall.push(train_router(&mut m, &x, cfg.top_k, cfg.router_steps, cfg.router_lr)?);
-            l.moe = Some(m);
-        }
-        Ok(report)
+        inputs.iter().map(|xs| Ok(Tensor::cat(xs, 0)?)).collect()
     }
 
     /// Layer `layer`'s FFN block on `[T, H]` inputs, without the residual and LayerNorm, as inference
@@ -206,13 +212,7 @@ impl BertEncoder {
                 return Err(bad(format!("{name} has shape [{e}, {th}]; the model needs [{}, {h}] with its {f} FFN neurons divisible by the experts", router.experts)));
             }
             let groups: Vec<Vec<usize>> = (0..e).map(|x| (x * f / e..(x + 1) * f / e).collect()).collect();
-            let bias = |lin: &crate::nn::Linear, len: usize| -> Result<Tensor> {
-                Ok(match &lin.bias {
-                    Some(b) => b.as_detached_tensor(),
-                    None => Tensor::zeros(len, DType::F32, &self.device)?,
-                })
-            };
-            let m = split_ffn(&l.ffn_in.weight.as_detached_tensor(), &bias(&l.ffn_in, f)?, &l.ffn_out.weight.as_detached_tensor(), &bias(&l.ffn_out, h)?, &groups, router.clone())?;
+            let m = split_layer(l, &groups, &router)?;
             m.router.set(t)?;
             moes.push((i, m));
         }
