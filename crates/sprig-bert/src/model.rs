@@ -10,7 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
+mod int8;
 mod moe;
+pub use int8::Int8Summary;
 pub use moe::{MoefyConfig, MoefyReport, MOE_FILE, MOE_FORMAT};
 
 /// Where parameter values come from when building a model.
@@ -102,6 +104,8 @@ struct Layer {
     qkv_pattern: Option<std::sync::Arc<dyn sprig_kernels::SparseMatrix>>,
     /// The FFN as experts ([`BertEncoder::moefy_layer`]); `ffn_in`/`ffn_out` then go unused.
     moe: Option<sprig_moe::MoeFfn>,
+    /// The linears in int8 ([`BertEncoder::quantize_int8`], inference only).
+    int8: Option<int8::Int8Layer>,
 }
 
 /// Which implementation runs the encoder's layers. Both compute the same function (tests hold
@@ -185,6 +189,7 @@ impl BertEncoder {
                 hidden_dropout: dropout(config.hidden_dropout_prob),
                 qkv_pattern: None,
                 moe: None,
+                int8: None,
             });
         }
         let activation = Activation::from_hf(&config.hidden_act).expect("validated");
@@ -408,7 +413,10 @@ impl BertEncoder {
     fn layer_forward_fused(&self, l: &Layer, x: &Tensor, key_bias: &[f32], train: bool, detach: bool) -> Result<Tensor> {
         let (bsz, seq, h) = x.dims3()?;
         let nh = self.config.num_attention_heads;
-        let qkv = if let (Some(pat), Some(q), Some(k), Some(v)) = (&l.qkv_pattern, &l.query.sparse, &l.key.sparse, &l.value.sparse) {
+        int8::check_inference(l, train, detach)?;
+        let qkv = if let Some(q) = &l.int8 {
+            q.qkv.forward(x, Act::Identity)?
+        } else if let (Some(pat), Some(q), Some(k), Some(v)) = (&l.qkv_pattern, &l.query.sparse, &l.key.sparse, &l.value.sparse) {
             let vals = Tensor::cat(&[param(&q.values, detach), param(&k.values, detach), param(&v.values, detach)], 0)?;
             let b = Tensor::cat(&[l.query.bias_or_zeros()?, l.key.bias_or_zeros()?, l.value.bias_or_zeros()?], 0)?;
             let b = if detach { b.detach() } else { b };
@@ -435,11 +443,15 @@ impl BertEncoder {
             dropout: l.attn_dropout.spec(train),
         };
         let ctx = ops::attention(&qkv, spec)?;
-        let a = l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train), detach)?;
+        let a = match &l.int8 {
+            Some(q) => q.attn_out.forward(&ctx, Act::Identity)?,
+            None => l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train), detach)?,
+        };
         let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta(detach)?, l.attn_norm.eps, None)?;
-        let f = match &l.moe {
-            Some(m) => l.hidden_dropout.forward(&moe::forward(m, &x1, detach)?, train)?,
-            None => {
+        let f = match (&l.moe, l.int8.as_ref().and_then(|q| q.ffn.as_ref())) {
+            (Some(m), _) => l.hidden_dropout.forward(&moe::forward(m, &x1, detach)?, train)?,
+            (None, Some((fi, fo))) => fo.forward(&fi.forward(&x1, Act::Gelu)?, Act::Identity)?,
+            (None, None) => {
                 let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None, detach)?;
                 l.ffn_out.forward_fused(&ff, Act::Identity, l.hidden_dropout.spec(train), detach)?
             }
@@ -452,6 +464,9 @@ impl BertEncoder {
         let (bsz, seq, h) = x.dims3()?;
         let nh = self.config.num_attention_heads;
         let hd = h / nh;
+        if l.int8.is_some() {
+            return Err(BertError::Invalid("int8 layers run on the fused ops only".into()));
+        }
         let heads = |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((bsz, seq, nh, hd))?.transpose(1, 2)?.contiguous() };
         input(Which::Qkv, x)?;
         let q = heads(l.query.forward(x)?)?;

@@ -55,7 +55,7 @@ pub fn finetune_moefied(model: &mut BertClassifier, train: &Tokenized, dev: &Tok
     if teacher_logits.len() != train.labels.len() * classes {
         return Err(crate::BertError::Invalid(format!("{} teacher logits for {} examples x {classes} classes", teacher_logits.len(), train.labels.len())));
     }
-    if !(0.0..=1.0).contains(&cfg.alpha) || !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
+    if !((0.0..=1.0).contains(&cfg.alpha) && cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
         return Err(crate::BertError::Invalid(format!("alpha {} must be in [0, 1] and temperature {} a positive number", cfg.alpha, cfg.temperature)));
     }
     let device = Device::Cpu;

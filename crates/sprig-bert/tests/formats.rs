@@ -91,3 +91,30 @@ fn measured_plan_picks_each_linears_fastest_and_computes_the_same() {
     assert!(d < 1e-4, "planned formats {:?} vs masked dense: {d}", plan.counts());
     assert!(plan.choices.values().all(|c| c.format != LinearFormat::Dense || c.ms.contains_key("dense")));
 }
+
+/// int8 (per-channel weights, per-token activations) on the masked MiniLM: token states close to
+/// f32 (cosine > 0.99 per token), pruned weights stay pruned, training refused.
+#[test]
+fn int8_encoder_tracks_f32_and_refuses_training() {
+    let ckpt = Checkpoint::load(MINILM, &Device::Cpu).expect("run scripts/fetch-assets");
+    let (dense, masks) = masked_minilm(&ckpt);
+    let want = run(&dense);
+    let (mut q, _) = masked_minilm(&ckpt);
+    let s = q.quantize_int8().unwrap();
+    assert!(q.is_int8());
+    assert_eq!(s.linears, 36);
+    let kept = masks.count_kept();
+    assert_eq!(s.nonzero_f32, kept, "the f32 non-zeros are the kept weights");
+    assert!(s.nonzero_int8 <= kept && s.nonzero_int8 as f64 > 0.97 * kept as f64, "{} of {kept}", s.nonzero_int8);
+    let got = run(&q);
+    let (a, b) = (want.flatten_to(1).unwrap(), got.flatten_to(1).unwrap());
+    let dot = (&a * &b).unwrap().sum(1).unwrap();
+    let na = a.sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+    let nb = b.sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+    let cos = dot.div(&(na * nb).unwrap()).unwrap().min_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(cos > 0.99, "worst token cosine {cos}");
+    assert!(max_diff(&want, &got) > 0.0, "int8 cannot be exactly f32");
+    let (r, _) = reference();
+    let e = q.forward(&r["input_ids"], &r["token_type_ids"], &r["attention_mask"], true).unwrap_err().to_string();
+    assert!(e.contains("int8"), "{e}");
+}

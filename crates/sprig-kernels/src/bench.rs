@@ -179,6 +179,14 @@ pub fn run(cfg: &BenchConfig, mut emit: impl FnMut(&BenchRow)) -> Vec<BenchRow> 
                 let mask = random_nm_mask(n, k, 7);
                 formats.push((0.5, Box::new(NmSparse::from_dense(&w, n, k, (2, 4), &mask).expect("sizes match"))));
             }
+            // int8 (per-channel weights, per-token activations): dense, then each CSR mask.
+            for s in std::iter::once(0.0).chain(cfg.sparsities.iter().copied()) {
+                let mask = random_block_mask(n, k, 1, s, 5);
+                let wm: Vec<f32> = (0..n * k).map(|i| if mask.get(i / k, i % k) { w[i] } else { 0.0 }).collect();
+                let q = crate::QuantLinear::from_dense(&wm, n, k).expect("sizes match");
+                let t = median_ms(cfg.seconds_per_cell, || q.forward(&x, m, Some(&bias), false, &mut y).expect("sizes match"));
+                push(row(s, "int8", "forward", "sprig", t));
+            }
             for (s, f) in &formats {
                 let name = f.format_name().replace("-u16", "").replace("-u32", "");
                 let t = median_ms(cfg.seconds_per_cell, || {

@@ -9,6 +9,7 @@
 //!   at kept positions only (SDDMM, `dW_ij = Σ_m dY_mi X_mj`), multithreaded with rayon and
 //!   vectorised (AVX-512 or AVX2+FMA picked at run time, portable fallback elsewhere;
 //!   `SPRIG_SIMD` caps the path, [`simd_level`] names it);
+//! * [`QuantLinear`]: int8 inference (per-channel weights, per-token activations, AVX-512 VNNI);
 //! * [`dense_linear`]: the fastest dense Rust path measured here (faer), the baseline;
 //! * `candle` (feature `candle`, on by default): a `SparseLinear` custom op with backward.
 //!
@@ -19,6 +20,7 @@ pub mod error;
 pub mod formats;
 mod kernels;
 pub mod nn;
+pub mod quant;
 pub mod reference;
 
 #[cfg(feature = "candle")]
@@ -30,6 +32,7 @@ pub use formats::bitmask::Bitmask;
 pub use formats::bsr::Bsr;
 pub use formats::csr::Csr;
 pub use formats::nm::NmSparse;
+pub use quant::{int8_path, QuantLinear};
 pub use kernels::{force_portable, force_simd, simd, simd_level, SimdLevel, SIMD_ENV};
 
 /// A sparse weight matrix `W [rows, cols]` (= `[N, K]`) that can run a linear layer.

@@ -3,7 +3,7 @@
 //! excluded) on fixed random token ids, the dense masked model and the compiled sparse one run
 //! alternately; medians and ranges over the runs. Peers (PyTorch, ONNX Runtime) are timed by
 //! `benches/bench-predict-peers.py`, which calls this command.
-use super::predict::{compile, load, parse_formats};
+use super::predict::{compile, int8_model, load, parse_formats};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -34,6 +34,10 @@ pub struct Args {
     /// at batch x seq rows, cached beside the model).
     #[arg(long, default_value = "auto")]
     pub formats: String,
+    /// Also time the model with its encoder linears in int8 (`sprig predict --int8`), alternated
+    /// with the other two.
+    #[arg(long)]
+    pub int8: bool,
     /// Write `{provenance, rows}` here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -75,6 +79,14 @@ struct Row {
     speedup: f64,
     /// Largest |probability difference| between the two models on the benchmark batch.
     max_abs_prob_diff: f32,
+    /// With `--int8`: the int8 model's times, dense median / int8 median, and its largest
+    /// |probability difference| from the dense model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    int8: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    int8_speedup: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    int8_max_abs_prob_diff: Option<f32>,
 }
 
 fn probs(m: &BertClassifier, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Vec<f32>> {
@@ -93,10 +105,12 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--seq {} exceeds the model's max_position_embeddings {}", a.seq, cfg.max_position_embeddings);
     }
     let dense = loaded.ckpt.classifier(0, &Device::Cpu)?;
+    let int8 = if a.int8 { Some(int8_model(&loaded)?) } else { None };
     let threads = sprig_kernels::bench::threads();
     eprintln!("sprig bench predict: simd {}, {threads} rayon threads", sprig_kernels::simd_level());
     let mut rows = vec![];
-    println!("| batch | seq | dense ms (range) | sparse ms (range) | speedup | formats |\n|---|---|---|---|---|---|");
+    let i8h = if a.int8 { (" int8 ms (range) | int8 speedup |", "---|---|") } else { ("", "") };
+    println!("| batch | seq | dense ms (range) | sparse ms (range) | speedup |{} formats |\n|---|---|---|---|---|{}---|", i8h.0, i8h.1);
     for &b in &a.batch {
         let c = compile(&loaded, formats, b * a.seq)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -106,8 +120,10 @@ pub fn run(a: Args) -> Result<()> {
         let (types, mask) = (ids.zeros_like()?, ids.ones_like()?);
         let pd = probs(&dense, &ids, &types, &mask)?;
         let ps = probs(&c.model, &ids, &types, &mask)?;
-        let diff = pd.iter().zip(&ps).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        let (mut dr, mut sr) = (vec![], vec![]);
+        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let diff = max_diff(&pd, &ps);
+        let int8_diff = int8.as_ref().map(|m| probs(m, &ids, &types, &mask).map(|p| max_diff(&pd, &p))).transpose()?;
+        let (mut dr, mut sr, mut ir) = (vec![], vec![], vec![]);
         for i in 0..a.warmup + a.runs {
             let time = |m: &BertClassifier| -> Result<f64> {
                 let t = Instant::now();
@@ -115,12 +131,16 @@ pub fn run(a: Args) -> Result<()> {
                 Ok(t.elapsed().as_secs_f64() * 1e3)
             };
             let (d, s) = (time(&dense)?, time(&c.model)?);
+            let q = int8.as_ref().map(time).transpose()?;
             if i >= a.warmup {
                 dr.push(d);
                 sr.push(s);
+                ir.extend(q);
             }
         }
         let (dense_s, sparse_s) = (Stats::of(dr), Stats::of(sr));
+        let int8_s = int8.as_ref().map(|_| Stats::of(ir));
+        let int8_speedup = int8_s.as_ref().map(|q| dense_s.median_ms / q.median_ms);
         let row = Row {
             batch: b,
             seq: a.seq,
@@ -133,9 +153,16 @@ pub fn run(a: Args) -> Result<()> {
             dense: dense_s,
             sparse: sparse_s,
             max_abs_prob_diff: diff,
+            int8_speedup,
+            int8: int8_s,
+            int8_max_abs_prob_diff: int8_diff,
+        };
+        let i8c = match (&row.int8, row.int8_speedup) {
+            (Some(q), Some(x)) => format!(" {:.1} ({:.1}-{:.1}) | {x:.2}x |", q.median_ms, q.min_ms, q.max_ms),
+            _ => String::new(),
         };
         println!(
-            "| {b} | {} | {:.1} ({:.1}-{:.1}) | {:.1} ({:.1}-{:.1}) | {:.2}x | {:?} |",
+            "| {b} | {} | {:.1} ({:.1}-{:.1}) | {:.1} ({:.1}-{:.1}) | {:.2}x |{i8c} {:?} |",
             a.seq, row.dense.median_ms, row.dense.min_ms, row.dense.max_ms, row.sparse.median_ms, row.sparse.min_ms, row.sparse.max_ms, row.speedup, row.formats
         );
         rows.push(row);

@@ -29,6 +29,10 @@ pub struct Args {
     /// (its test examples may then be training examples of the checkpoint).
     #[arg(long)]
     pub any_split_seed: bool,
+    /// Run the encoder linears in int8 (per-channel weights, per-token activations; pruned
+    /// weights stay pruned), as `sprig predict --int8` does.
+    #[arg(long)]
+    pub int8: bool,
     /// Replace an `eval.json` already in `--out` (refused otherwise).
     #[arg(long)]
     pub overwrite: bool,
@@ -75,7 +79,11 @@ pub fn run(a: Args) -> Result<()> {
         bail!("checkpoint has {} labels but task {} has {} classes", labels.len(), a.task, data.classes.len());
     }
     let tok = BertTokenizer::from_file(ckpt.files.tokenizer()?, a.max_seq_len)?;
-    let model = ckpt.classifier(seed, &device)?;
+    let mut model = ckpt.classifier(seed, &device)?;
+    let int8 = if a.int8 { Some(model.encoder.quantize_int8()?) } else { None };
+    if let Some(s) = &int8 {
+        tracing::info!("int8 ({}): {} linears, {} of {} f32 non-zeros stay non-zero", s.path, s.linears, s.nonzero_int8, s.nonzero_f32);
+    }
     let examples = match a.split.as_str() {
         "test" => &data.test,
         "dev" => &data.dev,
@@ -87,6 +95,7 @@ pub fn run(a: Args) -> Result<()> {
     let out = serde_json::json!({
         "model": a.model, "task": a.task, "split": a.split, "seed": seed, "seconds": seconds,
         "accuracy": report.accuracy, "macro_f1": report.macro_f1, "mcc": report.mcc, "ece": report.ece, "n": report.n,
+        "int8": int8,
     });
     sprig_train::write_json(&eval_json, &out)?;
     println!("| task | split | n | accuracy | macro-F1 | MCC | ECE |\n|---|---|---|---|---|---|---|");

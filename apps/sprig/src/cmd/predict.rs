@@ -39,6 +39,10 @@ pub struct Args {
     /// dense, csr, bsr4x1, bsr1x4, bsr4x4, 2:4 for all.
     #[arg(long, default_value = "auto")]
     pub formats: String,
+    /// Run the encoder linears in int8 (weights per output channel, activations per token, VNNI
+    /// where the CPU has it; pruned weights stay pruned), instead of the f32 formats.
+    #[arg(long, conflicts_with = "formats")]
+    pub int8: bool,
 }
 
 /// What `--formats` asks for.
@@ -133,6 +137,22 @@ pub fn compile(l: &Loaded, formats: Formats, rows: usize) -> Result<Compiled> {
         .compile_sparse_each(&l.masks, &plan.sparse_formats())
         .with_context(|| format!("compiling {} ({:?})", l.dir.display(), plan.counts()))?;
     Ok(Compiled { model, plan, source })
+}
+
+/// The classifier of `l` with its encoder linears in int8 (see `--int8`).
+pub fn int8_model(l: &Loaded) -> Result<BertClassifier> {
+    let mut model = l.ckpt.classifier(0, &Device::Cpu)?;
+    let s = model.encoder.quantize_int8().with_context(|| format!("quantizing {} to int8", l.dir.display()))?;
+    tracing::info!(
+        "int8 ({}): {} linears, {} of {} non-zero weights stay non-zero, {:.1} MB against {:.1} MB of f32 dense",
+        s.path,
+        s.linears,
+        s.nonzero_int8,
+        s.nonzero_f32,
+        s.bytes_int8 as f64 / 1e6,
+        s.bytes_f32_dense as f64 / 1e6
+    );
+    Ok(model)
 }
 
 fn fixed_plan(model: &BertClassifier, masks: &MaskSet, f: LinearFormat, rows: usize) -> FormatPlan {
@@ -246,12 +266,12 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--max-seq-len {max_len} exceeds the model's max_position_embeddings {}", loaded.ckpt.config.max_position_embeddings);
     }
     let tok = BertTokenizer::from_file(loaded.ckpt.files.tokenizer()?, max_len)?;
-    let c = compile(&loaded, formats, a.batch_size * max_len)?;
+    let model = if a.int8 { int8_model(&loaded)? } else { compile(&loaded, formats, a.batch_size * max_len)?.model };
 
     let texts: Vec<&str> = items.iter().map(|it| it.text.as_str()).collect();
     let t = std::time::Instant::now();
     let data = sprig_bert::finetune::Tokenized { encoded: tok.encode_batch(&texts)?, labels: vec![0; texts.len()] };
-    let probs = sprig_bert::finetune::predict(&c.model, &data, a.batch_size, tok.pad_id())?;
+    let probs = sprig_bert::finetune::predict(&model, &data, a.batch_size, tok.pad_id())?;
     tracing::info!("predicted {} texts in {:.2} s", texts.len(), t.elapsed().as_secs_f64());
 
     let k = loaded.labels.len();

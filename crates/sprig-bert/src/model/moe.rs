@@ -208,7 +208,7 @@ impl BertEncoder {
             let (e, th) = t.dims2().map_err(|_| bad(format!("{name} has shape {:?}, expected [experts, {h}]", t.dims())))?;
             let l = &self.layers[i];
             let f = l.ffn_in.weight.dims()[0];
-            if th != h || e != router.experts || f % e != 0 {
+            if th != h || e != router.experts || !f.is_multiple_of(e) {
                 return Err(bad(format!("{name} has shape [{e}, {th}]; the model needs [{}, {h}] with its {f} FFN neurons divisible by the experts", router.experts)));
             }
             let groups: Vec<Vec<usize>> = (0..e).map(|x| (x * f / e..(x + 1) * f / e).collect()).collect();

@@ -588,3 +588,38 @@ impl CustomOp1 for ReluMaxPoolOp {
 pub fn relu_max_pool2x2(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_arc(Arc::new(Box::new(ReluMaxPoolOp { arg: Mutex::new(None) })))
 }
+
+struct QuantLinearOp {
+    w: Arc<crate::QuantLinear>,
+    bias: Option<Arc<Vec<f32>>>,
+    gelu: bool,
+}
+
+impl CustomOp1 for QuantLinearOp {
+    fn name(&self) -> &'static str {
+        "sprig-int8-linear"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (k, n) = (self.w.cols(), self.w.rows());
+        let dims = l.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("int8 linear: x has shape {dims:?}, last dimension must be {k}");
+        }
+        let x = slice(s, l, "x")?;
+        let m = x.len() / k;
+        let mut y = output_buffer(m * n);
+        self.w
+            .forward(x, m, self.bias.as_deref().map(|b| b.as_slice()), self.gelu, &mut y)
+            .map_err(|e| candle_core::Error::Msg(format!("int8 linear: {e}")))?;
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("rank >= 1") = n;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+/// Inference only: `act(x·Wᵀ + b)` with an int8 weight ([`crate::QuantLinear`]; activations
+/// quantized per token inside). No backward: training through it is an error.
+pub fn quant_linear(x: &Tensor, w: &Arc<crate::QuantLinear>, bias: Option<Arc<Vec<f32>>>, act: Act) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.apply_op1_no_bwd(&QuantLinearOp { w: w.clone(), bias, gelu: act == Act::Gelu })
+}
