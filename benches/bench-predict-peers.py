@@ -17,7 +17,7 @@ Prints a markdown table (ms, and sprig sparse / peer ratios: below 1 means sprig
 Usage (in the venv of scripts/torch-venv --with-onnxruntime; benches/bench-predict-peers wraps it):
   python benches/bench-predict-peers.py --model DIR [--batch 1,32] [--seq 128] [--threads 2]
       [--rounds 3] [--warmup 2] [--runs 5] [--sprig target/release/sprig] [--formats auto]
-      [--out FILE.md]
+      [--int8] [--out FILE.md]
 """
 import argparse
 import json
@@ -44,6 +44,7 @@ def parse_args():
     ap.add_argument("--runs", type=int, default=5, help="timed runs per round and side")
     ap.add_argument("--sprig", default=os.path.join(ROOT, "target", "release", "sprig"))
     ap.add_argument("--formats", default="auto", help="sprig's --formats")
+    ap.add_argument("--int8", action="store_true", help="also time sprig's int8 model (sprig bench predict --int8)")
     ap.add_argument("--out", help="write FILE.md and FILE.json (temp file + rename)")
     a = ap.parse_args()
     try:
@@ -93,7 +94,7 @@ def export_onnx(model, path, vocab):
 def sprig_round(a, batch, tmp, r):
     out = os.path.join(tmp, f"sprig-{batch}-{r}.json")
     cmd = [a.sprig, "bench", "predict", "--model", a.model, "--batch", str(batch), "--seq", str(a.seq),
-           "--runs", str(a.runs), "--warmup", str(a.warmup), "--formats", a.formats, "--json", out]
+           "--runs", str(a.runs), "--warmup", str(a.warmup), "--formats", a.formats, "--json", out] + (["--int8"] if a.int8 else [])
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), SPRIG_LOG="warn")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
@@ -146,6 +147,9 @@ def main():
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
     raw = {b: {"pytorch": [], "onnxruntime": [], "sprig_dense": [], "sprig_sparse": [], "sprig_rows": []} for b in a.batches}
+    if a.int8:
+        for b in a.batches:
+            raw[b]["sprig_int8"] = []
     checks = {}
     for r in range(1, a.rounds + 1):
         for b in a.batches:
@@ -162,6 +166,8 @@ def main():
             row = sprig_round(a, b, tmp, r)
             raw[b]["sprig_dense"] += row["dense"]["runs_ms"]
             raw[b]["sprig_sparse"] += row["sparse"]["runs_ms"]
+            if a.int8:
+                raw[b]["sprig_int8"] += row["int8"]["runs_ms"]
             raw[b]["sprig_rows"].append(row)
     results = []
     for b in a.batches:
@@ -176,6 +182,10 @@ def main():
             "sprig_formats": first["formats"], "sprig_sparsity": first["sparsity"],
             "max_abs_logit_diff_pytorch_onnxruntime": checks[b],
         })
+        if a.int8:
+            q = res["sprig_int8"]["median_ms"]
+            results[-1].update({"sprig_int8_over_pytorch": q / res["pytorch"]["median_ms"],
+                                "sprig_int8_over_onnxruntime": q / res["onnxruntime"]["median_ms"]})
     sparsity = results[0]["sprig_sparsity"]
     lines = [f"### Inference, {rel_command(os.path.abspath(a.model))} (encoder linears {sparsity:.0%} sparse), seq {a.seq}, "
              f"{a.threads} threads, f32", "",
@@ -185,6 +195,12 @@ def main():
         lines.append(f"| {x['batch']} | {fmt(x['pytorch'])} | {fmt(x['onnxruntime'])} | {fmt(x['sprig_dense'])} | "
                      f"{fmt(x['sprig_sparse'])} | {x['sprig_sparse_over_pytorch']:.2f} | {x['sprig_sparse_over_onnxruntime']:.2f} | "
                      f"{', '.join(f'{k} {v}' for k, v in x['sprig_formats'].items())} |")
+    if a.int8:
+        lines += ["", "| batch | sprig int8 ms | int8 / PyTorch | int8 / ORT | int8 throughput over PyTorch |",
+                  "|---|---|---|---|---|"]
+        for x in results:
+            lines.append(f"| {x['batch']} | {fmt(x['sprig_int8'])} | {x['sprig_int8_over_pytorch']:.2f} | "
+                         f"{x['sprig_int8_over_onnxruntime']:.2f} | {1 / x['sprig_int8_over_pytorch']:.2f}x |")
     prov = provenance(cmdline, threads=a.threads, extra={
         "torch": torch.__version__, "transformers": transformers.__version__, "onnxruntime": ort.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
@@ -204,7 +220,7 @@ def main():
         base = a.out[:-3] if a.out.endswith(".md") else a.out
         for x in results:
             x["sprig_rounds"] = raw[x["batch"]]["sprig_rows"]
-        config = {k: getattr(a, k) for k in ("batches", "seq", "threads", "rounds", "warmup", "runs", "formats")}
+        config = {k: getattr(a, k) for k in ("batches", "seq", "threads", "rounds", "warmup", "runs", "formats", "int8")}
         config["model"] = rel_command(os.path.abspath(a.model))
         atomic(base + ".json", json.dumps({"provenance": prov, "config": config, "results": results}, indent=1) + "\n")
     import shutil

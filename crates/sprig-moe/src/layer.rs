@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use sprig_kernels::nn::{ops::linear, Act};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 /// An MoE layer's settings: the router and the weights of its auxiliary losses.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -234,13 +235,28 @@ impl MoeFfn {
                 ts.iter().for_each(|&tok| kept_sum[tok] += probs[tok * e + x_i]);
             }
         }
+        // The experts run concurrently (each one's GEMMs are small: on two threads, eight of them
+        // one after the other scaled 1.15x with the second thread, against 1.5x for one dense GEMM);
+        // then each token sums its experts' rows, tokens split over threads.
+        let outs: Vec<Option<Vec<f32>>> = a
+            .per_expert
+            .par_iter()
+            .enumerate()
+            .map(|(x_i, ts)| -> Result<Option<Vec<f32>>> {
+                if ts.is_empty() {
+                    return Ok(None);
+                }
+                let idx = Tensor::from_vec(ts.iter().map(|&t| t as u32).collect::<Vec<_>>(), ts.len(), x.device())?;
+                Ok(Some(self.experts[x_i].run(&x.index_select(&idx, 0)?, true)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
+            })
+            .collect::<Result<_>>()?;
+        // For each token, its (expert, row) pairs.
+        let mut rows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); t];
         for (x_i, ts) in a.per_expert.iter().enumerate() {
-            if ts.is_empty() {
-                continue;
-            }
-            let idx = Tensor::from_vec(ts.iter().map(|&t| t as u32).collect::<Vec<_>>(), ts.len(), x.device())?;
-            let out = self.experts[x_i].run(&x.index_select(&idx, 0)?, true)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            for (row, &tok) in out.chunks_exact(h).zip(ts) {
+            ts.iter().enumerate().for_each(|(r, &tok)| rows[tok].push((x_i, r)));
+        }
+        y.par_chunks_mut(h).zip(rows.par_iter()).enumerate().for_each(|(tok, (yr, pairs))| {
+            for &(x_i, r) in pairs {
                 let g = if unit {
                     1.0
                 } else if self.config.router.normalize {
@@ -248,9 +264,10 @@ impl MoeFfn {
                 } else {
                     probs[tok * e + x_i]
                 };
-                y[tok * h..(tok + 1) * h].iter_mut().zip(row).for_each(|(o, &v)| *o += g * v);
+                let out = outs[x_i].as_deref().expect("an expert with tokens has an output");
+                yr.iter_mut().zip(&out[r * h..(r + 1) * h]).for_each(|(o, &v)| *o += g * v);
             }
-        }
+        });
         Ok(Tensor::from_vec(y, (t, h), x.device())?.to_dtype(x.dtype())?)
     }
 }

@@ -38,6 +38,10 @@ pub struct Args {
     /// with the other two.
     #[arg(long)]
     pub int8: bool,
+    /// Also report where each model's forward spends its time (sprig-kernels' per-op timers,
+    /// averaged over the timed runs; "other" is the rest: embeddings, pooling, copies, the head).
+    #[arg(long)]
+    pub profile: bool,
     /// Write `{provenance, rows}` here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -79,6 +83,9 @@ struct Row {
     speedup: f64,
     /// Largest |probability difference| between the two models on the benchmark batch.
     max_abs_prob_diff: f32,
+    /// With `--profile`: per model (`dense`, `sparse`, `int8`), milliseconds per forward by op.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    profile: BTreeMap<&'static str, BTreeMap<&'static str, f64>>,
     /// With `--int8`: the int8 model's times, dense median / int8 median, and its largest
     /// |probability difference| from the dense model.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,14 +131,28 @@ pub fn run(a: Args) -> Result<()> {
         let diff = max_diff(&pd, &ps);
         let int8_diff = int8.as_ref().map(|m| probs(m, &ids, &types, &mask).map(|p| max_diff(&pd, &p))).transpose()?;
         let (mut dr, mut sr, mut ir) = (vec![], vec![], vec![]);
+        let mut prof: BTreeMap<&'static str, BTreeMap<&'static str, f64>> = BTreeMap::new();
         for i in 0..a.warmup + a.runs {
-            let time = |m: &BertClassifier| -> Result<f64> {
+            let profiled = a.profile && i >= a.warmup;
+            let mut time = |name: &'static str, m: &BertClassifier| -> Result<f64> {
+                sprig_kernels::nn::ops::profile::enable(profiled);
                 let t = Instant::now();
                 m.predict(&ids, &types, &mask)?;
-                Ok(t.elapsed().as_secs_f64() * 1e3)
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                if profiled {
+                    sprig_kernels::nn::ops::profile::enable(false);
+                    let p = prof.entry(name).or_default();
+                    let mut ops = 0.0;
+                    for (op, f, _) in sprig_kernels::nn::ops::profile::totals() {
+                        *p.entry(op).or_default() += f / a.runs as f64;
+                        ops += f;
+                    }
+                    *p.entry("other").or_default() += (ms - ops) / a.runs as f64;
+                }
+                Ok(ms)
             };
-            let (d, s) = (time(&dense)?, time(&c.model)?);
-            let q = int8.as_ref().map(time).transpose()?;
+            let (d, s) = (time("dense", &dense)?, time("sparse", &c.model)?);
+            let q = int8.as_ref().map(|m| time("int8", m)).transpose()?;
             if i >= a.warmup {
                 dr.push(d);
                 sr.push(s);
@@ -154,6 +175,7 @@ pub fn run(a: Args) -> Result<()> {
             sparse: sparse_s,
             max_abs_prob_diff: diff,
             int8_speedup,
+            profile: prof.iter().map(|(m, p)| (*m, p.iter().filter(|(_, v)| **v > 0.0).map(|(k, v)| (*k, *v)).collect())).collect(),
             int8: int8_s,
             int8_max_abs_prob_diff: int8_diff,
         };
@@ -165,6 +187,10 @@ pub fn run(a: Args) -> Result<()> {
             "| {b} | {} | {:.1} ({:.1}-{:.1}) | {:.1} ({:.1}-{:.1}) | {:.2}x |{i8c} {:?} |",
             a.seq, row.dense.median_ms, row.dense.min_ms, row.dense.max_ms, row.sparse.median_ms, row.sparse.min_ms, row.sparse.max_ms, row.speedup, row.formats
         );
+        for (m, p) in &row.profile {
+            let parts: Vec<String> = p.iter().map(|(op, ms)| format!("{op} {ms:.1}")).collect();
+            eprintln!("  profile {m} (ms per forward): {}", parts.join(", "));
+        }
         rows.push(row);
     }
     if let Some(p) = &a.json {

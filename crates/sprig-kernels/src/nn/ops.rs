@@ -606,6 +606,7 @@ impl CustomOp1 for QuantLinearOp {
             candle_core::bail!("int8 linear: x has shape {dims:?}, last dimension must be {k}");
         }
         let x = slice(s, l, "x")?;
+        let _t = timer(6, 0);
         let m = x.len() / k;
         let mut y = output_buffer(m * n);
         self.w

@@ -3,9 +3,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// The timed ops, in report order.
-pub const OPS: [&str; 6] = ["linear (dense)", "linear (sparse)", "linear epilogue (bias/GELU/dropout)", "attention", "add+LayerNorm", "cross-entropy"];
+pub const OPS: [&str; 7] = ["linear (dense)", "linear (sparse)", "linear epilogue (bias/GELU/dropout)", "attention", "add+LayerNorm", "cross-entropy", "linear (int8, GELU included)"];
 static ON: AtomicBool = AtomicBool::new(false);
-static NANOS: [[AtomicU64; 2]; 6] = [const { [const { AtomicU64::new(0) }; 2] }; 6];
+static NANOS: [[AtomicU64; 2]; 7] = [const { [const { AtomicU64::new(0) }; 2] }; 7];
 
 /// Start (or stop) accumulating; clears the totals when turned on.
 pub fn enable(on: bool) {
