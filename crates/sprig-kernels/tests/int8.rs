@@ -1,6 +1,6 @@
 //! int8 inference ([`QuantLinear`]): against an exact integer emulation of the quantization, against
-//! the f32 product within the quantization error, on both paths (AVX-512 VNNI where the CPU has it,
-//! portable forced), and its errors.
+//! the f32 product within the quantization error, on every path the CPU has (AVX-512 VNNI, AVX2,
+//! portable; lower ones forced), and its errors.
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sprig_kernels::{QuantLinear, SimdLevel};
@@ -110,13 +110,22 @@ fn libm_erf(x: f64) -> f64 {
 #[test]
 fn int8_matches_emulation_and_f32_on_every_path() {
     let _turn = FORCE.lock().unwrap_or_else(|e| e.into_inner());
-    check_path().unwrap_or_else(|e| panic!("{}: {e}", sprig_kernels::int8_path()));
-    if SimdLevel::detected() == SimdLevel::Avx512 {
-        sprig_kernels::force_simd(Some(SimdLevel::Portable));
-        assert_eq!(sprig_kernels::int8_path(), "portable");
+    let best = SimdLevel::detected();
+    let mut seen = Vec::new();
+    for level in [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512] {
+        if level > best {
+            continue;
+        }
+        sprig_kernels::force_simd(Some(level));
+        let path = sprig_kernels::int8_path();
         let r = check_path();
         sprig_kernels::force_simd(None);
-        r.unwrap_or_else(|e| panic!("portable: {e}"));
+        r.unwrap_or_else(|e| panic!("{path}: {e}"));
+        seen.push(path);
+    }
+    assert!(seen.contains(&"portable"), "{seen:?}");
+    if best >= SimdLevel::Avx2 {
+        assert!(seen.contains(&"avx2"), "{seen:?}");
     }
 }
 

@@ -143,6 +143,9 @@ pub fn compile(l: &Loaded, formats: Formats, rows: usize) -> Result<Compiled> {
 pub fn int8_model(l: &Loaded) -> Result<BertClassifier> {
     let mut model = l.ckpt.classifier(0, &Device::Cpu)?;
     let s = model.encoder.quantize_int8().with_context(|| format!("quantizing {} to int8", l.dir.display()))?;
+    if s.path != "avx512-vnni" {
+        tracing::warn!("int8 runs the {} path here (no AVX-512 VNNI): measured slower than the f32 sparse kernels on such CPUs (docs/results/int8.md); leave out --int8 for speed", s.path);
+    }
     tracing::info!(
         "int8 ({}): {} linears, {} of {} non-zero weights stay non-zero, {:.1} MB against {:.1} MB of f32 dense",
         s.path,

@@ -18,6 +18,8 @@ use crate::error::{check_len, KernelError, Result};
 use crate::kernels::SimdLevel;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
@@ -29,25 +31,37 @@ const MAX_V: usize = 4;
 /// Output rows written per tile (one 16x16 transpose per panel vector).
 const TILE_ROWS: usize = 16;
 
-/// Which int8 path runs: `"avx512-vnni"` or `"portable"` (`SPRIG_SIMD` below `avx512` forces the
-/// portable one).
+/// The int8 kernels: AVX-512 VNNI, plain AVX2 (`vpmaddwd` on widened bytes), or portable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Vnni,
+    Avx2,
+    Portable,
+}
+
+/// Which int8 path runs: `"avx512-vnni"`, `"avx2"` or `"portable"` (`SPRIG_SIMD` caps it like the
+/// f32 kernels: `avx2` on an AVX-512 machine runs the AVX2 one).
 pub fn int8_path() -> &'static str {
-    if use_vnni() {
-        "avx512-vnni"
-    } else {
-        "portable"
+    match path() {
+        Path::Vnni => "avx512-vnni",
+        Path::Avx2 => "avx2",
+        Path::Portable => "portable",
     }
 }
 
-fn use_vnni() -> bool {
+fn path() -> Path {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::simd() == SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw")
+        match crate::simd() {
+            SimdLevel::Avx512 if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw") => Path::Vnni,
+            SimdLevel::Avx512 | SimdLevel::Avx2 => Path::Avx2,
+            SimdLevel::Portable => Path::Portable,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = SimdLevel::Portable;
-        false
+        Path::Portable
     }
 }
 
@@ -160,7 +174,10 @@ impl QuantLinear {
         if m == 0 {
             return Ok(());
         }
-        let v = m.div_ceil(LANES).min(panel_vectors(self.cols));
+        let path = path();
+        // The AVX2 kernel keeps 4 accumulators per panel vector in 16 registers: at most 2.
+        let cap = if path == Path::Avx2 { 2 } else { MAX_V };
+        let v = m.div_ceil(LANES).min(panel_vectors(self.cols)).min(cap);
         let pw = v * LANES;
         let np = m.div_ceil(pw);
         // Enough tasks for every thread: split the rows when there are few panels.
@@ -170,7 +187,6 @@ impl QuantLinear {
         let per = row_tiles.div_ceil(groups) * TILE_ROWS;
         let groups = self.rows.div_ceil(per);
         let yp = SyncPtr(y.as_mut_ptr());
-        let vnni = use_vnni();
         (0..np * groups).into_par_iter().for_each_init(
             || Scratch {
                 panel: vec![0u8; self.cols.div_ceil(4) * 4 * pw],
@@ -193,14 +209,14 @@ impl QuantLinear {
                     gelu,
                     y: yp.get(),
                 };
+                // SAFETY (both SIMD arms): `path` checked the CPU features; `job` addresses rows
+                // r0..r1 and tokens m0..m0+lanes of `y`, disjoint from every other task's.
                 #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: `use_vnni` checked avx512f/vl/bw/vnni; `job` addresses rows r0..r1 and
-                    // tokens m0..m0+lanes of `y`, disjoint from every other task's.
-                    unsafe { vnni::task(&job, s) };
-                    return;
+                match path {
+                    Path::Vnni => return unsafe { vnni::task(&job, s) },
+                    Path::Avx2 => return unsafe { avx2::task(&job, s) },
+                    Path::Portable => {}
                 }
-                let _ = vnni;
                 portable::task(&job, s);
             },
         );
@@ -258,15 +274,27 @@ fn row_stride(cols: usize) -> usize {
 /// 4, the tail 128 = zero); returns the scale `s_x` (0 for an all-zero token).
 #[inline(always)]
 pub(super) fn quantize_token(x: &[f32], out: &mut [u8]) -> f32 {
-    // `max` skips NaN; `Σ 0·x` is NaN exactly when some x is NaN or infinite.
-    let (amax, poison) = x.iter().fold((0f32, 0f32), |(a, p), v| (a.max(v.abs()), p + 0.0 * v));
-    if amax == 0.0 || poison.is_nan() {
+    // 16 independent lanes, so that the compiler vectorises the reduction; NaN and ±inf found
+    // by a separate (integer, vectorisable) test.
+    let mut lanes = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let amax = chunks.remainder().iter().fold(lanes.iter().fold(0f32, |a, &l| a.max(l)), |a, v| a.max(v.abs()));
+    let bad = x.iter().any(|v| !v.is_finite());
+    if amax == 0.0 || bad {
         out.fill(128);
-        return if poison.is_nan() { f32::NAN } else { 0.0 };
+        return if bad { f32::NAN } else { 0.0 };
     }
     let inv = 127.0 / amax;
     for (o, v) in out.iter_mut().zip(x) {
-        *o = ((v * inv).round_ties_even() as i32 + 128) as u8;
+        // Round to nearest even through the float's bits (|v·inv| <= 127 < 2^22); `as i32` is a
+        // saturating cast that keeps LLVM from vectorising the loop (see `nn::math::exp`).
+        let q = ((v * inv + 12_582_912.0).to_bits() as i32).wrapping_sub(0x4B40_0000);
+        *o = (q + 128) as u8;
     }
     out[x.len()..].fill(128);
     amax / 127.0
