@@ -32,6 +32,9 @@ enum Command {
     MoeScratch(cmd::moe_scratch::Args),
     /// Plot test accuracy against FFN neurons run per token for `sprig moefy` runs.
     MoefyReport(cmd::moefy::ReportArgs),
+    /// Calibration, OOD detection (max softmax probability) and robustness to corrupted inputs of
+    /// checkpoints of one task: the blessings of sparsity, with a reliability diagram.
+    Blessings(cmd::blessings::Args),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
     Demo(cmd::demo::Args),
     /// Classify texts with a (pruned) classifier directory; each pruned linear runs in its fastest format on this CPU.
@@ -105,6 +108,7 @@ fn main() {
         Command::Moefy(a) => cmd::moefy::run(a),
         Command::MoeScratch(a) => cmd::moe_scratch::run(a),
         Command::MoefyReport(a) => cmd::moefy::report(a),
+        Command::Blessings(a) => cmd::blessings::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::Bench(b) => cmd::bench::run(b),

@@ -177,6 +177,76 @@ pub fn report(probs: &[f32], n_classes: usize, gold: &[usize]) -> Report {
     }
 }
 
+/// Mean negative log-likelihood of the gold classes, probabilities floored at 1e-12 (so one
+/// confidently wrong prediction costs at most ~27.6 nats, not infinity).
+pub fn nll(probs: &[f32], n_classes: usize, gold: &[usize]) -> f64 {
+    assert_eq!(probs.len(), gold.len() * n_classes, "NLL: {} probabilities for {} rows of {n_classes}", probs.len(), gold.len());
+    if gold.is_empty() {
+        return 0.0;
+    }
+    let s: f64 = probs.chunks(n_classes).zip(gold).map(|(row, &g)| -f64::from(row[g]).max(1e-12).ln()).sum();
+    s / gold.len() as f64
+}
+
+/// One bin of a reliability diagram (Guo et al. 2017, fig. 1), binned as [`expected_calibration_error`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReliabilityBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    /// Accuracy and mean confidence of the samples in the bin (0 when empty).
+    pub accuracy: f64,
+    pub confidence: f64,
+}
+
+/// The `n_bins` bins of confidence `((m-1)/M, m/M]` with their accuracy and mean confidence.
+pub fn reliability(probs: &[f32], n_classes: usize, gold: &[usize], n_bins: usize) -> Vec<ReliabilityBin> {
+    assert!(n_classes > 0 && n_bins > 0, "reliability: n_classes and n_bins must be positive");
+    assert_eq!(probs.len(), gold.len() * n_classes, "reliability: {} probabilities for {} rows of {n_classes}", probs.len(), gold.len());
+    let mut bins: Vec<ReliabilityBin> = (0..n_bins)
+        .map(|b| ReliabilityBin { lo: b as f64 / n_bins as f64, hi: (b + 1) as f64 / n_bins as f64, count: 0, accuracy: 0.0, confidence: 0.0 })
+        .collect();
+    for (row, &g) in probs.chunks(n_classes).zip(gold) {
+        let p = argmax(row);
+        let conf = f64::from(row[p]).clamp(0.0, 1.0);
+        let b = &mut bins[((conf * n_bins as f64).ceil() as usize).clamp(1, n_bins) - 1];
+        b.count += 1;
+        b.accuracy += f64::from(u8::from(p == g));
+        b.confidence += conf;
+    }
+    for b in bins.iter_mut().filter(|b| b.count > 0) {
+        b.accuracy /= b.count as f64;
+        b.confidence /= b.count as f64;
+    }
+    bins
+}
+
+/// The maximum softmax probability of each row: the out-of-distribution score of Hendrycks &
+/// Gimpel 2017 (higher = more in-distribution).
+pub fn max_prob(probs: &[f32], n_classes: usize) -> Vec<f32> {
+    probs.chunks(n_classes).map(|r| r.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect()
+}
+
+/// Area under the ROC curve of telling `pos` from `neg` by score (higher = positive): the
+/// Mann–Whitney U statistic over `|pos|·|neg|`, ties counted one half. 0.5 when either is empty.
+pub fn auroc(pos: &[f32], neg: &[f32]) -> f64 {
+    if pos.is_empty() || neg.is_empty() {
+        return 0.5;
+    }
+    let mut all: Vec<(f32, bool)> = pos.iter().map(|&s| (s, true)).chain(neg.iter().map(|&s| (s, false))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sum of the positives' ranks (1-based), tied scores sharing their mean rank.
+    let (mut rank_sum, mut i) = (0f64, 0);
+    while i < all.len() {
+        let j = (i..all.len()).find(|&j| all[j].0 != all[i].0).unwrap_or(all.len());
+        let mean_rank = (i + 1 + j) as f64 / 2.0;
+        rank_sum += mean_rank * all[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    let (np, nn) = (pos.len() as f64, neg.len() as f64);
+    (rank_sum - np * (np + 1.0) / 2.0) / (np * nn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +317,23 @@ mod tests {
         close(r.accuracy, 0.75);
         close(r.mcc, matthews_corrcoef(&[0, 1, 2, 0], &[0, 1, 2, 1], 3));
         assert_eq!(argmax(&[0.1, 0.5, 0.5]), 1);
+    }
+
+    #[test]
+    fn nll_reliability_msp_auroc_by_hand() {
+        let probs = [0.9f32, 0.1, 0.2, 0.8, 0.6, 0.4];
+        let gold = [0, 0, 0];
+        let want = -(f64::from(0.9f32).ln() + f64::from(0.2f32).ln() + f64::from(0.6f32).ln()) / 3.0;
+        close(nll(&probs, 2, &gold), want);
+        let bins = reliability(&probs, 2, &gold, 2);
+        // confidences 0.9 (right), 0.8 (wrong), 0.6 (right): all in (0.5, 1]
+        assert_eq!((bins[0].count, bins[1].count), (0, 3));
+        assert!((bins[1].accuracy - 2.0 / 3.0).abs() < 1e-12 && (bins[1].confidence - 2.3 / 3.0).abs() < 1e-6);
+        assert_eq!(max_prob(&probs, 2), vec![0.9, 0.8, 0.6]);
+        close(auroc(&[3.0, 4.0], &[1.0, 2.0]), 1.0);
+        close(auroc(&[1.0, 2.0], &[3.0, 4.0]), 0.0);
+        // pos {2, 3}, neg {1, 2}: pairs (2>1) 1, (2=2) 1/2, (3>1) 1, (3>2) 1 -> 3.5/4
+        close(auroc(&[2.0, 3.0], &[1.0, 2.0]), 3.5 / 4.0);
+        close(auroc(&[], &[1.0]), 0.5);
     }
 }

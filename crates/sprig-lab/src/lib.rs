@@ -22,6 +22,7 @@
 //!   distillation), written as a Hugging Face directory with masks and manifest;
 //! - [`compile`], [`export`]: a ticket compiled to sparse kernels (checked and timed), and a
 //!   ticket exported as a Hugging Face-loadable directory.
+pub mod blessings;
 pub mod compile;
 pub mod dst_run;
 pub mod export;
@@ -30,6 +31,7 @@ pub mod lottery;
 pub mod moe_report;
 pub mod moe_scratch;
 pub mod pai;
+pub mod plot;
 pub mod prune;
 pub mod prune_report;
 pub mod run_dir;

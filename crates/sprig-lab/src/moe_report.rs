@@ -40,45 +40,19 @@ pub fn read_moefy(dir: &Path) -> Result<Vec<Series>> {
 
 /// The SVG text of the figure.
 pub fn plot_svg(series: &[Series], title: &str) -> Result<String> {
-    use plotters::prelude::*;
     if series.iter().all(|(_, p)| p.is_empty()) {
         bail!("no MoE-fied rows to plot");
     }
     let ys: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).collect();
     let ymin = (ys.iter().cloned().fold(f64::INFINITY, f64::min) - 5.0).floor();
     let ymax = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(100.0).ceil() + 2.0;
-    fn e<E: std::fmt::Display>(e: E) -> anyhow::Error {
-        anyhow::anyhow!("drawing the figure: {e}")
-    }
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..105f64, ymin..ymax)
-            .map_err(e)?;
-        chart.configure_mesh().x_desc("FFN neurons run per token (%)").y_desc("test accuracy (% of the dense model's)").draw().map_err(e)?;
-        let c = BLACK.mix(0.5);
-        chart
-            .draw_series(std::iter::once(PathElement::new(vec![(0.0, 98.0), (105.0, 98.0)], c.stroke_width(1))))
-            .map_err(e)?
-            .label("98% of dense")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
-        for (i, (label, pts)) in series.iter().enumerate() {
-            let c = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-                .map_err(e)?
-                .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled()))).map_err(e)?;
-        }
-        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
-        root.present().map_err(e)?;
-    }
-    Ok(svg)
+    crate::plot::line_chart(&crate::plot::Chart {
+        title,
+        x_desc: "FFN neurons run per token (%)",
+        y_desc: "test accuracy (% of the dense model's)",
+        x: (0.0, 105.0),
+        y: (ymin, ymax),
+        reference: Some(("98% of dense", vec![(0.0, 98.0), (105.0, 98.0)])),
+        series,
+    })
 }

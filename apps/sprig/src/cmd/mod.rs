@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod blessings;
 pub mod bench_kernels;
 pub mod bench_predict;
 pub mod bench_train_step;
