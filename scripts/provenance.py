@@ -29,6 +29,23 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def int8_path(simd):
+    """The int8 path sprig-kernels picks (`sprig_kernels::int8_path`): "avx512-vnni" on the
+    AVX-512 path of a CPU with AVX-512 VNNI and BW, "avx2" on the other AVX paths, else "portable"."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if simd == "avx512" and {"avx512_vnni", "avx512bw"} <= flags:
+        return "avx512-vnni"
+    return "avx2" if simd in ("avx512", "avx2+fma") else "portable"
+
+
 def simd_path():
     """The SIMD path sprig-kernels picks on this CPU (`sprig_kernels::simd_level`: "avx512",
     "avx2+fma" or "portable"), capped as the kernels cap it by `SPRIG_SIMD`."""
@@ -94,7 +111,7 @@ def provenance(command, threads=None, extra=None):
         threads = os.environ.get("RAYON_NUM_THREADS") or os.cpu_count()
     p = {
         "command": rel_command(command),
-        "machine": {"cpu": cpu_model(), "simd": simd_path(), "threads": int(threads),
+        "machine": {"cpu": cpu_model(), "simd": simd_path(), "int8": int8_path(simd_path()), "threads": int(threads),
                     "cpus": os.cpu_count()},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": git_commit(),

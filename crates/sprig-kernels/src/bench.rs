@@ -219,6 +219,8 @@ pub struct Machine {
     pub cpu: String,
     /// The kernels' SIMD path ([`crate::simd_level`]).
     pub simd: &'static str,
+    /// The int8 kernels' path ([`crate::int8_path`]: `avx512-vnni`, `avx2`, `portable`).
+    pub int8: &'static str,
     /// Rayon threads the kernels use.
     pub threads: usize,
     /// Logical CPUs of the machine.
@@ -238,7 +240,7 @@ impl Machine {
             })
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self { cpu, simd: crate::simd_level(), threads: threads(), cpus }
+        Self { cpu, simd: crate::simd_level(), int8: crate::int8_path(), threads: threads(), cpus }
     }
 }
 
@@ -282,10 +284,11 @@ fn json_str(s: &str) -> String {
 pub fn provenance_json(command: &str, commit: Option<&str>) -> String {
     let m = Machine::detect();
     format!(
-        "{{\"command\": {}, \"machine\": {{\"cpu\": {}, \"simd\": {}, \"threads\": {}, \"cpus\": {}}}, \"date\": {}, \"commit\": {}}}",
+        "{{\"command\": {}, \"machine\": {{\"cpu\": {}, \"simd\": {}, \"int8\": {}, \"threads\": {}, \"cpus\": {}}}, \"date\": {}, \"commit\": {}}}",
         json_str(command),
         json_str(&m.cpu),
         json_str(m.simd),
+        json_str(m.int8),
         m.threads,
         m.cpus,
         json_str(&utc_now_iso8601()),
