@@ -29,18 +29,22 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def int8_path(simd):
-    """The int8 path sprig-kernels picks (`sprig_kernels::int8_path`): "avx512-vnni" on the
-    AVX-512 path of a CPU with AVX-512 VNNI and BW, "avx2" on the other AVX paths, else "portable"."""
-    flags = set()
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return set()
+
+
+def int8_path(simd):
+    """The int8 path sprig-kernels picks (`sprig_kernels::int8_path`): "avx512-vnni" on the
+    AVX-512 path of a CPU with AVX-512 VNNI and BW, "avx2" on the other AVX paths, else "portable"."""
+    flags = cpu_flags()
     if simd == "avx512" and {"avx512_vnni", "avx512bw"} <= flags:
         return "avx512-vnni"
     return "avx2" if simd in ("avx512", "avx2+fma") else "portable"
@@ -49,15 +53,7 @@ def int8_path(simd):
 def simd_path():
     """The SIMD path sprig-kernels picks on this CPU (`sprig_kernels::simd_level`: "avx512",
     "avx2+fma" or "portable"), capped as the kernels cap it by `SPRIG_SIMD`."""
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    flags = cpu_flags()
     levels = ["portable"]
     if {"avx2", "fma"} <= flags:
         levels.append("avx2+fma")

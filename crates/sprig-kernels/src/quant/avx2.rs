@@ -2,7 +2,7 @@
 //! widened to i16 (`vpmovzxbw`) and multiplied with the quad's weights by `vpmaddwd`, exact in
 //! int32 (no `vpmaddubsw` saturation); the float epilogue and the transpose are the portable ones.
 #![allow(unsafe_op_in_unsafe_fn)]
-use super::{pack_panel, quantize_token, Job, Scratch, LANES, TILE_ROWS};
+use super::{epilogue_row, pack_panel, quantize_token, store_tile, Job, Scratch, LANES, TILE_ROWS};
 use std::arch::x86_64::*;
 
 #[target_feature(enable = "avx2,fma")]
@@ -45,19 +45,8 @@ unsafe fn rows<const V: usize>(job: &Job, s: &mut Scratch) {
                     }
                 }
             }
-            let b = job.bias.map_or(0.0, |b| b[n]);
-            let out = &mut s.tile[(n - n0) * pw..(n - n0 + 1) * pw];
-            for t in 0..pw {
-                out[t] = (dots[t] - w.offset[n]) as f32 * (s.sx[t] * w.scale[n]) + b;
-            }
+            epilogue_row(job, n, n0, &dots[..pw], s);
         }
-        if job.gelu {
-            crate::nn::math::gelu_inplace(&mut s.tile[..(n1 - n0) * pw]);
-        }
-        for t in 0..job.lanes {
-            for n in n0..n1 {
-                *job.y.add((job.m0 + t) * w.rows + n) = s.tile[(n - n0) * pw + t];
-            }
-        }
+        store_tile(job, n0, n1, s);
     }
 }

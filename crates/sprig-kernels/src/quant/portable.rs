@@ -1,5 +1,5 @@
 //! The int8 kernel in plain Rust (any CPU; the reference the VNNI path is tested against).
-use super::{pack_panel, quantize_token, Job, Scratch, LANES, TILE_ROWS};
+use super::{epilogue_row, pack_panel, quantize_token, store_tile, Job, Scratch, LANES, TILE_ROWS};
 
 pub(super) fn task(job: &Job, s: &mut Scratch) {
     pack_panel(job, s, quantize_token);
@@ -19,20 +19,9 @@ pub(super) fn task(job: &Job, s: &mut Scratch) {
                     *a += (0..4).map(|o| xb[o] as i32 * wb[o]).sum::<i32>();
                 }
             }
-            let b = job.bias.map_or(0.0, |b| b[n]);
-            let out = &mut s.tile[(n - n0) * pw..(n - n0 + 1) * pw];
-            for t in 0..pw {
-                out[t] = (acc[t] - w.offset[n]) as f32 * (s.sx[t] * w.scale[n]) + b;
-            }
+            epilogue_row(job, n, n0, &acc, s);
         }
-        if job.gelu {
-            crate::nn::math::gelu_inplace(&mut s.tile[..(n1 - n0) * pw]);
-        }
-        for t in 0..job.lanes {
-            for n in n0..n1 {
-                // SAFETY: token m0 + t < m and row n < rows; this task alone writes them.
-                unsafe { *job.y.add((job.m0 + t) * w.rows + n) = s.tile[(n - n0) * pw + t] };
-            }
-        }
+        // SAFETY: this task alone writes tokens m0..m0+lanes, rows n0..n1 of y.
+        unsafe { store_tile(job, n0, n1, s) };
     }
 }
