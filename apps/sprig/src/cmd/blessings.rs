@@ -19,8 +19,9 @@ pub struct Args {
     /// Word-dropout probability of the corrupted test texts.
     #[arg(long, default_value_t = 0.2)]
     pub token_dropout: f64,
-    /// FGSM step on the word embeddings, a fraction of their RMS (0 skips the attack).
-    #[arg(long, default_value_t = 0.5)]
+    /// FGSM step on the word embeddings, a fraction of their RMS (0 skips the attack; at 0.5 every
+    /// MiniLM model measured fell below chance, at 0.05 they differ).
+    #[arg(long, default_value_t = 0.05)]
     pub fgsm_eps: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
