@@ -35,6 +35,8 @@ enum Command {
     /// Calibration, OOD detection (max softmax probability) and robustness to corrupted inputs of
     /// checkpoints of one task: the blessings of sparsity, with a reliability diagram.
     Blessings(cmd::blessings::Args),
+    /// Chen et al.'s comparison on an image task: dense vs IMP ticket vs one-shot magnitude vs random vs SNIP vs SynFlow vs RigL vs a small dense net, trained and scored.
+    BlessingsGrid(cmd::blessings::GridArgs),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
     Demo(cmd::demo::Args),
     /// Classify texts with a (pruned) classifier directory; each pruned linear runs in its fastest format on this CPU.
@@ -109,6 +111,7 @@ fn main() {
         Command::MoeScratch(a) => cmd::moe_scratch::run(a),
         Command::MoefyReport(a) => cmd::moefy::report(a),
         Command::Blessings(a) => cmd::blessings::run(a),
+        Command::BlessingsGrid(a) => cmd::blessings::grid(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::Bench(b) => cmd::bench::run(b),

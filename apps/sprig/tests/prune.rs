@@ -138,6 +138,63 @@ fn obert_and_4x1_blocks_reach_their_sparsity_with_exact_zeros() {
     assert!((zeros - sparsity).abs() < 1e-6 && blocked, "zeros {zeros}, 4x1 blocks {blocked}");
 }
 
+/// Structured pruning of whole FFN neurons (gradual, 2 short epochs from the pretrained
+/// checkpoint): half the rows of every `intermediate.dense` weight are zero, the same count per
+/// layer, and `narrow/` holds the model with them removed physically (`intermediate_size` 768),
+/// which `sprig predict` runs with the probabilities of the pruned model. Refusals: a method or
+/// allocation that cannot keep whole, equal neuron counts.
+#[test]
+fn ffn_neurons_are_removed_physically_into_a_narrow_model_that_predicts_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ffn");
+    run_ok(sprig().args(["prune", "--task", "sms-spam", "--sparsity", "0.5", "--method", "gmp", "--granularity", "ffn-neurons", "--epochs", "2", "--prune-every", "1", "--out"]).arg(&out).args(TINY));
+    let s = json(&out.join("summary.json"));
+    assert!((s["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-6, "share of FFN-in weights pruned: {s}");
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut layers = 0;
+    for (name, view) in st.tensors() {
+        let w: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let cols = view.shape()[1..].iter().product::<usize>().max(1);
+        if name.ends_with("intermediate.dense.weight") {
+            layers += 1;
+            let zero_rows = w.chunks(cols).filter(|r| r.iter().all(|x| *x == 0.0)).count();
+            let partial = w.chunks(cols).filter(|r| r.iter().any(|x| *x == 0.0) && r.iter().any(|x| *x != 0.0)).count();
+            assert_eq!((zero_rows, partial), (768, 0), "{name}: whole rows, half of them");
+        } else if name.contains("attention") && name.ends_with("dense.weight") || name.ends_with("query.weight") {
+            assert!(w.iter().all(|x| *x != 0.0), "{name} is not pruned");
+        }
+    }
+    assert_eq!(layers, 6);
+    let narrow = out.join("narrow");
+    let cfg = json(&narrow.join("config.json"));
+    assert_eq!(cfg["intermediate_size"], 768);
+    let nb = std::fs::read(narrow.join("model.safetensors")).unwrap();
+    let nst = safetensors::SafeTensors::deserialize(&nb).unwrap();
+    let shape = |n: &str| nst.tensors().into_iter().find(|(m, _)| m.ends_with(n)).map(|(_, v)| v.shape().to_vec()).unwrap();
+    assert_eq!((shape("layer.0.intermediate.dense.weight"), shape("layer.0.output.dense.weight")), (vec![768, 384], vec![384, 768]));
+    assert!(bytes.len() - nb.len() >= 6 * 2 * 768 * 384 * 4, "768 neurons x 2 matrices x 6 layers fewer: {} vs {} bytes", nb.len(), bytes.len());
+    assert!(narrow.join("tokenizer.json").is_file() && narrow.join("sprig-logits.json").is_file() && !narrow.join("masks.safetensors").exists());
+    // Both predict the same probabilities.
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "WINNER!! claim your free prize now\nsee you at lunch tomorrow?\ncall me back when you can\n").unwrap();
+    let probs = |model: &Path, name: &str| -> Vec<f64> {
+        let o = dir.path().join(name);
+        run_ok(sprig().arg("predict").arg("--model").arg(model).arg("--input").arg(&texts).arg("--out").arg(&o).args(["--formats", "dense"]));
+        std::fs::read_to_string(&o).unwrap().lines().flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect::<Vec<_>>()).collect()
+    };
+    let (a, b) = (probs(&out, "full.jsonl"), probs(&narrow, "narrow.jsonl"));
+    assert_eq!(a.len(), 6);
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-5, "pruned vs narrow: max |prob diff| {worst}");
+    let fresh = dir.path().join("fresh");
+    let e = run_err(sprig().args(["prune", "--task", "sms-spam", "--granularity", "ffn-neurons", "--method", "obert", "--out"]).arg(&fresh).args(TINY));
+    assert!(e.contains("ffn-neurons") && e.contains("obert"), "{e}");
+    let e = run_err(sprig().args(["prune", "--task", "sms-spam", "--granularity", "ffn-neurons", "--allocation", "global", "--out"]).arg(&fresh).args(TINY));
+    assert!(e.contains("uniform"), "{e}");
+    assert!(!fresh.exists());
+}
+
 /// Runs `cmd`, asserts success and returns stdout and stderr together (the log included).
 fn run_ok_all(cmd: &mut std::process::Command) -> String {
     let out = cmd.output().expect("spawn sprig");

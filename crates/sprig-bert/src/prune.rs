@@ -98,10 +98,25 @@ impl PruneMethod {
     }
 }
 
+/// Structured pruning of whole FFN neurons: the rows of every layer's `intermediate.dense` weight
+/// (Li et al. 2017's filters), the same number in every layer, so that the pruned model can be
+/// rewritten as a dense BERT with a narrower `intermediate_size`.
+pub const FFN_NEURONS: &str = "ffn-neurons";
+
+/// The weights a run prunes: `intermediate.dense` (FFN-in) weights for [`FFN_NEURONS`], else every
+/// encoder linear.
+pub fn is_prunable(granularity: &str, name: &str) -> bool {
+    if granularity == FFN_NEURONS {
+        name.ends_with(".intermediate.dense.weight") && is_encoder_linear_weight(name)
+    } else {
+        is_encoder_linear_weight(name)
+    }
+}
+
 /// `unstructured`, `RxC` blocks of the `[out, in]` matrix (e.g. `4x1`: 4 output rows × 1 input
-/// column, sprig-kernels' BSR 4x1) or `N:M` (e.g. `2:4`).
+/// column, sprig-kernels' BSR 4x1), `N:M` (e.g. `2:4`) or [`FFN_NEURONS`] (whole rows).
 pub fn parse_granularity(s: &str) -> Result<Granularity> {
-    let bad = || BertError::Invalid(format!("unknown granularity {s:?} (expected unstructured, RxC blocks such as 4x1 or 1x4, or N:M such as 2:4)"));
+    let bad = || BertError::Invalid(format!("unknown granularity {s:?} (expected unstructured, RxC blocks such as 4x1 or 1x4, N:M such as 2:4, or ffn-neurons)"));
     let pair = |sep: char| -> Result<(usize, usize)> {
         let (a, b) = s.split_once(sep).ok_or_else(bad)?;
         let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
@@ -112,6 +127,7 @@ pub fn parse_granularity(s: &str) -> Result<Granularity> {
     };
     Ok(match s {
         "unstructured" => Granularity::Unstructured,
+        FFN_NEURONS => Granularity::Rows,
         _ if s.contains(':') => {
             let (n, m) = pair(':')?;
             if n >= m {
@@ -190,6 +206,14 @@ impl PruneConfig {
             }
         }
         self.allocation()?;
+        if self.granularity == FFN_NEURONS {
+            if !matches!(self.method, PruneMethod::Gmp | PruneMethod::Oneshot) {
+                bail!("granularity {FFN_NEURONS} prunes whole neurons by the magnitude of their input weights: use --method gmp or oneshot, not {}", self.method.name());
+            }
+            if !matches!(self.allocation.as_str(), "" | "uniform") {
+                bail!("granularity {FFN_NEURONS} keeps the same number of neurons in every layer (allocation uniform), not {}", self.allocation);
+            }
+        }
         if !self.method.is_one_shot() {
             if !(0.0 <= self.prune_start && self.prune_start < self.prune_end && self.prune_end <= 1.0) {
                 bail!("the schedule needs 0 <= prune_start < prune_end <= 1 (got {} and {})", self.prune_start, self.prune_end);
@@ -209,6 +233,7 @@ impl PruneConfig {
 
     pub fn allocation(&self) -> Result<Allocation> {
         let kind = match self.allocation.as_str() {
+            "" if self.granularity == FFN_NEURONS => AllocationKind::Uniform,
             "" => self.method.default_allocation(),
             s => serde_json::from_value(serde_json::Value::String(s.into()))
                 .map_err(|_| BertError::Invalid(format!("unknown allocation {s:?} (expected global, uniform, er or erk)")))?,
@@ -370,7 +395,7 @@ pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&T
     let head = base.tensors.contains_key("classifier.weight").then(|| (&base.tensors, base.origin.clone()));
     let mut model = BertClassifier::new(encoder, data.classes.len(), tc.pooling, head, tc.seed)?;
     let params = model.trainable_params();
-    let prunable: Vec<(String, Var)> = params.iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect();
+    let prunable: Vec<(String, Var)> = params.iter().filter(|(n, _)| is_prunable(&cfg.granularity, n)).cloned().collect();
     if prunable.is_empty() {
         bail!("model {}: no encoder linear weights to prune", base.spec);
     }

@@ -3,7 +3,9 @@
 //! log-likelihood, expected calibration error with its reliability diagram (Guo et al. 2017),
 //! out-of-distribution detection by the maximum softmax probability (Hendrycks & Gimpel 2017;
 //! AUROC of in-distribution test texts against another task's test texts), and accuracy under
-//! input corruption (random token dropout, shuffled word order).
+//! input corruption (random token dropout, shuffled word order) and under FGSM on the word
+//! embeddings. Image tasks go to [`crate::blessings_image`] (Gaussian noise, pixel dropout, FGSM on
+//! the pixels); both fill the same [`ModelBlessings`], [`table`] and [`reliability_svg`].
 //!
 //! Each model is scored on the test split of the seed it was fine-tuned with (the seed recorded in
 //! its `config.json`), so seeds never see their own training texts; models are grouped by their
@@ -31,8 +33,15 @@ pub struct BlessingsConfig {
     pub ood: Vec<String>,
     /// Probability of dropping each word in the token-dropout corruption.
     pub token_dropout: f64,
-    /// FGSM step on the word embeddings, as a fraction of the embedding table's RMS (0: skip).
+    /// FGSM step: on the word embeddings, a fraction of the embedding table's RMS; on images, in
+    /// pixel units of [0, 1] images (0: skip).
     pub fgsm_eps: f64,
+    /// Standard deviation of the additive Gaussian pixel noise (images; 0: skip).
+    #[serde(default)]
+    pub gaussian_noise: f64,
+    /// Probability of zeroing each pixel (images; 0: skip).
+    #[serde(default)]
+    pub pixel_dropout: f64,
     /// Seed of the corruptions (the same corrupted texts for every model of one split seed).
     pub seed: u64,
     pub batch_size: usize,
@@ -46,7 +55,8 @@ pub struct BlessingsConfig {
 pub struct ModelBlessings {
     pub model: String,
     pub group: String,
-    /// Share of zeros in the encoder linears.
+    /// Share of zeros in the prunable weights (BERT: the encoder linears; images: every weight
+    /// matrix and kernel).
     pub sparsity: f64,
     pub split_seed: u64,
     pub n: usize,
@@ -65,8 +75,25 @@ impl BlessingsConfig {
         if self.models.is_empty() {
             bail!("no models given");
         }
+        self.validate_options()
+    }
+
+    /// Everything [`BlessingsConfig::validate`] checks but the list of models.
+    pub fn validate_options(&self) -> Result<()> {
+        let image = sprig_data::is_image_task(&self.task);
+        if !image && !sprig_data::is_text_task(&self.task) {
+            bail!("unknown task {:?}: expected one of {:?} or {:?}", self.task, sprig_data::TEXT_TASKS, sprig_data::IMAGE_TASKS);
+        }
         if let Some(o) = self.ood.iter().find(|o| **o == self.task) {
-            bail!("OOD task {o:?} is the in-distribution task itself: its texts cannot be out of distribution");
+            bail!("OOD task {o:?} is the in-distribution task itself: its inputs cannot be out of distribution");
+        }
+        if let Some(o) = self.ood.iter().find(|o| sprig_data::is_image_task(o) != image) {
+            bail!("OOD task {o:?} is not {} task like {}", if image { "an image" } else { "a text" }, self.task);
+        }
+        for (what, p) in [("Gaussian noise", self.gaussian_noise), ("pixel dropout", self.pixel_dropout)] {
+            if !(p.is_finite() && p >= 0.0) || (what == "pixel dropout" && p >= 1.0) {
+                bail!("{what} must be a finite number >= 0 (dropout below 1), got {p}");
+            }
         }
         if !(self.fgsm_eps >= 0.0 && self.fgsm_eps.is_finite()) {
             bail!("FGSM epsilon must be a finite number >= 0, got {}", self.fgsm_eps);
@@ -79,6 +106,18 @@ impl BlessingsConfig {
         }
         Ok(())
     }
+}
+
+/// The usual out-of-distribution tasks of `task`: other tasks' inputs of the same kind.
+pub fn default_ood(task: &str) -> Vec<String> {
+    let v: &[&str] = match task {
+        "fashion-mnist" => &["mnist10k"],
+        "mnist10k" => &["fashion-mnist"],
+        "sms-spam" => &["rt-sentiment", "trec6"],
+        "trec6" => &["rt-sentiment", "sms-spam"],
+        _ => &["sms-spam", "trec6"],
+    };
+    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// `dir` without a trailing `-s<digits>`: the runs of one configuration over seeds.
@@ -128,6 +167,9 @@ fn encoder_sparsity(m: &BertClassifier) -> Result<f64> {
 /// Scores every model of `cfg` (see the module docs); `progress` hears one line per model.
 pub fn run(cfg: &BlessingsConfig, home: &Path, mut progress: impl FnMut(&ModelBlessings)) -> Result<Vec<ModelBlessings>> {
     cfg.validate()?;
+    if sprig_data::is_image_task(&cfg.task) {
+        return crate::blessings_image::run(cfg, home, progress);
+    }
     let device = Device::Cpu;
     let mut out = Vec::new();
     let mut classes: Option<Vec<String>> = None;
@@ -357,12 +399,16 @@ mod tests {
 
     #[test]
     fn bad_configs_are_refused() {
-        let cfg = BlessingsConfig { task: "rt-sentiment".into(), models: vec!["m".into()], ood: vec!["trec6".into()], token_dropout: 0.2, fgsm_eps: 0.5, seed: 0, batch_size: 8, max_seq_len: 64, max_examples: 0 };
+        let cfg = BlessingsConfig { task: "rt-sentiment".into(), models: vec!["m".into()], ood: vec!["trec6".into()], token_dropout: 0.2, fgsm_eps: 0.5, gaussian_noise: 0.0, pixel_dropout: 0.0, seed: 0, batch_size: 8, max_seq_len: 64, max_examples: 0 };
         cfg.validate().unwrap();
         let e = BlessingsConfig { ood: vec!["rt-sentiment".into()], ..cfg.clone() }.validate().unwrap_err().to_string();
         assert!(e.contains("in-distribution task itself"), "{e}");
         assert!(BlessingsConfig { token_dropout: 1.0, ..cfg.clone() }.validate().is_err());
         assert!(BlessingsConfig { fgsm_eps: f64::NAN, ..cfg.clone() }.validate().is_err());
+        assert!(BlessingsConfig { ood: vec!["mnist10k".into()], ..cfg.clone() }.validate().unwrap_err().to_string().contains("not a text task"));
+        assert!(BlessingsConfig { task: "cifar".into(), ..cfg.clone() }.validate().unwrap_err().to_string().contains("unknown task"));
+        assert!(BlessingsConfig { pixel_dropout: 1.0, ..cfg.clone() }.validate().is_err());
+        assert!(BlessingsConfig { gaussian_noise: -0.1, ..cfg.clone() }.validate().is_err());
         assert!(BlessingsConfig { models: vec![], ..cfg }.validate().unwrap_err().to_string().contains("no models"));
     }
 }

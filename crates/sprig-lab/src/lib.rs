@@ -6,7 +6,12 @@
 //! - [`lottery`]: lottery tickets by iterative magnitude pruning with reinit and random-mask
 //!   controls (Frankle & Carbin 2019), `lottery.svg`;
 //! - [`pai`]: pruning at initialisation (magnitude, random, SNIP, GraSP, SynFlow), then training;
-//! - [`dst_run`]: dynamic sparse training grids, their reports (`dst-grid.md`, `dst-grid.svg`) and timing.
+//! - [`dst_run`]: dynamic sparse training grids, their reports (`dst-grid.md`, `dst-grid.svg`) and timing;
+//! - [`blessings_grid`]: Chen et al.'s comparison (dense, IMP ticket, one-shot magnitude, random,
+//!   SNIP, SynFlow, RigL, small dense) trained for the blessings report.
+//!
+//! Both: [`blessings`] (with [`blessings_image`]): accuracy, NLL, ECE, OOD AUROC and robustness
+//! of any set of classifier checkpoints of one task, text or image.
 //!
 //! Shared by all experiments: [`run_dir`] (one run-directory contract: validate before writing,
 //! refuse a different experiment, clean orphan temporary files, summaries marked complete) and
@@ -23,6 +28,8 @@
 //! - [`compile`], [`export`]: a ticket compiled to sparse kernels (checked and timed), and a
 //!   ticket exported as a Hugging Face-loadable directory.
 pub mod blessings;
+pub mod blessings_grid;
+pub mod blessings_image;
 pub mod compile;
 pub mod dst_run;
 pub mod export;
@@ -30,6 +37,7 @@ pub mod imp;
 pub mod lottery;
 pub mod moe_report;
 pub mod moe_scratch;
+pub mod narrow;
 pub mod pai;
 pub mod plot;
 pub mod prune;

@@ -135,17 +135,8 @@ impl Lottery<'_> {
         Selector::weights().select(&model.params)
     }
 
-    /// The layerwise IMP pruner (Frankle & Carbin 2019, §2): every hidden layer at
-    /// 1 − (1 − rate)^r on its own (uniform allocation), the output layer at 1 − (1 − output_rate)^r.
     fn pruner(&self, criterion: Criterion, prunable: &[(String, Var)]) -> PrunerConfig {
-        let c = &self.cfg;
-        let mut p = PrunerConfig::imp(c.rounds, RoundRate::FractionOfRemaining(c.rate), c.rewind).allocation(Allocation::uniform());
-        p.criterion = criterion;
-        let out = c.arch.output_weight();
-        if prunable.iter().any(|(n, _)| n == out) {
-            p = p.group([out], GroupRate::Round(RoundRate::FractionOfRemaining(c.output_rate)));
-        }
-        p
+        layerwise_pruner(self.cfg, criterion, prunable)
     }
 
     /// The recipe of a run in `cell`: batch order seeded by (seed, round).
@@ -162,8 +153,21 @@ impl Lottery<'_> {
     }
 }
 
+/// The layerwise IMP pruner of `c` (Frankle & Carbin 2019, §2): every hidden layer at
+/// 1 − (1 − rate)^r on its own (uniform allocation), the output layer at 1 − (1 − output_rate)^r;
+/// with another criterion (random), the same per-layer sparsities.
+pub fn layerwise_pruner(c: &LotteryConfig, criterion: Criterion, prunable: &[(String, Var)]) -> PrunerConfig {
+    let mut p = PrunerConfig::imp(c.rounds, RoundRate::FractionOfRemaining(c.rate), c.rewind).allocation(Allocation::uniform());
+    p.criterion = criterion;
+    let out = c.arch.output_weight();
+    if prunable.iter().any(|(n, _)| n == out) {
+        p = p.group([out], GroupRate::Round(RoundRate::FractionOfRemaining(c.output_rate)));
+    }
+    p
+}
+
 /// Sets every parameter of `model` from `w` (by name); a missing or unknown name is an error.
-fn set_weights(model: &VisionModel, w: &std::collections::BTreeMap<String, candle_core::Tensor>) -> Result<()> {
+pub(crate) fn set_weights(model: &VisionModel, w: &std::collections::BTreeMap<String, candle_core::Tensor>) -> Result<()> {
     if let Some(n) = w.keys().find(|n| !model.params.iter().any(|(p, _)| p == *n)) {
         bail!("the start weights name `{n}`, which the model does not have");
     }

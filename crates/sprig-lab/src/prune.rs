@@ -2,7 +2,9 @@
 //! ([`sprig_bert::prune::prune`]), and write the pruned classifier as a directory that appears
 //! whole or not at all: the Hugging Face layout with exact zeros, `masks.safetensors`, the
 //! `sprig.json` manifest, `config.toml` (the resolved config: the experiment record),
-//! `metrics.jsonl`, `summary.json` and `sprig-logits.json` (for `scripts/verify-hf-export`).
+//! `metrics.jsonl`, `summary.json` and `sprig-logits.json` (for `scripts/verify-hf-export`);
+//! with `ffn-neurons` granularity also `narrow/`, the model with its pruned neurons removed
+//! ([`crate::narrow`]).
 //! The run is staged beside `out` and moved in when complete ([`StagedOut`]).
 use crate::export::{reference_logits, write_sparse_classifier};
 use crate::run_dir::{StagedOut, STATE_FILE};
@@ -125,6 +127,17 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
     write_sparse_classifier(stage, &pruned.model, &data.classes, &base.tokenizer, &pruned.masks, meta, &ckmeta)?;
     let verify = reference_logits(stage, VERIFY_EXAMPLES, home)?;
     sprig_train::write_json(&stage.join("sprig-logits.json"), &verify)?;
+    if cfg.granularity == sprig_bert::prune::FFN_NEURONS {
+        let narrow = stage.join("narrow");
+        let k = crate::narrow::write_narrow(stage, &narrow)?;
+        let logits = reference_logits(&narrow, VERIFY_EXAMPLES, home)?;
+        let d = crate::narrow::max_logit_diff(&verify, &logits)?;
+        if d > 1e-4 {
+            bail!("the narrow model's logits differ from the pruned model's by {d:.2e} (> 1e-4): not written");
+        }
+        sprig_train::write_json(&narrow.join("sprig-logits.json"), &logits)?;
+        tracing::info!(intermediate_size = k, max_logit_diff = d, "narrow model (pruned FFN neurons removed) in narrow/");
+    }
     sprig_train::write_json(&stage.join("summary.json"), s)?;
     drop(log);
     staged.commit()?;

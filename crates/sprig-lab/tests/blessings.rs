@@ -27,6 +27,8 @@ fn blessings_of_a_real_model_are_in_range_and_fgsm_hurts() {
         ood: vec!["trec6".into()],
         token_dropout: 0.2,
         fgsm_eps: 1.0,
+        gaussian_noise: 0.0,
+        pixel_dropout: 0.0,
         seed: 0,
         batch_size: 64,
         max_seq_len: 64,

@@ -21,6 +21,9 @@ pub enum Arch {
     Lenet300,
     /// LeNet-5: conv5x5(6, pad 2)-pool-conv5x5(16)-pool-120-84-10, ReLU (LeCun et al. 1998).
     Lenet5,
+    /// LeNet-300-100's shape at other widths: input-`hidden1`-`hidden2`-classes, ReLU (the small
+    /// dense net of a sparse one's parameter count).
+    Mlp { hidden1: usize, hidden2: usize },
 }
 
 impl std::str::FromStr for Arch {
@@ -38,13 +41,14 @@ impl Arch {
     /// `(name, shape)` of every parameter, in a fixed order.
     pub fn param_shapes(&self, height: usize, width: usize, classes: usize) -> Vec<(String, Vec<usize>)> {
         let p = |n: &str, s: &[usize]| (n.to_string(), s.to_vec());
-        match self {
-            Self::Lenet300 => vec![
-                p("fc1.weight", &[300, height * width]),
-                p("fc1.bias", &[300]),
-                p("fc2.weight", &[100, 300]),
-                p("fc2.bias", &[100]),
-                p("fc3.weight", &[classes, 100]),
+        match *self {
+            Self::Lenet300 => Self::Mlp { hidden1: 300, hidden2: 100 }.param_shapes(height, width, classes),
+            Self::Mlp { hidden1, hidden2 } => vec![
+                p("fc1.weight", &[hidden1, height * width]),
+                p("fc1.bias", &[hidden1]),
+                p("fc2.weight", &[hidden2, hidden1]),
+                p("fc2.bias", &[hidden2]),
+                p("fc3.weight", &[classes, hidden2]),
                 p("fc3.bias", &[classes]),
             ],
             Self::Lenet5 => {
@@ -64,6 +68,20 @@ impl Arch {
             }
         }
     }
+    /// The architecture of named weights: LeNet-5 when they hold `conv1.weight`, else the MLP of
+    /// their `fc1`/`fc2` widths (LeNet-300-100 at 300 and 100).
+    pub fn of_tensors(tensors: &[(String, Tensor)]) -> Result<Self> {
+        let dims = |n: &str| tensors.iter().find(|(m, _)| m == n).map(|(_, t)| t.dims().to_vec());
+        if dims("conv1.weight").is_some() {
+            return Ok(Self::Lenet5);
+        }
+        match (dims("fc1.weight").as_deref(), dims("fc2.weight").as_deref()) {
+            (Some(&[300, _]), Some(&[100, 300])) => Ok(Self::Lenet300),
+            (Some(&[hidden1, _]), Some(&[hidden2, h])) if h == hidden1 => Ok(Self::Mlp { hidden1, hidden2 }),
+            _ => bail!("the weights are neither LeNet-5 (conv1.weight) nor an MLP (fc1.weight, fc2.weight of matching widths)"),
+        }
+    }
+
     /// Name of the output layer's weight (LTH prunes it at half the rate).
     pub fn output_weight(&self) -> &'static str {
         "fc3.weight"
@@ -110,7 +128,7 @@ impl VisionModel {
     /// Logits for a batch `x` of shape `[batch, height * width]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.arch {
-            Arch::Lenet300 => {
+            Arch::Lenet300 | Arch::Mlp { .. } => {
                 let h = self.linear(x, "fc1")?.relu()?;
                 let h = self.linear(&h, "fc2")?.relu()?;
                 self.linear(&h, "fc3")

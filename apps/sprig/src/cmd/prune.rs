@@ -19,7 +19,10 @@ pub struct Args {
     /// on 128 training examples once, then fine-tuning) [default: gmp].
     #[arg(long)]
     pub method: Option<PruneMethod>,
-    /// unstructured, RxC blocks (4x1, 1x4) or N:M (2:4) [default: unstructured].
+    /// unstructured, RxC blocks (4x1, 1x4), N:M (2:4), or ffn-neurons (whole FFN neurons, the
+    /// same share in every layer: `--sparsity` is the share of neurons removed, and `OUT/narrow`
+    /// holds the model with them removed physically, a dense BERT with a narrower
+    /// `intermediate_size`) [default: unstructured].
     #[arg(long)]
     pub granularity: Option<String>,
     /// global, uniform, er or erk [default: the method's: uniform for movement and wanda, else global].

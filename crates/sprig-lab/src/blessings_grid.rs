@@ -1,0 +1,254 @@
+//! The comparison of Chen et al. 2022 ("Can You Win Everything with a Lottery Ticket?") on an
+//! image task with LeNet-300-100: at the sparsities of chosen IMP rounds, the IMP ticket
+//! (Frankle & Carbin 2019, rewound to init) against the dense net, one-shot magnitude pruning of
+//! the trained dense net then fine-tuning (Han et al. 2015), a random mask at the same per-layer
+//! sparsities, SNIP (Lee et al. 2019) and SynFlow (Tanaka et al. 2020) at init, RigL (Evci et al.
+//! 2020), and a small dense MLP with as many weights as the ticket keeps. Every net is trained with
+//! one recipe; each is saved as a sparse checkpoint `OUT/models/<variant>[-<pct>]-s<seed>` and
+//! the lot is scored by [`crate::blessings_image`].
+//!
+//! Resumable: the IMP rounds are a `sprig lottery` run in `OUT/imp`, and a model whose
+//! checkpoint exists is not trained again.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use sprig_data::ImageDataset;
+use sprig_prune::checkpoint::{self, CheckpointMeta};
+use sprig_prune::{Criterion, Inputs, MaskSet, Pruner, Rewind, Selector};
+use sprig_train::dst::{DstArch, DstConfig, DstOptimizer, DstTrainer, Method};
+use sprig_train::vision::{train, Arch, OptimChoice, TrainConfig, VisionModel};
+
+use crate::imp::cell_dir;
+use crate::lottery::{layerwise_pruner, run_lottery, LotteryConfig};
+use crate::pai::{mask_at_init, PaiConfig};
+use crate::run_dir::{without_fields, RunConfig, RunDir};
+
+/// The sparse variants, in table order (the dense net is always there).
+pub const VARIANTS: &[&str] = &["imp", "oneshot-ft", "random", "snip", "synflow", "rigl", "small-dense"];
+
+/// A blessings comparison on an image task.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GridConfig {
+    pub dataset: String,
+    /// IMP rounds whose sparsities are compared: hidden layers at 1 − (1 − rate)^r.
+    pub rounds: Vec<usize>,
+    pub rate: f64,
+    pub output_rate: f64,
+    pub seeds: Vec<u64>,
+    /// Which of [`VARIANTS`] to train.
+    pub variants: Vec<String>,
+    /// The recipe of every training (dense, each IMP round, each variant, the fine-tuning).
+    pub train: TrainConfig,
+    /// RigL: steps between mask updates, initial drop fraction, end of updates.
+    pub rigl_delta_t: usize,
+    pub rigl_alpha: f64,
+    pub rigl_end_fraction: f64,
+    /// SNIP's calibration batches (and their size); SynFlow's iterations.
+    pub calib_batches: usize,
+    pub calib_batch_size: usize,
+    pub synflow_iterations: usize,
+}
+
+impl RunConfig for GridConfig {
+    fn validate(&self) -> Result<()> {
+        if self.rounds.is_empty() || self.rounds.contains(&0) {
+            bail!("--rounds must name IMP rounds >= 1, got {:?}", self.rounds);
+        }
+        if self.seeds.is_empty() {
+            bail!("--seeds must be at least 1");
+        }
+        if let Some(v) = self.variants.iter().find(|v| !VARIANTS.contains(&v.as_str())) {
+            bail!("unknown variant {v:?}: expected some of {VARIANTS:?}");
+        }
+        self.lottery().validate()
+    }
+    fn identity(&self) -> Result<serde_json::Value> {
+        Ok(without_fields(serde_json::to_value(self)?, &["rounds", "seeds", "variants"]))
+    }
+}
+
+impl GridConfig {
+    /// The IMP run behind the tickets (LeNet-300-100, rewound to init, no controls).
+    pub fn lottery(&self) -> LotteryConfig {
+        LotteryConfig {
+            arch: Arch::Lenet300,
+            dataset: self.dataset.clone(),
+            rounds: self.rounds.iter().copied().max().unwrap_or(0),
+            rate: self.rate,
+            output_rate: self.output_rate,
+            rewind: Rewind::Init,
+            seeds: self.seeds.clone(),
+            train: self.train.clone(),
+            controls: vec![],
+            control_rounds: vec![],
+        }
+    }
+}
+
+/// Hidden widths `(h1, h2)` of the 784-h1-h2-10 MLP with LeNet-300-100's 3:1 ratio whose weight
+/// matrices hold about `kept` weights: 300f·in + 30000f² + 100f·classes = kept.
+pub fn small_dense_widths(kept: usize, inputs: usize, classes: usize) -> (usize, usize) {
+    let (a, b) = (30_000.0, 300.0 * inputs as f64 + 100.0 * classes as f64);
+    let f = (-b + (b * b + 4.0 * a * kept as f64).sqrt()) / (2.0 * a);
+    (((300.0 * f).round() as usize).max(1), ((100.0 * f).round() as usize).max(1))
+}
+
+fn save(dir: &Path, tensors: &[(String, Tensor)], masks: &MaskSet, variant: &str, seed: u64, dataset: &str, sparsity: f64) -> Result<()> {
+    let extra = serde_json::json!({ "variant": variant, "dataset": dataset, "target_sparsity": sparsity });
+    let meta = CheckpointMeta { method: variant.to_string(), schedule: None, seed: Some(seed), parent_sha256: None, extra };
+    checkpoint::save(dir, tensors, masks, &meta).with_context(|| format!("saving {}", dir.display()))?;
+    Ok(())
+}
+
+/// Trains `model` under `mask` with the grid's recipe; `salt` varies the batch order per variant.
+fn fit(cfg: &GridConfig, data: &ImageDataset, model: &VisionModel, mask: &MaskSet, seed: u64, salt: u64) -> Result<()> {
+    let recipe = TrainConfig { data_seed: seed.wrapping_mul(1_000_003).wrapping_add(1_000 + salt), snapshot_step: None, ..cfg.train.clone() };
+    train(model, &data.train, &recipe, mask, &mut |_, _| Ok(()))?;
+    Ok(())
+}
+
+/// One sparse variant at IMP round `r` for `seed`: `(tensors, masks)` after training.
+fn variant(cfg: &GridConfig, data: &ImageDataset, name: &str, r: usize, seed: u64, imp: &Path, dev: &Device) -> Result<(Vec<(String, Tensor)>, MaskSet)> {
+    let lot = cfg.lottery();
+    let classes = data.classes.len();
+    let init = || VisionModel::new(Arch::Lenet300, data.height, data.width, classes, seed, dev);
+    let ticket = checkpoint::load(&cell_dir(imp, r, seed), dev)?;
+    let target = ticket.masks.sparsity();
+    let salt = 10 * r as u64 + VARIANTS.iter().position(|v| *v == name).unwrap_or(0) as u64;
+    let layerwise = |model: &VisionModel, crit: Criterion, from: Option<&[(String, Tensor)]>| -> Result<MaskSet> {
+        let prunable = Selector::weights().select(&model.params);
+        let vars: Vec<(String, Var)> = match from {
+            Some(w) => prunable.iter().map(|(n, _)| Ok((n.clone(), Var::from_tensor(&w.iter().find(|(m, _)| m == n).context("weights")?.1)?))).collect::<Result<_>>()?,
+            None => prunable.clone(),
+        };
+        let pc = layerwise_pruner(&lot, crit, &prunable).seed(seed.wrapping_mul(31).wrapping_add(r as u64));
+        Ok(Pruner::for_params(pc, &prunable)?.round(r, &vars, &mut Inputs::none())?.clone())
+    };
+    let trained = |model: VisionModel, mask: MaskSet| -> Result<(Vec<(String, Tensor)>, MaskSet)> {
+        fit(cfg, data, &model, &mask, seed, salt)?;
+        Ok((model.named_tensors(), mask))
+    };
+    match name {
+        "imp" => Ok((ticket.tensors, ticket.masks)),
+        "oneshot-ft" => {
+            let dense = checkpoint::load(&cell_dir(imp, 0, seed), dev)?;
+            let model = init()?;
+            model.restore(&model.params.iter().map(|(n, _)| dense.tensors.iter().find(|(m, _)| m == n).map(|(_, t)| t.clone()).context("dense weights")).collect::<Result<Vec<_>>>()?)?;
+            let mask = layerwise(&model, Criterion::Magnitude, Some(&dense.tensors))?;
+            mask.apply(&model.params)?;
+            trained(model, mask)
+        }
+        "random" => {
+            let model = init()?;
+            let mask = layerwise(&model, Criterion::Random, None)?;
+            trained(model, mask)
+        }
+        "snip" | "synflow" => {
+            let model = init()?;
+            let pai = PaiConfig {
+                arch: Arch::Lenet300,
+                dataset: cfg.dataset.clone(),
+                methods: vec![],
+                sparsities: vec![],
+                seeds: vec![],
+                train: cfg.train.clone(),
+                calib_batches: cfg.calib_batches,
+                calib_batch_size: cfg.calib_batch_size,
+                synflow_iterations: cfg.synflow_iterations,
+            };
+            let crit = if name == "snip" { Criterion::Snip } else { Criterion::Synflow };
+            let mask = mask_at_init(&model, data, crit, target, seed, &pai)?;
+            mask.apply(&model.params)?;
+            trained(model, mask)
+        }
+        "rigl" => {
+            let (lr, optimizer) = match cfg.train.optim {
+                OptimChoice::Adam { lr } => (lr, DstOptimizer::Adam),
+                OptimChoice::Sgd { lr, .. } => (lr, DstOptimizer::Sgd),
+            };
+            let dc = DstConfig {
+                arch: DstArch::Lenet300,
+                method: Method::Rigl,
+                sparsity: target,
+                epochs: cfg.train.epochs,
+                batch_size: cfg.train.batch_size,
+                lr,
+                optimizer,
+                lr_schedule: Default::default(),
+                weight_decay: 0.0,
+                delta_t: cfg.rigl_delta_t,
+                alpha: cfg.rigl_alpha,
+                end_fraction: cfg.rigl_end_fraction,
+                granet_initial: 0.5,
+            };
+            let mut t = DstTrainer::new(&dc, data.height, data.width, classes, data.train.len(), seed, dev)?;
+            t.train(&data.train, seed.wrapping_mul(1_000_003).wrapping_add(1_000 + salt))?;
+            t.check_exact()?;
+            let mut tensors = Vec::new();
+            for fc in &t.model.fcs {
+                tensors.push((format!("{}.weight", fc.name), Tensor::from_vec(fc.dense_weight()?, (fc.n, fc.k), dev)?));
+                tensors.push((format!("{}.bias", fc.name), fc.bias.as_tensor().copy()?));
+            }
+            Ok((tensors, t.model.masks()))
+        }
+        "small-dense" => {
+            let (h1, h2) = small_dense_widths(ticket.masks.count_kept(), data.height * data.width, classes);
+            let model = VisionModel::new(Arch::Mlp { hidden1: h1, hidden2: h2 }, data.height, data.width, classes, seed, dev)?;
+            let mask = MaskSet::ones_for(&Selector::weights().select(&model.params));
+            trained(model, mask)
+        }
+        other => bail!("unknown variant {other:?}"),
+    }
+}
+
+/// Trains (or finds) every model of the grid; returns their directories, dense first.
+pub fn run_grid(cfg: &GridConfig, data: &ImageDataset, out: &Path, dev: &Device) -> Result<Vec<PathBuf>> {
+    let run = RunDir::open(out, cfg)?;
+    let imp = run.path("imp");
+    run_lottery(&cfg.lottery(), data, &imp, dev).context("the IMP rounds")?;
+    let models = run.path("models");
+    let mut dirs = Vec::new();
+    for &seed in &cfg.seeds {
+        let d = models.join(format!("dense-s{seed}"));
+        if !d.join(checkpoint::MANIFEST_FILE).exists() {
+            let c = checkpoint::load(&cell_dir(&imp, 0, seed), dev)?;
+            save(&d, &c.tensors, &c.masks, "dense", seed, &cfg.dataset, 0.0)?;
+        }
+        dirs.push(d);
+    }
+    for &r in &cfg.rounds {
+        for name in VARIANTS.iter().filter(|v| cfg.variants.iter().any(|w| w == *v)) {
+            for &seed in &cfg.seeds {
+                let target = checkpoint::read_manifest(&cell_dir(&imp, r, seed))?.prunable_sparsity;
+                let d = models.join(format!("{name}-{:.0}-s{seed}", 100.0 * target));
+                if !d.join(checkpoint::MANIFEST_FILE).exists() {
+                    let t0 = std::time::Instant::now();
+                    let (tensors, masks) = variant(cfg, data, name, r, seed, &imp, dev).with_context(|| format!("{name} at round {r}, seed {seed}"))?;
+                    save(&d, &tensors, &masks, name, seed, &cfg.dataset, target)?;
+                    tracing::info!("{name} at {:.1}% (round {r}), seed {seed}: trained in {:.0}s", 100.0 * target, t0.elapsed().as_secs_f64());
+                }
+                dirs.push(d);
+            }
+        }
+    }
+    Ok(dirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_dense_matches_the_weight_count() {
+        let full = 784 * 300 + 300 * 100 + 100 * 10;
+        assert_eq!(small_dense_widths(full, 784, 10), (300, 100));
+        for keep in [0.328, 0.107] {
+            let kept = (keep * full as f64) as usize;
+            let (h1, h2) = small_dense_widths(kept, 784, 10);
+            let n = 784 * h1 + h1 * h2 + h2 * 10;
+            assert!((n as f64 / kept as f64 - 1.0).abs() < 0.02, "{h1}x{h2}: {n} weights for {kept}");
+        }
+    }
+}
