@@ -98,7 +98,7 @@ fn report(cfg: &BlessingsConfig, out: &Path) -> Result<()> {
     let json = out.join("blessings.json");
     let n = cfg.models.len();
     let mut done = 0;
-    let rows = score(&cfg, &sprig_data::sprig_home(), |m| {
+    let rows = score(cfg, &sprig_data::sprig_home(), |m| {
         done += 1;
         tracing::info!("[{done}/{n}] {}: accuracy {:.4}, ECE {:.4}, OOD AUROC {:?}", m.model, m.accuracy, m.ece, m.ood_auroc);
     })?;
