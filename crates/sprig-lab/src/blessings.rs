@@ -286,9 +286,9 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// The columns of the table, in order: `(header, value of a model)`.
 /// A table column: its header and how to read it from a model's scores.
-type Column = (String, Box<dyn Fn(&ModelBlessings) -> f64>);
+pub(crate) type Column = (String, Box<dyn Fn(&ModelBlessings) -> f64>);
 
-fn columns(rows: &[ModelBlessings]) -> Vec<Column> {
+pub(crate) fn columns(rows: &[ModelBlessings]) -> Vec<Column> {
     let mut cols: Vec<Column> = vec![
         ("sparsity".into(), Box::new(|m: &ModelBlessings| m.sparsity)),
         ("accuracy".into(), Box::new(|m: &ModelBlessings| m.accuracy)),

@@ -9,6 +9,7 @@
 //!
 //! Resumable: the IMP rounds are a `sprig lottery` run in `OUT/imp`, and a model whose
 //! checkpoint exists is not trained again.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +21,7 @@ use sprig_prune::{Criterion, Inputs, MaskSet, Pruner, Rewind, Selector};
 use sprig_train::dst::{DstArch, DstConfig, DstOptimizer, DstTrainer, Method};
 use sprig_train::vision::{train, Arch, OptimChoice, TrainConfig, VisionModel};
 
+use crate::blessings::ModelBlessings;
 use crate::imp::cell_dir;
 use crate::lottery::{layerwise_pruner, run_lottery, LotteryConfig};
 use crate::pai::{mask_at_init, PaiConfig};
@@ -236,6 +238,60 @@ pub fn run_grid(cfg: &GridConfig, data: &ImageDataset, out: &Path, dev: &Device)
     Ok(dirs)
 }
 
+/// The variant of a model group: its name without a trailing `-<pct>` (`imp-67` → `imp`).
+fn variant_of(group: &str) -> &str {
+    match group.rsplit_once('-') {
+        Some((head, pct)) if !pct.is_empty() && pct.chars().all(|c| c.is_ascii_digit()) => head,
+        _ => group,
+    }
+}
+
+/// One figure per column of the report (accuracy, NLL, ECE, each OOD AUROC, each corruption)
+/// against sparsity: a line per variant through its per-sparsity means over seeds, the dense
+/// mean as the reference line. `(file name, SVG)` pairs.
+pub fn metric_figures(rows: &[ModelBlessings]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (name, f) in crate::blessings::columns(rows).into_iter().skip(1) {
+        let mut by: BTreeMap<&str, BTreeMap<&str, Vec<(f64, f64)>>> = BTreeMap::new();
+        for m in rows {
+            by.entry(variant_of(&m.group)).or_default().entry(m.group.as_str()).or_default().push((100.0 * m.sparsity, f(m)));
+        }
+        let mean = |v: &[(f64, f64)]| (v.iter().map(|p| p.0).sum::<f64>() / v.len() as f64, v.iter().map(|p| p.1).sum::<f64>() / v.len() as f64);
+        let dense = by.remove("dense").map(|g| g.values().map(|v| mean(v).1).sum::<f64>() / g.len() as f64);
+        let series: Vec<(String, Vec<(f64, f64)>)> = by
+            .iter()
+            .map(|(v, groups)| {
+                let mut pts: Vec<(f64, f64)> = groups.values().map(|g| mean(g)).collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (v.to_string(), pts)
+            })
+            .collect();
+        let ys: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).chain(dense).filter(|y| y.is_finite()).collect();
+        if ys.is_empty() {
+            continue;
+        }
+        let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(*y), b.max(*y)));
+        let pad = ((hi - lo) * 0.1).max(1e-3);
+        let xs: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).collect();
+        let (x0, x1) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x)));
+        let (x0, x1) = if xs.is_empty() { (0.0, 100.0) } else { ((x0 - 5.0).max(0.0), (x1 + 5.0).min(100.0)) };
+        let label = dense.map(|d| format!("dense ({d:.4})"));
+        let svg = crate::plot::line_chart(&crate::plot::Chart {
+            title: &name,
+            x_desc: "sparsity of the weight matrices (%)",
+            y_desc: &name,
+            x: (x0, x1),
+            y: (lo - pad, hi + pad),
+            reference: dense.zip(label.as_deref()).map(|(d, l)| (l, vec![(x0, d), (x1, d)])),
+            series: &series,
+        })?;
+        let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let slug = slug.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
+        out.push((format!("{slug}.svg"), svg));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +300,7 @@ mod tests {
     fn small_dense_matches_the_weight_count() {
         let full = 784 * 300 + 300 * 100 + 100 * 10;
         assert_eq!(small_dense_widths(full, 784, 10), (300, 100));
+        assert_eq!((variant_of("imp-67"), variant_of("small-dense-89"), variant_of("dense"), variant_of("oneshot-ft")), ("imp", "small-dense", "dense", "oneshot-ft"));
         for keep in [0.328, 0.107] {
             let kept = (keep * full as f64) as usize;
             let (h1, h2) = small_dense_widths(kept, 784, 10);

@@ -5,7 +5,7 @@
 //! a resumed run training nothing, and clear refusals.
 use candle_core::Device;
 use sprig_lab::blessings::{run as score, table, BlessingsConfig};
-use sprig_lab::blessings_grid::{run_grid, GridConfig, VARIANTS};
+use sprig_lab::blessings_grid::{metric_figures, run_grid, GridConfig, VARIANTS};
 use sprig_train::vision::{OptimChoice, TrainConfig};
 
 fn config() -> GridConfig {
@@ -86,6 +86,11 @@ fn the_grid_trains_every_variant_at_its_sparsity_and_the_report_reads_them() {
     assert!(moved >= 12, "the corruptions change the accuracy of most of the 8 models ({moved} of 16)");
     assert!(rows[0].sparsity == 0.0 && (rows[1].sparsity - target).abs() < 0.01);
     assert!(table(&rows).contains("| dense (1) |"));
+    let figs = metric_figures(&rows).unwrap();
+    let fig_names: Vec<&str> = figs.iter().map(|f| f.0.as_str()).collect();
+    assert!(fig_names.contains(&"accuracy.svg") && fig_names.contains(&"ece.svg") && fig_names.contains(&"ood-auroc-vs-mnist10k.svg"), "{fig_names:?}");
+    assert_eq!(figs.len(), 7, "accuracy, NLL, ECE, one OOD, three corruptions: {fig_names:?}");
+    assert!(figs[0].1.contains("dense (") && VARIANTS.iter().all(|v| figs[0].1.contains(v)), "every variant is a line");
     // A rerun trains nothing: every checkpoint is left as it was.
     let stamp = |n: &str| std::fs::metadata(out.join("models").join(n).join("sprig.json")).unwrap().modified().unwrap();
     let before: Vec<_> = names.iter().map(|n| stamp(n)).collect();

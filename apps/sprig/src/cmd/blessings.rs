@@ -5,7 +5,8 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use sprig_lab::blessings::{default_ood, reliability_svg, run as score, table, BlessingsConfig};
-use sprig_lab::blessings_grid::{run_grid, GridConfig, VARIANTS};
+use sprig_lab::blessings::ModelBlessings;
+use sprig_lab::blessings_grid::{metric_figures, run_grid, GridConfig, VARIANTS};
 use sprig_lab::run_dir::RunDir;
 use sprig_train::vision::{OptimChoice, TrainConfig};
 use std::path::{Path, PathBuf};
@@ -90,11 +91,11 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = a.probe.config(&a.task, a.models.clone());
     cfg.validate()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    report(&cfg, &a.out)
+    report(&cfg, &a.out).map(|_| ())
 }
 
 /// Scores `cfg`'s models and writes blessings.json, blessings.md and reliability.svg into `out`.
-fn report(cfg: &BlessingsConfig, out: &Path) -> Result<()> {
+fn report(cfg: &BlessingsConfig, out: &Path) -> Result<Vec<ModelBlessings>> {
     let json = out.join("blessings.json");
     let n = cfg.models.len();
     let mut done = 0;
@@ -109,7 +110,7 @@ fn report(cfg: &BlessingsConfig, out: &Path) -> Result<()> {
     sprig_train::run::write_atomic(&out.join("reliability.svg"), svg.as_bytes())?;
     print!("{md}");
     println!("written: {}, blessings.md, reliability.svg", json.display());
-    Ok(())
+    Ok(rows)
 }
 
 #[derive(clap::Args, Debug)]
@@ -170,5 +171,11 @@ pub fn grid(a: GridArgs) -> Result<()> {
     RunDir::check(&a.out, &cfg)?;
     let data = sprig_data::load_image_task(&a.dataset, &sprig_data::sprig_home(), 42)?;
     let models = run_grid(&cfg, &data, &a.out, &Device::Cpu)?;
-    report(&BlessingsConfig { models, ..bcfg }, &a.out)
+    let rows = report(&BlessingsConfig { models, ..bcfg }, &a.out)?;
+    let figures = metric_figures(&rows)?;
+    for (name, svg) in &figures {
+        sprig_train::run::write_atomic(&a.out.join(name), svg.as_bytes())?;
+    }
+    println!("figures: {}", figures.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", "));
+    Ok(())
 }
