@@ -175,6 +175,12 @@ fn ffn_neurons_are_removed_physically_into_a_narrow_model_that_predicts_the_same
     assert_eq!((shape("layer.0.intermediate.dense.weight"), shape("layer.0.output.dense.weight")), (vec![768, 384], vec![384, 768]));
     assert!(bytes.len() - nb.len() >= 6 * 2 * 768 * 384 * 4, "768 neurons x 2 matrices x 6 layers fewer: {} vs {} bytes", nb.len(), bytes.len());
     assert!(narrow.join("tokenizer.json").is_file() && narrow.join("sprig-logits.json").is_file() && !narrow.join("masks.safetensors").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(narrow.join("model.safetensors")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "readable like the other weights");
+    }
     // Both predict the same probabilities.
     let texts = dir.path().join("texts.txt");
     std::fs::write(&texts, "WINNER!! claim your free prize now\nsee you at lunch tomorrow?\ncall me back when you can\n").unwrap();

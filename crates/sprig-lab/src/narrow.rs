@@ -88,9 +88,9 @@ pub fn write_narrow(src: &Path, dst: &Path) -> Result<usize> {
             std::fs::copy(e.path(), dst.join(&name)).with_context(|| format!("copying {name}"))?;
         }
     }
-    let tmp = dst.join(".model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dst.join("model.safetensors"))?;
+    let sorted: std::collections::BTreeMap<&String, &Tensor> = tensors.iter().collect();
+    let bytes = safetensors::serialize(sorted.into_iter().map(|(n, t)| (n.as_str(), t)), None)?;
+    sprig_train::write_atomic(&dst.join("model.safetensors"), &bytes)?;
     sprig_train::write_atomic(&dst.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     Ok(k)
 }
