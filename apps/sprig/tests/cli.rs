@@ -120,3 +120,21 @@ fn dst_smoke_writes_summary_and_resumes() {
     let e = run_err(sprig().args(["dst", "--method", "rigl", "--sparsity", "1.5", "--max-train", "64", "--out"]).arg(dir.path().join("y")));
     assert!(e.contains("1.5"), "{e}");
 }
+
+/// The blessings commands refuse what they cannot score, before anything is written.
+#[test]
+fn blessings_commands_refuse_mismatched_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("grid");
+    let e = run_err(sprig().args(["blessings-grid", "--dataset", "rt-sentiment", "--out"]).arg(&out));
+    assert!(e.contains("not an image task"), "{e}");
+    let e = run_err(sprig().args(["blessings-grid", "--rounds", "0", "--out"]).arg(&out));
+    assert!(e.contains("--rounds"), "{e}");
+    let e = run_err(sprig().args(["blessings-grid", "--variants", "imp,magic", "--out"]).arg(&out));
+    assert!(e.contains("magic"), "{e}");
+    assert!(!out.exists(), "a refused grid writes nothing");
+    let e = run_err(sprig().args(["blessings", "--task", "fashion-mnist", "--ood", "trec6", "--models", "m", "--out"]).arg(dir.path().join("b")));
+    assert!(e.contains("not an image task"), "{e}");
+    let e = run_err(sprig().args(["blessings", "--task", "fashion-mnist", "--ood", "fashion-mnist", "--models", "m", "--out"]).arg(dir.path().join("b")));
+    assert!(e.contains("in-distribution task itself"), "{e}");
+}
