@@ -247,14 +247,17 @@ fn variant_of(group: &str) -> &str {
 }
 
 /// One figure per column of the report (accuracy, NLL, ECE, each OOD AUROC, each corruption)
-/// against sparsity: a line per variant through its per-sparsity means over seeds, the dense
+/// against sparsity (the matched sparsity for the small dense net): a line per variant through its per-sparsity means over seeds, the dense
 /// mean as the reference line. `(file name, SVG)` pairs.
 pub fn metric_figures(rows: &[ModelBlessings]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (name, f) in crate::blessings::columns(rows).into_iter().skip(1) {
         let mut by: BTreeMap<&str, BTreeMap<&str, Vec<(f64, f64)>>> = BTreeMap::new();
         for m in rows {
-            by.entry(variant_of(&m.group)).or_default().entry(m.group.as_str()).or_default().push((100.0 * m.sparsity, f(m)));
+            // x: the sparsity the group was trained to match (its `-<pct>` suffix: the small dense
+            // net has no zeros), else the model's own.
+            let x = m.group.rsplit_once('-').and_then(|(_, p)| p.parse::<f64>().ok()).unwrap_or(100.0 * m.sparsity);
+            by.entry(variant_of(&m.group)).or_default().entry(m.group.as_str()).or_default().push((x, f(m)));
         }
         let mean = |v: &[(f64, f64)]| (v.iter().map(|p| p.0).sum::<f64>() / v.len() as f64, v.iter().map(|p| p.1).sum::<f64>() / v.len() as f64);
         let dense = by.remove("dense").map(|g| g.values().map(|v| mean(v).1).sum::<f64>() / g.len() as f64);
