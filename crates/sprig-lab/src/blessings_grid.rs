@@ -238,6 +238,9 @@ pub fn run_grid(cfg: &GridConfig, data: &ImageDataset, out: &Path, dev: &Device)
     Ok(dirs)
 }
 
+/// `(sparsity %, value)` pairs.
+type Points = Vec<(f64, f64)>;
+
 /// The variant of a model group: its name without a trailing `-<pct>` (`imp-67` → `imp`).
 fn variant_of(group: &str) -> &str {
     match group.rsplit_once('-') {
@@ -252,7 +255,7 @@ fn variant_of(group: &str) -> &str {
 pub fn metric_figures(rows: &[ModelBlessings]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (name, f) in crate::blessings::columns(rows).into_iter().skip(1) {
-        let mut by: BTreeMap<&str, BTreeMap<&str, Vec<(f64, f64)>>> = BTreeMap::new();
+        let mut by: BTreeMap<&str, BTreeMap<&str, Points>> = BTreeMap::new();
         for m in rows {
             // x: the sparsity the group was trained to match (its `-<pct>` suffix: the small dense
             // net has no zeros), else the model's own.
