@@ -90,10 +90,11 @@ impl BlessingsConfig {
         if let Some(o) = self.ood.iter().find(|o| sprig_data::is_image_task(o) != image) {
             bail!("OOD task {o:?} is not {} task like {}", if image { "an image" } else { "a text" }, self.task);
         }
-        for (what, p) in [("Gaussian noise", self.gaussian_noise), ("pixel dropout", self.pixel_dropout)] {
-            if !(p.is_finite() && p >= 0.0) || (what == "pixel dropout" && p >= 1.0) {
-                bail!("{what} must be a finite number >= 0 (dropout below 1), got {p}");
-            }
+        if !(self.gaussian_noise.is_finite() && self.gaussian_noise >= 0.0) {
+            bail!("Gaussian noise must be a finite number >= 0, got {}", self.gaussian_noise);
+        }
+        if !(0.0..1.0).contains(&self.pixel_dropout) {
+            bail!("pixel dropout must be in [0, 1), got {}", self.pixel_dropout);
         }
         if !(self.fgsm_eps >= 0.0 && self.fgsm_eps.is_finite()) {
             bail!("FGSM epsilon must be a finite number >= 0, got {}", self.fgsm_eps);
@@ -143,15 +144,13 @@ pub fn shuffle_words(text: &str, rng: &mut ChaCha8Rng) -> String {
     words.join(" ")
 }
 
+/// The generator of example `i`'s corruption: the same for every model scored with `seed`.
+pub(crate) fn example_rng(seed: u64, i: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 fn corrupted(examples: &[TextExample], seed: u64, f: impl Fn(&str, &mut ChaCha8Rng) -> String) -> Vec<TextExample> {
-    examples
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let mut r = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            TextExample { text: f(&e.text, &mut r), label: e.label }
-        })
-        .collect()
+    examples.iter().enumerate().map(|(i, e)| TextExample { text: f(&e.text, &mut example_rng(seed, i)), label: e.label }).collect()
 }
 
 fn encoder_sparsity(m: &BertClassifier) -> Result<f64> {

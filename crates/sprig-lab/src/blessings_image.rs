@@ -6,7 +6,7 @@
 //! (Goodfellow et al. 2015) moves each pixel by `eps` along the sign of the loss gradient.
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Var, D};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sprig_data::metrics::{auroc, max_prob, nll, reliability, report, ECE_BINS};
 use sprig_data::{ImageDataset, ImageSplit};
@@ -15,7 +15,7 @@ use sprig_train::vision::{batch_tensor, Arch, VisionModel};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::blessings::{group_of, BlessingsConfig, ModelBlessings};
+use crate::blessings::{example_rng, group_of, BlessingsConfig, ModelBlessings};
 
 const BATCH: usize = 1000;
 
@@ -64,8 +64,7 @@ pub fn probs(model: &VisionModel, split: &ImageSplit) -> Result<Vec<f32>> {
 fn corrupted(split: &ImageSplit, hw: usize, seed: u64, f: impl Fn(&mut [f32], &mut ChaCha8Rng)) -> ImageSplit {
     let mut images = split.images.clone();
     for (i, img) in images.chunks_mut(hw).enumerate() {
-        let mut r = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        f(img, &mut r);
+        f(img, &mut example_rng(seed, i));
         img.iter_mut().for_each(|p| *p = p.clamp(0.0, 1.0));
     }
     ImageSplit { images, labels: split.labels.clone() }

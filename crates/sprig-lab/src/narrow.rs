@@ -51,8 +51,7 @@ pub fn write_narrow(src: &Path, dst: &Path) -> Result<usize> {
         let (w1, b1, w2, b2) = (get(&tensors, w1_name)?, get(&tensors, &b1_name)?, get(&tensors, &w2_name)?, get(&tensors, &b2_name)?);
         let (f, h) = w1.dims2()?;
         let rows = w1.to_vec2::<f32>()?;
-        let kept: Vec<u32> = (0..f as u32).filter(|&i| rows[i as usize].iter().any(|x| *x != 0.0)).collect();
-        let gone: Vec<u32> = (0..f as u32).filter(|&i| rows[i as usize].iter().all(|x| *x == 0.0)).collect();
+        let (kept, gone): (Vec<u32>, Vec<u32>) = (0..f as u32).partition(|&i| rows[i as usize].iter().any(|x| *x != 0.0));
         match &width {
             Some((k, first)) if *k != kept.len() => {
                 bail!("{first} keeps {k} neurons, {w1_name} {}: one intermediate_size cannot hold both (prune with a uniform allocation)", kept.len())
