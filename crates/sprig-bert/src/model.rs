@@ -142,6 +142,9 @@ pub struct BertEncoder {
     train_word_embeddings: bool,
     ops: Ops,
     device: Device,
+    /// The auxiliary losses (load balancing, z-loss) of gated MoE layers from training forwards
+    /// since [`BertEncoder::take_moe_aux_loss`] last emptied it.
+    moe_aux: std::sync::Mutex<Vec<Tensor>>,
 }
 
 /// The names of the encoder linears that BERT-Tickets prunes (Chen et al. 2020, §3): query, key,
@@ -202,6 +205,7 @@ impl BertEncoder {
             train_word_embeddings: true,
             ops: Ops::default(),
             device: device.clone(),
+            moe_aux: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -449,7 +453,7 @@ impl BertEncoder {
         };
         let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta(detach)?, l.attn_norm.eps, None)?;
         let f = match (&l.moe, l.int8.as_ref().and_then(|q| q.ffn.as_ref())) {
-            (Some(m), _) => l.hidden_dropout.forward(&moe::forward(m, &x1, detach)?, train)?,
+            (Some(m), _) => l.hidden_dropout.forward(&moe::forward(m, &x1, detach, &self.moe_aux)?, train)?,
             (None, Some((fi, fo))) => fo.forward(&fi.forward(&x1, Act::Gelu)?, Act::Identity)?,
             (None, None) => {
                 let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None, detach)?;
@@ -481,7 +485,7 @@ impl BertEncoder {
         let x = l.attn_norm.forward(&attn.add(x)?)?;
         input(Which::FfnIn, &x)?;
         let ff = match &l.moe {
-            Some(m) => moe::forward(m, &x, false)?,
+            Some(m) => moe::forward(m, &x, !train, &self.moe_aux)?,
             None => {
                 let ff = self.activation.forward(&l.ffn_in.forward(&x)?)?;
                 input(Which::FfnOut, &ff)?;

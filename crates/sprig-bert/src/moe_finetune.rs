@@ -1,7 +1,9 @@
 //! Fine-tuning a MoE-fied classifier ([`BertEncoder::moefy`](crate::BertEncoder::moefy)) with
 //! knowledge distillation from the dense model it came from, as MoEBERT does (Zuo et al. 2022):
-//! the experts, attention, embeddings and head train on `α · soft + (1 − α) · hard`; the routers
-//! stay as calibrated (with MoEfication's unit gates the task loss does not reach them), and the
+//! the experts, attention, embeddings and head train on `α · soft + (1 − α) · hard`; split
+//! routers stay as calibrated (with MoEfication's unit gates the task loss does not reach them),
+//! upcycled ones ([`BertEncoder::upcycle`](crate::BertEncoder::upcycle)) train through their
+//! gates with the layers' balancing and z-losses added to the loss; the
 //! dense FFN weights the experts were split from are not trained (the forward does not use them).
 //! The experts' own output biases stay zero. The best epoch on dev is kept.
 use crate::error::{Context, Result};
@@ -62,9 +64,11 @@ pub fn finetune_moefied(model: &mut BertClassifier, train: &Tokenized, dev: &Tok
     // Every parameter the forward uses: not the dense FFN weights behind the experts.
     let ffn = |n: &str| n.contains(".intermediate.dense.") || (n.contains(".output.dense.") && !n.contains(".attention."));
     let mut params: Vec<_> = model.trainable_params().into_iter().filter(|(n, _)| !ffn(n)).collect();
-    // The experts' own output biases stay zero (the shared one trains), so the experts fold back
-    // into one FFN exactly (`BertEncoder::fold_moe_into_ffn`).
-    params.extend(model.encoder.moe_params().into_iter().filter(|(n, _)| !n.ends_with("router.weight") && !n.ends_with(".b2")));
+    // The experts' own output biases stay zero (the shared one trains), so split experts fold
+    // back into one FFN exactly (`BertEncoder::fold_moe_into_ffn`). Gated (upcycled) layers also
+    // train their routers, through the gates and the balancing loss.
+    let gated = model.encoder.moe_is_gated();
+    params.extend(model.encoder.moe_params().into_iter().filter(|(n, _)| (gated || !n.ends_with("router.weight")) && !n.ends_with(".b2")));
     let trained_parameters = params.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: cfg.lr, weight_decay: 0.01, ..AdamWConfig::default() })?;
     let lengths: Vec<usize> = train.encoded.iter().map(|e| e.ids.len()).collect();
@@ -79,12 +83,17 @@ pub fn finetune_moefied(model: &mut BertClassifier, train: &Tokenized, dev: &Tok
         params.clone(),
         |model: &mut BertClassifier, idx: &[usize], _: &StepInfo| {
             let (ids, types, mask) = batch_tensors(train, idx, pad_id, &device).map_err(TrainError::callback)?;
+            model.encoder.take_moe_aux_loss().map_err(TrainError::callback)?; // nothing from earlier forwards
             let label_ids: Vec<u32> = idx.iter().map(|&i| train.labels[i] as u32).collect();
             let s = model.forward(&ids, &types, &mask, true).map_err(TrainError::callback)?;
             let hard = sprig_kernels::nn::ops::softmax_cross_entropy(&s, &label_ids)?;
             let tl: Vec<f32> = idx.iter().flat_map(|&i| teacher_logits[i * classes..(i + 1) * classes].iter().copied()).collect();
             let soft = distill_loss(&s, &Tensor::from_vec(tl, (idx.len(), classes), &device)?, temp).map_err(TrainError::callback)?;
-            Ok(StepLoss { loss: ((soft * alpha)? + (hard * (1.0 - alpha))?)?, examples: idx.len() })
+            let mut loss = ((soft * alpha)? + (hard * (1.0 - alpha))?)?;
+            if let Some(aux) = model.encoder.take_moe_aux_loss().map_err(TrainError::callback)? {
+                loss = (loss + aux)?;
+            }
+            Ok(StepLoss { loss, examples: idx.len() })
         },
         &mut hooks,
     )?;

@@ -78,3 +78,48 @@ fn moefied_minilm_is_exact_with_all_experts_and_routes_above_chance_with_two() {
     assert!(err.contains("four-experts.safetensors") && err.contains("shape"), "{err}");
     assert!(enc.load_moe(&dir.path().join("missing.safetensors")).is_err());
 }
+
+/// Sparse upcycling of the real MiniLM: every FFN copied into 4 experts behind a new router is the
+/// dense encoder until trained; a training forward collects the balancing loss; the experts,
+/// stored whole, load back to the same function once they differ.
+#[test]
+fn upcycled_minilm_starts_dense_collects_its_balancing_loss_and_saves_whole() {
+    let cfg = FinetuneConfig { task: "rt-sentiment".into(), batch_size: 8, max_train: 16, max_dev: 8, max_test: 8, max_steps: 1, ..FinetuneConfig::default() };
+    let base = Base::load(common::MINILM).expect("run scripts/fetch-assets");
+    let data = TaskData::load(&cfg, &base, &sprig_data::sprig_home()).expect("run scripts/fetch-assets");
+    let dev = candle_core::Device::Cpu;
+    let new_enc = || BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, 0, &dev).unwrap();
+    let mut enc = new_enc();
+    let (ids, types, mask) = sprig_bert::finetune::batch_tensors(&data.train, &(0..16).collect::<Vec<_>>(), data.pad_id, &dev).unwrap();
+    let max_diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let dense = enc.forward_inference(&ids, &types, &mask).unwrap();
+    assert!(enc.upcycle(4, 5, 0).is_err(), "top-5 of 4 experts is refused");
+    enc.upcycle(4, 2, 0).unwrap();
+    assert!(enc.is_moefied() && enc.moe_is_gated());
+    let up = enc.forward_inference(&ids, &types, &mask).unwrap();
+    assert!(max_diff(&up, &dense) < 1e-4, "upcycled vs dense: {}", max_diff(&up, &dense));
+    assert!(enc.take_moe_aux_loss().unwrap().is_none(), "inference collects no auxiliary loss");
+    enc.forward(&ids, &types, &mask, true).unwrap();
+    let aux = enc.take_moe_aux_loss().unwrap().expect("a training forward collects the balancing loss").to_scalar::<f32>().unwrap();
+    // Six layers of 0.01 · balance (1 when balanced) + 0.001 · z-loss.
+    assert!(aux.is_finite() && aux > 0.05 && aux < 0.6, "aux loss {aux}");
+    assert!(enc.take_moe_aux_loss().unwrap().is_none(), "taking it empties the collection");
+    assert!(enc.upcycle(4, 2, 0).is_err(), "upcycling twice is refused");
+    // Make the copies differ, then save and load: the same function, which the dense FFN
+    // weights (unchanged) could not give.
+    for (n, v) in enc.moe_params() {
+        if n.ends_with("experts.1.w2") {
+            v.set(&(v.as_tensor() + v.as_tensor().randn_like(0.0, 0.05).unwrap()).unwrap()).unwrap();
+        }
+    }
+    let changed = enc.forward_inference(&ids, &types, &mask).unwrap();
+    assert!(max_diff(&changed, &dense) > 1e-3);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(sprig_bert::model::MOE_FILE);
+    enc.save_moe(&file).unwrap();
+    let mut loaded = new_enc();
+    loaded.load_moe(&file).unwrap();
+    assert!(loaded.moe_is_gated());
+    let again = loaded.forward_inference(&ids, &types, &mask).unwrap();
+    assert!(max_diff(&again, &changed) < 1e-5, "after save and load: {}", max_diff(&again, &changed));
+}

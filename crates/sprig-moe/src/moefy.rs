@@ -6,7 +6,7 @@
 //! router then picks the few experts whose neurons would be most active.
 use crate::error::{MoeError, Result};
 use crate::layer::{Expert, MoeConfig, MoeFfn};
-use crate::router::RouterConfig;
+use crate::router::{Capacity, RouterConfig};
 use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -102,20 +102,23 @@ pub fn within_group_spread(w1: &[f32], hidden: usize, groups: &[Vec<usize>]) -> 
     total / n.max(1) as f64
 }
 
+/// `(F, H)` of a dense FFN `w1 [F, H]`, `b1 [F]`, `w2 [H, F]`, `b2 [H]`; an error names the
+/// tensor whose shape disagrees.
+fn ffn_shapes(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Result<(usize, usize)> {
+    let (f, h) = w1.dims2()?;
+    for (what, t, want) in [("b1", b1, vec![f]), ("w2", w2, vec![h, f]), ("b2", b2, vec![h])] {
+        if t.dims() != want.as_slice() {
+            return Err(MoeError::Shape { what: what.into(), expected: want, got: t.dims().to_vec() });
+        }
+    }
+    Ok((f, h))
+}
+
 /// An MoE layer whose experts are the `groups` of a dense FFN (`w1 [F, H]`, `b1 [F]`,
 /// `w2 [H, F]`, `b2 [H]`): unit gates, `b2` as the shared output bias, a zero router (to be
 /// trained). `router` says how many experts a token gets.
 pub fn split_ffn(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, groups: &[Vec<usize>], router: RouterConfig) -> Result<MoeFfn> {
-    let (f, h) = w1.dims2()?;
-    let expect = |what: &str, t: &Tensor, want: Vec<usize>| -> Result<()> {
-        if t.dims() != want.as_slice() {
-            return Err(MoeError::Shape { what: what.into(), expected: want, got: t.dims().to_vec() });
-        }
-        Ok(())
-    };
-    expect("b1", b1, vec![f])?;
-    expect("w2", w2, vec![h, f])?;
-    expect("b2", b2, vec![h])?;
+    let (f, h) = ffn_shapes(w1, b1, w2, b2)?;
     if groups.len() != router.experts {
         return Err(MoeError::BadValue { what: "groups (one per expert)", value: groups.len() as f64, why: "must equal the router's number of experts" });
     }
@@ -150,6 +153,28 @@ pub fn split_ffn(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, groups: &[V
         experts,
         out_bias: Some(Var::from_tensor(b2)?),
     })
+}
+
+/// Sparse upcycling (Komatsuzaki et al. 2023, "Sparse Upcycling: Training Mixture-of-Experts
+/// from Dense Checkpoints", §2): every one of `router.experts` experts is a copy of the dense FFN
+/// (`w1 [F, H]`, `b1 [F]`, `w2 [H, F]`, `b2 [H]` as the shared output bias), behind a new router
+/// drawn N(0, 0.02²) from `seed`. The gates are renormalised over each token's chosen experts and
+/// nothing is dropped, so at the start the layer is the dense FFN exactly, whichever experts the
+/// router picks; training then lets the copies differ. The task loss reaches the router only
+/// once they do (identical experts make every gate's gradient cancel), and with top-1 only the
+/// balancing loss trains it (its one renormalised gate is 1).
+pub fn upcycle_ffn(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, router: RouterConfig, seed: u64) -> Result<MoeFfn> {
+    let (f, h) = ffn_shapes(w1, b1, w2, b2)?;
+    let router = RouterConfig { capacity: Capacity::Dropless, normalize: true, ..router };
+    // The fresh layer supplies the seeded router and checks the settings; its experts are replaced.
+    let mut m = MoeFfn::new(MoeConfig::new(h, f, router), seed, w1.device())?;
+    let copy = |t: &Tensor| -> Result<Var> { Ok(Var::from_tensor(&t.copy()?)?) };
+    let zero = Tensor::zeros(h, w2.dtype(), w2.device())?;
+    m.experts = (0..m.experts.len())
+        .map(|_| Ok(Expert { w1: copy(w1)?, b1: copy(b1)?, w2: copy(&w2.contiguous()?)?, b2: copy(&zero)? }))
+        .collect::<Result<_>>()?;
+    m.out_bias = Some(copy(b2)?);
+    Ok(m)
 }
 
 /// MoEfication's router target (§3.2): for every token, each expert's sum of positive

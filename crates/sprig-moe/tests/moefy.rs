@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sprig_moe::{balanced_clusters, split_ffn, within_group_spread, Capacity, RouterConfig};
+use sprig_moe::{balanced_clusters, split_ffn, upcycle_ffn, within_group_spread, Capacity, RouterConfig};
 
 fn randv(r: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
@@ -34,6 +34,52 @@ fn clusters_are_balanced_and_tighter_than_a_random_split() {
     // Same seed, same groups.
     assert_eq!(g, balanced_clusters(&w1, f, h, e, 10, 3).unwrap());
     assert!(balanced_clusters(&w1, f, h, 7, 10, 3).is_err());
+}
+
+/// A random dense FFN `(w1 [f, h], b1, w2 [h, f], b2)`, inputs `x [t, h]` and its output.
+fn dense_ffn(f: usize, h: usize, t: usize, seed: u64) -> ([Tensor; 4], Tensor, Tensor) {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let d = Device::Cpu;
+    let w1 = Tensor::from_vec(randv(&mut r, f * h), (f, h), &d).unwrap();
+    let b1 = Tensor::from_vec(randv(&mut r, f), f, &d).unwrap();
+    let w2 = Tensor::from_vec(randv(&mut r, h * f), (h, f), &d).unwrap();
+    let b2 = Tensor::from_vec(randv(&mut r, h), h, &d).unwrap();
+    let x = Tensor::from_vec(randv(&mut r, t * h), (t, h), &d).unwrap();
+    let dense = x.matmul(&w1.t().unwrap()).unwrap().broadcast_add(&b1).unwrap().gelu_erf().unwrap().matmul(&w2.t().unwrap()).unwrap().broadcast_add(&b2).unwrap();
+    ([w1, b1, w2, b2], x, dense)
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn an_upcycled_layer_starts_as_the_dense_ffn_and_its_router_learns_once_experts_differ() {
+    let (f, h, e, t) = (32, 16, 4, 24);
+    let ([w1, b1, w2, b2], x, dense) = dense_ffn(f, h, t, 5);
+    let moe = upcycle_ffn(&w1, &b1, &w2, &b2, RouterConfig::top_k(e, 2), 7).unwrap();
+    assert_eq!(moe.experts.len(), e);
+    assert_eq!(moe.experts[0].w1.dims(), &[f, h], "every expert is the whole FFN");
+    let out = moe.forward(&x, None).unwrap();
+    let diff = max_abs(&(&out.y - &dense).unwrap());
+    assert!(diff < 1e-4, "max |upcycled - dense| = {diff}");
+    assert_eq!(out.stats.tokens_per_expert.iter().sum::<usize>(), 2 * t, "dropless: every token gets 2 experts");
+    // The router's gradient from a task loss: zero while the experts are identical copies, not
+    // once one of them differs.
+    let c = Tensor::from_vec(randv(&mut ChaCha8Rng::seed_from_u64(9), t * h), (t, h), &Device::Cpu).unwrap();
+    let router_grad = |m: &sprig_moe::MoeFfn| {
+        let loss = (m.forward(&x, None).unwrap().y * &c).unwrap().sum_all().unwrap();
+        max_abs(loss.backward().unwrap().get(m.router.as_tensor()).unwrap())
+    };
+    let g0 = router_grad(&moe);
+    assert!(g0 < 1e-4, "router gradient with identical experts: {g0}");
+    let w = moe.experts[0].w2.as_tensor();
+    moe.experts[0].w2.set(&(w + w.randn_like(0.0, 0.5).unwrap()).unwrap()).unwrap();
+    let g1 = router_grad(&moe);
+    assert!(g1 > 100.0 * g0.max(1e-6), "router gradient once an expert differs: {g1} (identical: {g0})");
+    // Shapes that disagree are named.
+    let err = upcycle_ffn(&w1, &b1, &w1, &b2, RouterConfig::top_k(e, 2), 7).unwrap_err().to_string();
+    assert!(err.contains("w2"), "{err}");
 }
 
 #[test]

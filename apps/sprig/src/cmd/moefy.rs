@@ -1,5 +1,6 @@
 //! `sprig moefy`: a fine-tuned classifier's FFNs split into experts with trained routers
-//! (MoEfication), evaluated against the dense model on the same splits.
+//! (MoEfication), or upcycled into copies (`--upcycle`), evaluated against the dense model on
+//! the same splits.
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use sprig_bert::finetune::{batch_tensors, evaluate, tokenize};
@@ -49,6 +50,12 @@ pub struct Args {
     pub alpha: f64,
     #[arg(long, default_value_t = 2.0)]
     pub temperature: f64,
+    /// Sparse upcycling instead of the split (Komatsuzaki et al. 2023): every expert a copy of the
+    /// whole FFN behind a new router (gates renormalised over the chosen experts), trained with
+    /// the model by `--finetune-epochs` (the routers too, with the balancing loss). Each token
+    /// then runs `--top-k` whole FFNs; the experts are saved whole in `moe.safetensors`.
+    #[arg(long)]
+    pub upcycle: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -90,9 +97,16 @@ pub fn run(a: Args) -> Result<()> {
     let ffn_inputs = if a.time_tokens > 0 { ffn_inputs(&model.encoder, &calib, a.time_tokens)? } else { Vec::new() };
     let cfg = MoefyConfig { experts: a.experts, top_k: a.top_k[0], router_steps: a.router_steps, seed, ..MoefyConfig::default() };
     let t = std::time::Instant::now();
-    let report = model.encoder.moefy(&cfg, &calib)?;
+    let report = if a.upcycle {
+        model.encoder.upcycle(a.experts, a.top_k[0], seed)?;
+        sprig_bert::model::MoefyReport::default()
+    } else {
+        model.encoder.moefy(&cfg, &calib)?
+    };
     let moefy_seconds = t.elapsed().as_secs_f64();
-    tracing::info!(tokens = report.calibration_tokens, recall = ?report.router_recall, seconds = moefy_seconds, "routers trained");
+    if !a.upcycle {
+        tracing::info!(tokens = report.calibration_tokens, recall = ?report.router_recall, seconds = moefy_seconds, "routers trained");
+    }
     let mut finetune = serde_json::Value::Null;
     if a.finetune_epochs > 0 {
         let mut rows = Vec::new();
@@ -110,9 +124,12 @@ pub fn run(a: Args) -> Result<()> {
         });
     }
     // The MoE-fied model as a checkpoint: Hugging Face weights with the experts folded back into
-    // each FFN (every expert on), plus the routers; loaded back and evaluated to check.
+    // each FFN (every expert on), plus the routers; upcycled experts stay whole in the MoE file
+    // (the FFN weights are the untrained originals). Loaded back and evaluated to check.
     model.encoder.set_moe_top_k(a.top_k[0])?;
-    model.encoder.fold_moe_into_ffn()?;
+    if !a.upcycle {
+        model.encoder.fold_moe_into_ffn()?;
+    }
     let meta = [("task", a.task.clone()), ("seed", seed.to_string())].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     sprig_bert::save_classifier(&model, &labels, ckpt.files.tokenizer()?, &a.out, meta)?;
     model.encoder.save_moe(&a.out.join(sprig_bert::model::MOE_FILE))?;
@@ -125,14 +142,16 @@ pub fn run(a: Args) -> Result<()> {
     println!("| model | experts run per token | FFN neurons active | dev acc | test acc | test / dense |\n|---|---|---|---|---|---|");
     println!("| dense | | 100% | {:.4} | {:.4} | |", dense.0, dense.1);
     let mut rows = Vec::new();
+    let (kind, expert_share) = if a.upcycle { ("upcycled", 1.0) } else { ("MoE-fied", 1.0 / a.experts as f64) };
     for &k in &a.top_k {
         model.encoder.set_moe_top_k(k)?;
         let (d, t) = eval(&model)?;
-        println!("| MoE-fied, top-{k} of {} | {k} | {:.1}% | {d:.4} | {t:.4} | {:.3} |", a.experts, 100.0 * k as f64 / a.experts as f64, t / dense.1);
-        rows.push(serde_json::json!({"top_k": k, "active_ffn_fraction": k as f64 / a.experts as f64, "dev_accuracy": d, "test_accuracy": t, "test_over_dense": t / dense.1}));
+        let active = k as f64 * expert_share;
+        println!("| {kind}, top-{k} of {} | {k} | {:.1}% | {d:.4} | {t:.4} | {:.3} |", a.experts, 100.0 * active, t / dense.1);
+        rows.push(serde_json::json!({"top_k": k, "active_ffn_fraction": active, "dev_accuracy": d, "test_accuracy": t, "test_over_dense": t / dense.1}));
     }
     let summary = serde_json::json!({
-        "model": a.model, "task": a.task, "seed": seed, "experts": a.experts, "calibration_examples": n,
+        "model": a.model, "task": a.task, "seed": seed, "experts": a.experts, "split": if a.upcycle { "upcycle" } else { "clusters" }, "calibration_examples": n,
         "calibration_tokens": report.calibration_tokens, "router_steps": a.router_steps, "router_recall": report.router_recall,
         "moefy_seconds": moefy_seconds, "dense": {"dev_accuracy": dense.0, "test_accuracy": dense.1}, "moe": rows,
         "ffn_timing": timing,

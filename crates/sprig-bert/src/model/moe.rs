@@ -4,15 +4,28 @@
 use super::BertEncoder;
 use crate::error::{BertError, Result};
 use candle_core::{DType, Tensor};
-use sprig_moe::{balanced_clusters, split_ffn, train_router, Capacity, MoeFfn, RouterConfig};
+use sprig_moe::{balanced_clusters, split_ffn, train_router, upcycle_ffn, Capacity, MoeConfig, MoeFfn, RouterConfig};
 
 /// `[B, S, H]` through the layer's experts (every token routed, padding included); `detach`:
-/// inference, without autograd.
-pub(super) fn forward(m: &MoeFfn, x: &Tensor, detach: bool) -> Result<Tensor> {
+/// inference, without autograd. A training forward of a gated layer (sparse upcycling) adds its
+/// auxiliary loss to `aux`; MoEfication's unit gates give the router nothing to learn from it.
+pub(super) fn forward(m: &MoeFfn, x: &Tensor, detach: bool, aux: &std::sync::Mutex<Vec<Tensor>>) -> Result<Tensor> {
     let (b, s, h) = x.dims3()?;
     let x = x.reshape((b * s, h))?;
-    let y = if detach { m.infer(&x, None)?.y } else { m.forward(&x, None)?.y };
+    let y = if detach {
+        m.infer(&x, None)?.y
+    } else {
+        let out = m.forward(&x, None)?;
+        if !m.config.unit_gates {
+            aux.lock().unwrap_or_else(|e| e.into_inner()).push(out.aux_loss);
+        }
+        out.y
+    };
     Ok(y.reshape((b, s, h))?)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| BertError::Invalid(e.to_string()))
 }
 
 /// The `format` metadata of a router file ([`BertEncoder::save_moe`]).
@@ -82,6 +95,46 @@ impl BertEncoder {
             l.moe = Some(m);
         }
         Ok(report)
+    }
+
+    /// Sparse upcycling (Komatsuzaki et al. 2023): every layer's FFN becomes `experts` copies of
+    /// itself behind a new router (seeded N(0, 0.02²), top-`top_k`, gates renormalised over the
+    /// chosen experts, dropless), so the model is unchanged until it is trained
+    /// ([`crate::moe_finetune::finetune_moefied`] then trains the routers too, with the balancing
+    /// loss). Each token runs `top_k` whole FFNs: more compute than dense, not less.
+    pub fn upcycle(&mut self, experts: usize, top_k: usize, seed: u64) -> Result<()> {
+        if self.layers.iter().any(|l| l.ffn_in.sparse.is_some() || l.ffn_out.sparse.is_some()) {
+            return Err(BertError::Invalid("upcycling needs the dense FFN weights: this encoder's FFN linears are compiled to a sparse format".into()));
+        }
+        if self.is_moefied() {
+            return Err(BertError::Invalid("this encoder is MoE-fied already".into()));
+        }
+        let router = RouterConfig::top_k(experts, top_k);
+        router.validate()?;
+        let mut moes = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let (w1, w2) = (l.ffn_in.weight.as_detached_tensor(), l.ffn_out.weight.as_detached_tensor());
+            moes.push(upcycle_ffn(&w1, &l.ffn_in.bias_or_zeros()?.detach(), &w2, &l.ffn_out.bias_or_zeros()?.detach(), router.clone(), seed.wrapping_add(i as u64))?);
+        }
+        for (l, m) in self.layers.iter_mut().zip(moes) {
+            l.moe = Some(m);
+        }
+        Ok(())
+    }
+
+    /// Whether the MoE layers weigh their experts by the router's gates (upcycled) rather than
+    /// summing them (MoEfication's split).
+    pub fn moe_is_gated(&self) -> bool {
+        self.layers.iter().filter_map(|l| l.moe.as_ref()).any(|m| !m.config.unit_gates)
+    }
+
+    /// The sum of the auxiliary losses that training forwards of gated MoE layers collected since
+    /// the last call (`None` when there were none), emptying the collection.
+    pub fn take_moe_aux_loss(&self) -> Result<Option<Tensor>> {
+        let losses = std::mem::take(&mut *self.moe_aux.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut it = losses.into_iter();
+        let Some(first) = it.next() else { return Ok(None) };
+        Ok(Some(it.try_fold(first, |a, b| a + b)?))
     }
 
     /// Every layer's FFN inputs on `batches` (`(input_ids, token_type_ids, attention_mask)`), from
@@ -163,14 +216,27 @@ impl BertEncoder {
     /// Saves the routers of a MoE-fied encoder whose experts were folded
     /// ([`BertEncoder::fold_moe_into_ffn`]) to `path` (safetensors, written to a temporary file
     /// and renamed): `encoder.layer.{i}.moe.router.weight` `[E, H]` per layer, and the routing in
-    /// the metadata.
+    /// the metadata. Gated (upcycled) layers, whose experts cannot be folded, also store every
+    /// expert (`...moe.experts.{j}.w1|b1|w2`), the shared output bias and the layer settings.
     pub fn save_moe(&self, path: &std::path::Path) -> Result<()> {
         let mut tensors = Vec::new();
         let mut meta = std::collections::HashMap::new();
         for (i, l) in self.layers.iter().enumerate() {
             if let Some(m) = &l.moe {
                 tensors.push((format!("encoder.layer.{i}.moe.router.weight"), m.router.as_detached_tensor()));
-                meta.entry("router".to_string()).or_insert(serde_json::to_string(&m.config.router).map_err(|e| BertError::Invalid(e.to_string()))?);
+                meta.entry("router".to_string()).or_insert(to_json(&m.config.router)?);
+                if !m.config.unit_gates {
+                    // Gated experts (upcycled) do not fold into one FFN: they are stored whole.
+                    meta.entry("moe_config".to_string()).or_insert(to_json(&m.config)?);
+                    for (j, x) in m.experts.iter().enumerate() {
+                        for (n, v) in [("w1", &x.w1), ("b1", &x.b1), ("w2", &x.w2)] {
+                            tensors.push((format!("encoder.layer.{i}.moe.experts.{j}.{n}"), v.as_detached_tensor()));
+                        }
+                    }
+                    if let Some(b) = &m.out_bias {
+                        tensors.push((format!("encoder.layer.{i}.moe.out_bias"), b.as_detached_tensor()));
+                    }
+                }
             }
         }
         if tensors.is_empty() {
@@ -199,21 +265,56 @@ impl BertEncoder {
         let router: RouterConfig = serde_json::from_str(meta.get("router").ok_or_else(|| bad("no router settings in its metadata".into()))?).map_err(|e| bad(format!("router settings: {e}")))?;
         router.validate()?;
         let tensors = crate::weights::load_safetensors(&[path], &self.device)?;
+        // Present when the experts are stored whole (gated, upcycled); else they are the FFN's
+        // neurons cut into consecutive groups.
+        let gated: Option<MoeConfig> = meta.get("moe_config").map(|c| serde_json::from_str(c).map_err(|e| bad(format!("MoE settings: {e}")))).transpose()?;
         let h = self.config.hidden_size;
         let n = self.layers.len();
         let mut moes = Vec::new();
         for (name, t) in &tensors {
-            let i = name.strip_prefix("encoder.layer.").and_then(|r| r.strip_suffix(".moe.router.weight")).and_then(|i| i.parse::<usize>().ok());
-            let i = i.filter(|&i| i < n).ok_or_else(|| bad(format!("tensor {name} is not the router of one of the model's {n} layers")))?;
+            let Some(i) = name.strip_prefix("encoder.layer.").and_then(|r| r.strip_suffix(".moe.router.weight")) else {
+                if gated.is_some() && name.contains(".moe.") {
+                    continue; // an expert's weights, read with its router below
+                }
+                return Err(bad(format!("tensor {name} is not the router of one of the model's {n} layers")));
+            };
+            let i = i.parse::<usize>().ok().filter(|&i| i < n).ok_or_else(|| bad(format!("tensor {name} is not the router of one of the model's {n} layers")))?;
             let (e, th) = t.dims2().map_err(|_| bad(format!("{name} has shape {:?}, expected [experts, {h}]", t.dims())))?;
             let l = &self.layers[i];
             let f = l.ffn_in.weight.dims()[0];
-            if th != h || e != router.experts || !f.is_multiple_of(e) {
-                return Err(bad(format!("{name} has shape [{e}, {th}]; the model needs [{}, {h}] with its {f} FFN neurons divisible by the experts", router.experts)));
-            }
-            let groups: Vec<Vec<usize>> = (0..e).map(|x| (x * f / e..(x + 1) * f / e).collect()).collect();
-            let m = split_layer(l, &groups, &router)?;
-            m.router.set(t)?;
+            let m = match &gated {
+                Some(cfg) => {
+                    if th != h || e != cfg.router.experts || cfg.hidden != h {
+                        return Err(bad(format!("{name} has shape [{e}, {th}]; the model needs [{}, {h}]", cfg.router.experts)));
+                    }
+                    let get = |k: &str, want: &[usize]| -> Result<candle_core::Var> {
+                        let key = format!("encoder.layer.{i}.moe.{k}");
+                        let t = tensors.get(&key).ok_or_else(|| bad(format!("{key} is missing")))?;
+                        if t.dims() != want {
+                            return Err(bad(format!("{key} has shape {:?}, expected {want:?}", t.dims())));
+                        }
+                        Ok(candle_core::Var::from_tensor(t)?)
+                    };
+                    let fe = cfg.expert_ffn;
+                    let experts = (0..e)
+                        .map(|j| {
+                            let b2 = candle_core::Var::from_tensor(&Tensor::zeros(h, DType::F32, &self.device)?)?;
+                            Ok(sprig_moe::Expert { w1: get(&format!("experts.{j}.w1"), &[fe, h])?, b1: get(&format!("experts.{j}.b1"), &[fe])?, w2: get(&format!("experts.{j}.w2"), &[h, fe])?, b2 })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let out_bias = tensors.contains_key(&format!("encoder.layer.{i}.moe.out_bias")).then(|| get("out_bias", &[h])).transpose()?;
+                    MoeFfn { config: cfg.clone(), router: candle_core::Var::from_tensor(t)?, experts, out_bias }
+                }
+                None => {
+                    if th != h || e != router.experts || !f.is_multiple_of(e) {
+                        return Err(bad(format!("{name} has shape [{e}, {th}]; the model needs [{}, {h}] with its {f} FFN neurons divisible by the experts", router.experts)));
+                    }
+                    let groups: Vec<Vec<usize>> = (0..e).map(|x| (x * f / e..(x + 1) * f / e).collect()).collect();
+                    let m = split_layer(l, &groups, &router)?;
+                    m.router.set(t)?;
+                    m
+                }
+            };
             moes.push((i, m));
         }
         for (i, m) in moes {
