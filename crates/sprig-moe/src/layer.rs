@@ -10,7 +10,13 @@ use crate::loss::{load_balancing_loss, z_loss};
 use crate::router::{assign, Assignment, RouterConfig, Routing};
 use crate::stats::MoeStats;
 use candle_core::{DType, Device, Tensor, Var, D};
-use sprig_kernels::nn::{ops::linear, Act};
+use sprig_kernels::candle::{Format, SparseLinear};
+use sprig_kernels::nn::{
+    ops::{linear, sparse_linear},
+    Act,
+};
+use sprig_kernels::{Bitmask, SparseMatrix};
+use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -41,26 +47,120 @@ impl MoeConfig {
 }
 
 /// One expert: `w2 · gelu(w1 · x + b1) + b2` (weights `[out, in]` as in `nn.Linear`), run by
-/// sprig-kernels' fused linear (one GEMM with the bias and GELU in its epilogue, with backward).
+/// sprig-kernels' fused linear (one GEMM with the bias and GELU in its epilogue, with backward),
+/// or, once [`Expert::sparsify`]d, by its sparse linear on the kept weights.
 #[derive(Clone, Debug)]
 pub struct Expert {
     pub w1: Var,
     pub b1: Var,
     pub w2: Var,
     pub b2: Var,
+    /// `w1` and `w2` in a sparse format, when the expert is sparse: these values are what the
+    /// forward uses and an optimizer trains (`w1`/`w2` then hold them only after
+    /// [`Expert::sync_dense`]).
+    pub sparse: Option<[SparseWeight; 2]>,
+}
+
+/// A matrix in one of sprig-kernels' sparse formats: the fixed pattern and its stored values
+/// (trainable; pruned weights are not stored, so they stay zero through any update).
+#[derive(Clone)]
+pub struct SparseWeight {
+    pub pattern: Arc<dyn SparseMatrix>,
+    pub values: Var,
+}
+
+impl std::fmt::Debug for SparseWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SparseWeight({} {}x{}, {} stored)", self.pattern.format_name(), self.pattern.rows(), self.pattern.cols(), self.pattern.nnz())
+    }
+}
+
+impl SparseWeight {
+    /// `w` with its `sparsity` share of smallest-magnitude weights removed (ties broken by
+    /// position), stored as `format`.
+    pub fn magnitude(w: &Tensor, sparsity: f64, format: Format) -> Result<Self> {
+        if !(0.0..1.0).contains(&sparsity) {
+            return Err(MoeError::BadValue { what: "expert sparsity", value: sparsity, why: "must be in [0, 1)" });
+        }
+        let (n, k) = w.dims2()?;
+        let v: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&a, &b| v[a].abs().total_cmp(&v[b].abs()).then(a.cmp(&b)));
+        let mut keep = vec![true; v.len()];
+        let drop = (sparsity * v.len() as f64).round() as usize;
+        order[..drop].iter().for_each(|&i| keep[i] = false);
+        let mask = Bitmask::from_bools(n, k, &keep).map_err(candle_core::Error::wrap)?;
+        let sl = SparseLinear::from_bitmask(w, &mask, None, format)?;
+        Ok(Self { pattern: sl.pattern().clone(), values: sl.values().clone() })
+    }
+
+    /// The dense matrix: the stored values in place, zeros elsewhere.
+    pub fn to_dense(&self) -> Result<Tensor> {
+        let vals: Vec<f32> = self.values.as_tensor().to_dtype(DType::F32)?.to_vec1()?;
+        let d = self.pattern.to_dense_with(&vals).map_err(candle_core::Error::wrap)?;
+        Ok(Tensor::from_vec(d, (self.pattern.rows(), self.pattern.cols()), self.values.device())?)
+    }
 }
 
 impl Expert {
+    /// A dense expert.
+    pub fn dense(w1: Var, b1: Var, w2: Var, b2: Var) -> Self {
+        Self { w1, b1, w2, b2, sparse: None }
+    }
+
     /// `[n, hidden] -> [n, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.run(x, false)
     }
 
+    /// Keeps the largest-magnitude `1 − sparsity` of each of `w1` and `w2` (per matrix) and runs
+    /// them as `format` from now on (sprig-kernels' sparse linear, forward and backward); the
+    /// dense `w1`/`w2` get the pruned weights zeroed. A sparse expert is re-sparsified from its
+    /// current values.
+    pub fn sparsify(&mut self, sparsity: f64, format: Format) -> Result<()> {
+        self.sync_dense()?;
+        let s1 = SparseWeight::magnitude(self.w1.as_tensor(), sparsity, format)?;
+        let s2 = SparseWeight::magnitude(self.w2.as_tensor(), sparsity, format)?;
+        self.w1.set(&s1.to_dense()?)?;
+        self.w2.set(&s2.to_dense()?)?;
+        self.sparse = Some([s1, s2]);
+        Ok(())
+    }
+
+    /// Writes a sparse expert's trained values back into its dense `w1` and `w2` (zeros off the
+    /// pattern); nothing for a dense expert.
+    pub fn sync_dense(&self) -> Result<()> {
+        if let Some([s1, s2]) = &self.sparse {
+            self.w1.set(&s1.to_dense()?)?;
+            self.w2.set(&s2.to_dense()?)?;
+        }
+        Ok(())
+    }
+
+    /// The share of `w1` and `w2` not stored (0 for a dense expert).
+    pub fn sparsity(&self) -> f64 {
+        match &self.sparse {
+            Some([s1, s2]) => {
+                let total = (s1.pattern.rows() * s1.pattern.cols() + s2.pattern.rows() * s2.pattern.cols()) as f64;
+                1.0 - (s1.pattern.nnz() + s2.pattern.nnz()) as f64 / total
+            }
+            None => 0.0,
+        }
+    }
+
     /// `detach`: parameters without autograd tracking (inference: nothing kept for a backward).
     fn run(&self, x: &Tensor, detach: bool) -> Result<Tensor> {
         let p = |v: &Var| if detach { v.as_detached_tensor() } else { v.as_tensor().clone() };
-        let h = linear(x, &p(&self.w1), &p(&self.b1), Act::Gelu, None)?;
-        Ok(linear(&h, &p(&self.w2), &p(&self.b2), Act::Identity, None)?)
+        Ok(match &self.sparse {
+            Some([s1, s2]) => {
+                let h = sparse_linear(x, &p(&s1.values), &s1.pattern, &p(&self.b1), Act::Gelu, None)?;
+                sparse_linear(&h, &p(&s2.values), &s2.pattern, &p(&self.b2), Act::Identity, None)?
+            }
+            None => {
+                let h = linear(x, &p(&self.w1), &p(&self.b1), Act::Gelu, None)?;
+                linear(&h, &p(&self.w2), &p(&self.b2), Act::Identity, None)?
+            }
+        })
     }
 }
 
@@ -106,17 +206,22 @@ impl MoeFfn {
             Ok(Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?)
         };
         let experts = (0..e)
-            .map(|_| Ok(Expert { w1: uniform(&[f, h], h)?, b1: uniform(&[f], h)?, w2: uniform(&[h, f], f)?, b2: uniform(&[h], f)? }))
+            .map(|_| Ok(Expert::dense(uniform(&[f, h], h)?, uniform(&[f], h)?, uniform(&[h, f], f)?, uniform(&[h], f)?)))
             .collect::<Result<_>>()?;
         Ok(Self { config, router, experts, out_bias: None })
     }
 
-    /// The named parameters (`router.weight`, `experts.{i}.w1|b1|w2|b2`), for an optimizer or a
-    /// checkpoint.
+    /// The named parameters (`router.weight`, `experts.{i}.w1|b1|w2|b2`, with `w1.values` and
+    /// `w2.values` for sparse experts), for an optimizer or a checkpoint.
     pub fn params(&self) -> Vec<(String, Var)> {
         let mut p = vec![("router.weight".to_string(), self.router.clone())];
         for (i, x) in self.experts.iter().enumerate() {
-            for (n, v) in [("w1", &x.w1), ("b1", &x.b1), ("w2", &x.w2), ("b2", &x.b2)] {
+            // A sparse expert trains its stored values (`w1.values`), not the dense matrices.
+            let (w1, w2) = match &x.sparse {
+                Some([s1, s2]) => (("w1.values", &s1.values), ("w2.values", &s2.values)),
+                None => (("w1", &x.w1), ("w2", &x.w2)),
+            };
+            for (n, v) in [w1, ("b1", &x.b1), w2, ("b2", &x.b2)] {
                 p.push((format!("experts.{i}.{n}"), v.clone()));
             }
         }
@@ -124,6 +229,12 @@ impl MoeFfn {
             p.push(("out_bias".to_string(), b.clone()));
         }
         p
+    }
+
+    /// Makes every expert sparse ([`Expert::sparsify`]: magnitude per matrix, `sparsity` in
+    /// `[0, 1)`, run as `format`).
+    pub fn sparsify_experts(&mut self, sparsity: f64, format: Format) -> Result<()> {
+        self.experts.iter_mut().try_for_each(|x| x.sparsify(sparsity, format))
     }
 
     /// Evaluation forward: no jitter or noise. `x` is `[T, hidden]`; `token_ids` only for hash

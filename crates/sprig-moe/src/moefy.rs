@@ -137,12 +137,12 @@ pub fn split_ffn(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, groups: &[V
         .iter()
         .map(|g| {
             let idx = Tensor::from_vec(g.iter().map(|&i| i as u32).collect::<Vec<_>>(), g.len(), dev)?;
-            Ok(Expert {
-                w1: Var::from_tensor(&w1.index_select(&idx, 0)?)?,
-                b1: Var::from_tensor(&b1.index_select(&idx, 0)?)?,
-                w2: Var::from_tensor(&w2.index_select(&idx, 1)?.contiguous()?)?,
-                b2: Var::from_tensor(&Tensor::zeros(h, w2.dtype(), dev)?)?,
-            })
+            Ok(Expert::dense(
+                Var::from_tensor(&w1.index_select(&idx, 0)?)?,
+                Var::from_tensor(&b1.index_select(&idx, 0)?)?,
+                Var::from_tensor(&w2.index_select(&idx, 1)?.contiguous()?)?,
+                Var::from_tensor(&Tensor::zeros(h, w2.dtype(), dev)?)?,
+            ))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut config = MoeConfig::new(h, size, router);
@@ -171,7 +171,7 @@ pub fn upcycle_ffn(w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, router: R
     let copy = |t: &Tensor| -> Result<Var> { Ok(Var::from_tensor(&t.copy()?)?) };
     let zero = Tensor::zeros(h, w2.dtype(), w2.device())?;
     m.experts = (0..m.experts.len())
-        .map(|_| Ok(Expert { w1: copy(w1)?, b1: copy(b1)?, w2: copy(&w2.contiguous()?)?, b2: copy(&zero)? }))
+        .map(|_| Ok(Expert::dense(copy(w1)?, copy(b1)?, copy(&w2.contiguous()?)?, copy(&zero)?)))
         .collect::<Result<_>>()?;
     m.out_bias = Some(copy(b2)?);
     Ok(m)

@@ -148,3 +148,46 @@ fn the_balancing_loss_lowers_the_load_cv() {
     assert!(with < 0.8 * without, "with {with} vs without {without}");
 }
 
+
+/// Sparse experts: each matrix keeps exactly its largest-magnitude quarter, the layer computes
+/// what the dense layer computes with the pruned weights zeroed (training and inference forwards),
+/// gradients reach the stored values, and an optimizer step on them keeps the pruned weights zero.
+#[test]
+fn sparse_experts_compute_the_masked_layer_and_keep_pruned_weights_zero() {
+    let cfg = MoeConfig::new(16, 32, RouterConfig { capacity: Capacity::Dropless, ..RouterConfig::top_k(4, 2) });
+    let mut moe = layer(cfg);
+    let mut r = ChaCha8Rng::seed_from_u64(11);
+    let x = randn(&mut r, (40, 16));
+    assert!(moe.sparsify_experts(1.0, sprig_moe::Format::Csr).unwrap_err().to_string().contains("expert sparsity"));
+    moe.sparsify_experts(0.75, sprig_moe::Format::Csr).unwrap();
+    for e in &moe.experts {
+        assert!((e.sparsity() - 0.75).abs() < 1e-12, "realised sparsity {}", e.sparsity());
+        let zeros = e.w1.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|&&v| v == 0.0).count();
+        assert_eq!(zeros, 32 * 16 * 3 / 4, "the dense copy holds the pruned weights as zeros");
+    }
+    // The same layer with the masked weights run dense.
+    let mut masked = moe.clone();
+    masked.experts.iter_mut().for_each(|e| e.sparse = None);
+    let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let y = moe.forward(&x, None).unwrap().y;
+    assert!(max_diff(&y, &masked.forward(&x, None).unwrap().y) < 1e-4);
+    assert!(max_diff(&moe.infer(&x, None).unwrap().y, &y) < 1e-4);
+    // Train the stored values: the pattern, and so the zeros, do not move.
+    let params = moe.params();
+    assert!(params.iter().any(|(n, _)| n == "experts.0.w1.values"), "sparse experts train their values");
+    let vars: Vec<_> = params.into_iter().map(|(_, v)| v).collect();
+    let mut opt = AdamW::new(vars, ParamsAdamW { lr: 0.05, ..Default::default() }).unwrap();
+    let c = randn(&mut r, (40, 16));
+    let before = moe.experts[0].sparse.as_ref().unwrap()[0].values.as_tensor().copy().unwrap();
+    for _ in 0..3 {
+        let loss = (moe.forward(&x, None).unwrap().y * &c).unwrap().sum_all().unwrap();
+        opt.backward_step(&loss).unwrap();
+    }
+    assert!(max_diff(moe.experts[0].sparse.as_ref().unwrap()[0].values.as_tensor(), &before) > 1e-3, "the values trained");
+    for e in &moe.experts {
+        e.sync_dense().unwrap();
+        let zeros = e.w2.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|&&v| v == 0.0).count();
+        assert!(zeros >= 16 * 32 * 3 / 4, "pruned weights stay zero after training ({zeros} zeros)");
+        assert!((e.sparsity() - 0.75).abs() < 1e-12);
+    }
+}

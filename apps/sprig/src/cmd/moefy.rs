@@ -56,12 +56,19 @@ pub struct Args {
     /// then runs `--top-k` whole FFNs; the experts are saved whole in `moe.safetensors`.
     #[arg(long)]
     pub upcycle: bool,
+    /// Make every expert sparse after the split (or upcycling), before fine-tuning: the
+    /// largest-magnitude `1 − S` of each expert matrix kept and run as CSR by sprig-kernels.
+    #[arg(long, default_value_t = 0.0)]
+    pub expert_sparsity: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let device = Device::Cpu;
     if a.experts == 0 || a.calibration == 0 || a.batch_size == 0 {
         bail!("--experts, --calibration and --batch-size must be at least 1");
+    }
+    if !(0.0..1.0).contains(&a.expert_sparsity) {
+        bail!("--expert-sparsity {} is outside [0, 1)", a.expert_sparsity);
     }
     if let Some(&k) = a.top_k.iter().find(|&&k| k == 0 || k > a.experts) {
         bail!("--top-k {k} is outside 1..={} (--experts)", a.experts);
@@ -103,6 +110,10 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         model.encoder.moefy(&cfg, &calib)?
     };
+    if a.expert_sparsity > 0.0 {
+        model.encoder.sparsify_moe_experts(a.expert_sparsity, sprig_moe::Format::Csr)?;
+        tracing::info!(sparsity = a.expert_sparsity, "experts made sparse (magnitude per matrix, CSR)");
+    }
     let moefy_seconds = t.elapsed().as_secs_f64();
     if !a.upcycle {
         tracing::info!(tokens = report.calibration_tokens, recall = ?report.router_recall, seconds = moefy_seconds, "routers trained");
@@ -151,7 +162,7 @@ pub fn run(a: Args) -> Result<()> {
         rows.push(serde_json::json!({"top_k": k, "active_ffn_fraction": active, "dev_accuracy": d, "test_accuracy": t, "test_over_dense": t / dense.1}));
     }
     let summary = serde_json::json!({
-        "model": a.model, "task": a.task, "seed": seed, "experts": a.experts, "split": if a.upcycle { "upcycle" } else { "clusters" }, "calibration_examples": n,
+        "model": a.model, "task": a.task, "seed": seed, "experts": a.experts, "split": if a.upcycle { "upcycle" } else { "clusters" }, "expert_sparsity": a.expert_sparsity, "calibration_examples": n,
         "calibration_tokens": report.calibration_tokens, "router_steps": a.router_steps, "router_recall": report.router_recall,
         "moefy_seconds": moefy_seconds, "dense": {"dev_accuracy": dense.0, "test_accuracy": dense.1}, "moe": rows,
         "ffn_timing": timing,

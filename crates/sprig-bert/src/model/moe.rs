@@ -122,6 +122,19 @@ impl BertEncoder {
         Ok(())
     }
 
+    /// Makes every MoE layer's experts sparse: the largest-magnitude `1 − sparsity` of each
+    /// expert matrix kept and run in `format` by sprig-kernels (forward and backward), so a
+    /// token's experts cost less again. Their pruned weights are zero in the dense copies too.
+    pub fn sparsify_moe_experts(&mut self, sparsity: f64, format: sprig_moe::Format) -> Result<()> {
+        if !self.is_moefied() {
+            return Err(BertError::Invalid("this encoder has no experts to sparsify (MoE-fy or upcycle it first)".into()));
+        }
+        for m in self.layers.iter_mut().filter_map(|l| l.moe.as_mut()) {
+            m.sparsify_experts(sparsity, format)?;
+        }
+        Ok(())
+    }
+
     /// Whether the MoE layers weigh their experts by the router's gates (upcycled) rather than
     /// summing them (MoEfication's split).
     pub fn moe_is_gated(&self) -> bool {
@@ -190,6 +203,7 @@ impl BertEncoder {
     pub fn fold_moe_into_ffn(&mut self) -> Result<()> {
         for (i, l) in self.layers.iter_mut().enumerate() {
             let Some(m) = &l.moe else { continue };
+            m.experts.iter().try_for_each(|x| x.sync_dense())?;
             let cat = |f: &dyn Fn(&sprig_moe::Expert) -> Tensor, dim: usize| Tensor::cat(&m.experts.iter().map(f).collect::<Vec<_>>(), dim);
             for x in &m.experts {
                 if x.b2.as_tensor().abs()?.max_all()?.to_scalar::<f32>()? != 0.0 {
@@ -223,6 +237,7 @@ impl BertEncoder {
         let mut meta = std::collections::HashMap::new();
         for (i, l) in self.layers.iter().enumerate() {
             if let Some(m) = &l.moe {
+                m.experts.iter().try_for_each(|x| x.sync_dense())?;
                 tensors.push((format!("encoder.layer.{i}.moe.router.weight"), m.router.as_detached_tensor()));
                 meta.entry("router".to_string()).or_insert(to_json(&m.config.router)?);
                 if !m.config.unit_gates {
@@ -299,7 +314,7 @@ impl BertEncoder {
                     let experts = (0..e)
                         .map(|j| {
                             let b2 = candle_core::Var::from_tensor(&Tensor::zeros(h, DType::F32, &self.device)?)?;
-                            Ok(sprig_moe::Expert { w1: get(&format!("experts.{j}.w1"), &[fe, h])?, b1: get(&format!("experts.{j}.b1"), &[fe])?, w2: get(&format!("experts.{j}.w2"), &[h, fe])?, b2 })
+                            Ok(sprig_moe::Expert::dense(get(&format!("experts.{j}.w1"), &[fe, h])?, get(&format!("experts.{j}.b1"), &[fe])?, get(&format!("experts.{j}.w2"), &[h, fe])?, b2))
                         })
                         .collect::<Result<Vec<_>>>()?;
                     let out_bias = tensors.contains_key(&format!("encoder.layer.{i}.moe.out_bias")).then(|| get("out_bias", &[h])).transpose()?;
