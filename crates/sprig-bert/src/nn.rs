@@ -4,24 +4,11 @@
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sprig_kernels::candle::{sparse_matmul, Format, SparseLinear};
+use sprig_kernels::candle::{sparse_matmul, Format};
 use sprig_kernels::nn::{ops, Act, DropoutSpec};
-use sprig_kernels::SparseMatrix;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-/// A compiled sparse weight: a fixed pattern (CSR, BSR or N:M from sprig-kernels) and its
-/// trainable stored values.
-#[derive(Clone)]
-pub struct SparseWeight {
-    pub pattern: Arc<dyn SparseMatrix>,
-    pub values: Var,
-}
-
-impl std::fmt::Debug for SparseWeight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SparseWeight({} {}x{}, nnz {})", self.pattern.format_name(), self.pattern.rows(), self.pattern.cols(), self.pattern.nnz())
-    }
-}
+pub use sprig_kernels::candle::SparseWeight;
 
 /// `y = x Wᵀ + b` with `W` stored `[out, in]` as in PyTorch / Hugging Face; once compiled
 /// (`sparse` set) the product runs on sprig-kernels' sparse kernels and `weight` is stale until
@@ -36,17 +23,14 @@ pub struct Linear {
 impl Linear {
     /// Compile to `format` keeping the positions where `keep` is true.
     pub fn compile(&mut self, keep: &sprig_kernels::Bitmask, format: Format) -> Result<()> {
-        let sl = SparseLinear::from_bitmask(self.weight.as_tensor(), keep, None, format)?;
-        self.sparse = Some(SparseWeight { pattern: sl.pattern().clone(), values: sl.values().clone() });
+        self.sparse = Some(SparseWeight::from_bitmask(self.weight.as_tensor(), keep, format)?);
         Ok(())
     }
 
     /// Write the sparse values back into the dense `weight` (zeros off the pattern).
     pub fn sync_dense(&self) -> Result<()> {
         if let Some(s) = &self.sparse {
-            let vals = s.values.as_tensor().to_vec1::<f32>()?;
-            let d = s.pattern.to_dense_with(&vals).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            self.weight.set(&Tensor::from_vec(d, self.weight.shape(), self.weight.device())?)?;
+            self.weight.set(&s.to_dense()?.reshape(self.weight.shape())?)?;
         }
         Ok(())
     }

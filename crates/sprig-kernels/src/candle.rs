@@ -207,3 +207,32 @@ impl SparseLinear {
         Tensor::from_vec(d, (self.pattern.rows(), self.pattern.cols()), self.values.device())
     }
 }
+
+/// A compiled sparse weight without its bias: a fixed pattern (CSR, BSR or N:M) and its trainable
+/// stored values, the part of a [`SparseLinear`] a model keeps per matrix.
+#[derive(Clone)]
+pub struct SparseWeight {
+    pub pattern: Arc<dyn SparseMatrix>,
+    pub values: Var,
+}
+
+impl std::fmt::Debug for SparseWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SparseWeight({} {}x{}, nnz {})", self.pattern.format_name(), self.pattern.rows(), self.pattern.cols(), self.pattern.nnz())
+    }
+}
+
+impl SparseWeight {
+    /// Compiles a dense weight `[N, K]` to `format`, keeping the positions where `keep` is set.
+    pub fn from_bitmask(w: &Tensor, keep: &Bitmask, format: Format) -> Result<Self> {
+        let sl = SparseLinear::from_bitmask(w, keep, None, format)?;
+        Ok(Self { pattern: sl.pattern, values: sl.values })
+    }
+
+    /// The dense weight `[N, K]` with the current values (zeros off the pattern).
+    pub fn to_dense(&self) -> Result<Tensor> {
+        let vals = self.values.as_tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let d = self.pattern.to_dense_with(&vals).map_err(kerr)?;
+        Tensor::from_vec(d, (self.pattern.rows(), self.pattern.cols()), self.values.device())
+    }
+}

@@ -10,13 +10,12 @@ use crate::loss::{load_balancing_loss, z_loss};
 use crate::router::{assign, Assignment, RouterConfig, Routing};
 use crate::stats::MoeStats;
 use candle_core::{DType, Device, Tensor, Var, D};
-use sprig_kernels::candle::{Format, SparseLinear};
+pub use sprig_kernels::candle::{Format, SparseWeight};
 use sprig_kernels::nn::{
     ops::{linear, sparse_linear},
     Act,
 };
-use sprig_kernels::{Bitmask, SparseMatrix};
-use std::sync::Arc;
+use sprig_kernels::Bitmask;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -61,45 +60,21 @@ pub struct Expert {
     pub sparse: Option<[SparseWeight; 2]>,
 }
 
-/// A matrix in one of sprig-kernels' sparse formats: the fixed pattern and its stored values
-/// (trainable; pruned weights are not stored, so they stay zero through any update).
-#[derive(Clone)]
-pub struct SparseWeight {
-    pub pattern: Arc<dyn SparseMatrix>,
-    pub values: Var,
-}
-
-impl std::fmt::Debug for SparseWeight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SparseWeight({} {}x{}, {} stored)", self.pattern.format_name(), self.pattern.rows(), self.pattern.cols(), self.pattern.nnz())
+/// `w` with its `sparsity` share of smallest-magnitude weights removed (ties broken by position),
+/// compiled to `format`.
+pub fn magnitude_sparse(w: &Tensor, sparsity: f64, format: Format) -> Result<SparseWeight> {
+    if !(0.0..1.0).contains(&sparsity) {
+        return Err(MoeError::BadValue { what: "expert sparsity", value: sparsity, why: "must be in [0, 1)" });
     }
-}
-
-impl SparseWeight {
-    /// `w` with its `sparsity` share of smallest-magnitude weights removed (ties broken by
-    /// position), stored as `format`.
-    pub fn magnitude(w: &Tensor, sparsity: f64, format: Format) -> Result<Self> {
-        if !(0.0..1.0).contains(&sparsity) {
-            return Err(MoeError::BadValue { what: "expert sparsity", value: sparsity, why: "must be in [0, 1)" });
-        }
-        let (n, k) = w.dims2()?;
-        let v: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mut order: Vec<usize> = (0..v.len()).collect();
-        order.sort_by(|&a, &b| v[a].abs().total_cmp(&v[b].abs()).then(a.cmp(&b)));
-        let mut keep = vec![true; v.len()];
-        let drop = (sparsity * v.len() as f64).round() as usize;
-        order[..drop].iter().for_each(|&i| keep[i] = false);
-        let mask = Bitmask::from_bools(n, k, &keep).map_err(candle_core::Error::wrap)?;
-        let sl = SparseLinear::from_bitmask(w, &mask, None, format)?;
-        Ok(Self { pattern: sl.pattern().clone(), values: sl.values().clone() })
-    }
-
-    /// The dense matrix: the stored values in place, zeros elsewhere.
-    pub fn to_dense(&self) -> Result<Tensor> {
-        let vals: Vec<f32> = self.values.as_tensor().to_dtype(DType::F32)?.to_vec1()?;
-        let d = self.pattern.to_dense_with(&vals).map_err(candle_core::Error::wrap)?;
-        Ok(Tensor::from_vec(d, (self.pattern.rows(), self.pattern.cols()), self.values.device())?)
-    }
+    let (n, k) = w.dims2()?;
+    let v: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].abs().total_cmp(&v[b].abs()).then(a.cmp(&b)));
+    let mut keep = vec![true; v.len()];
+    let drop = (sparsity * v.len() as f64).round() as usize;
+    order[..drop].iter().for_each(|&i| keep[i] = false);
+    let mask = Bitmask::from_bools(n, k, &keep).map_err(candle_core::Error::wrap)?;
+    Ok(SparseWeight::from_bitmask(w, &mask, format)?)
 }
 
 impl Expert {
@@ -119,8 +94,8 @@ impl Expert {
     /// current values.
     pub fn sparsify(&mut self, sparsity: f64, format: Format) -> Result<()> {
         self.sync_dense()?;
-        let s1 = SparseWeight::magnitude(self.w1.as_tensor(), sparsity, format)?;
-        let s2 = SparseWeight::magnitude(self.w2.as_tensor(), sparsity, format)?;
+        let s1 = magnitude_sparse(self.w1.as_tensor(), sparsity, format)?;
+        let s2 = magnitude_sparse(self.w2.as_tensor(), sparsity, format)?;
         self.w1.set(&s1.to_dense()?)?;
         self.w2.set(&s2.to_dense()?)?;
         self.sparse = Some([s1, s2]);

@@ -21,8 +21,7 @@ pub mod router;
 pub mod stats;
 
 pub use error::{MoeError, Result};
-pub use layer::{Expert, MoeConfig, MoeFfn, MoeOutput, SparseWeight};
-pub use sprig_kernels::candle::Format;
+pub use layer::{magnitude_sparse, Expert, Format, MoeConfig, MoeFfn, MoeOutput, SparseWeight};
 pub use loss::{load_balancing_loss, z_loss};
 pub use moefy::{balanced_clusters, expert_activation_scores, router_recall, split_ffn, train_router, upcycle_ffn, within_group_spread};
 pub use router::{assign, hash_expert, Assignment, Capacity, RouterConfig, Routing};

@@ -85,19 +85,12 @@ fn an_upcycled_layer_starts_as_the_dense_ffn_and_its_router_learns_once_experts_
 #[test]
 fn all_experts_chosen_give_back_the_dense_ffn() {
     let (f, h, e, t) = (64, 16, 8, 10);
-    let mut r = ChaCha8Rng::seed_from_u64(2);
-    let d = Device::Cpu;
-    let w1 = Tensor::from_vec(randv(&mut r, f * h), (f, h), &d).unwrap();
-    let b1 = Tensor::from_vec(randv(&mut r, f), f, &d).unwrap();
-    let w2 = Tensor::from_vec(randv(&mut r, h * f), (h, f), &d).unwrap();
-    let b2 = Tensor::from_vec(randv(&mut r, h), h, &d).unwrap();
-    let x = Tensor::from_vec(randv(&mut r, t * h), (t, h), &d).unwrap();
-    let dense = x.matmul(&w1.t().unwrap()).unwrap().broadcast_add(&b1).unwrap().gelu_erf().unwrap().matmul(&w2.t().unwrap()).unwrap().broadcast_add(&b2).unwrap();
+    let ([w1, b1, w2, b2], x, dense) = dense_ffn(f, h, t, 2);
     let groups = balanced_clusters(&w1.flatten_all().unwrap().to_vec1::<f32>().unwrap(), f, h, e, 5, 0).unwrap();
     let all = RouterConfig { capacity: Capacity::Dropless, normalize: false, ..RouterConfig::top_k(e, e) };
     let moe = split_ffn(&w1, &b1, &w2, &b2, &groups, all).unwrap();
     let y = moe.forward(&x, None).unwrap().y;
-    let diff = (y - &dense).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = max_abs(&(y - &dense).unwrap());
     assert!(diff < 1e-4, "max |moe - dense| = {diff}");
     // Two of eight experts: a different (cheaper) function.
     let two = RouterConfig { capacity: Capacity::Dropless, ..RouterConfig::top_k(e, 2) };
