@@ -35,7 +35,7 @@ enum Command {
     /// Calibration, OOD detection (max softmax probability) and robustness to corrupted inputs of
     /// checkpoints of one task: the blessings of sparsity, with a reliability diagram.
     Blessings(cmd::blessings::Args),
-    /// Chen et al.'s comparison on an image task: dense vs IMP ticket vs one-shot magnitude vs random vs SNIP vs SynFlow vs RigL vs a small dense net, trained and scored.
+    /// Chen et al.'s comparison on an image task: dense vs IMP ticket vs one-shot magnitude vs random vs SNIP vs GraSP vs SynFlow vs RigL vs a small dense net, trained and scored.
     BlessingsGrid(cmd::blessings::GridArgs),
     /// The main job on a default: fetch missing assets, fine-tune MiniLM-L6 on rt-sentiment, print results.
     Demo(cmd::demo::Args),

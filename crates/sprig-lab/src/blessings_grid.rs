@@ -2,7 +2,8 @@
 //! image task with LeNet-300-100: at the sparsities of chosen IMP rounds, the IMP ticket
 //! (Frankle & Carbin 2019, rewound to init) against the dense net, one-shot magnitude pruning of
 //! the trained dense net then fine-tuning (Han et al. 2015), a random mask at the same per-layer
-//! sparsities, SNIP (Lee et al. 2019) and SynFlow (Tanaka et al. 2020) at init, RigL (Evci et al.
+//! sparsities, SNIP (Lee et al. 2019), GraSP (Wang et al. 2020) and SynFlow (Tanaka et al. 2020)
+//! at init, RigL (Evci et al.
 //! 2020), and a small dense MLP with as many weights as the ticket keeps. Every net is trained with
 //! one recipe; each is saved as a sparse checkpoint `OUT/models/<variant>[-<pct>]-s<seed>` and
 //! the lot is scored by [`crate::blessings_image`].
@@ -28,7 +29,7 @@ use crate::pai::{mask_at_init, PaiConfig};
 use crate::run_dir::{without_fields, RunConfig, RunDir};
 
 /// The sparse variants, in table order (the dense net is always there).
-pub const VARIANTS: &[&str] = &["imp", "oneshot-ft", "random", "snip", "synflow", "rigl", "small-dense"];
+pub const VARIANTS: &[&str] = &["imp", "oneshot-ft", "random", "snip", "grasp", "synflow", "rigl", "small-dense"];
 
 /// A blessings comparison on an image task.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -147,7 +148,7 @@ fn variant(cfg: &GridConfig, data: &ImageDataset, name: &str, r: usize, seed: u6
             let mask = layerwise(&model, Criterion::Random, None)?;
             trained(model, mask)
         }
-        "snip" | "synflow" => {
+        "snip" | "grasp" | "synflow" => {
             let model = init()?;
             let pai = PaiConfig {
                 arch: Arch::Lenet300,
@@ -160,7 +161,11 @@ fn variant(cfg: &GridConfig, data: &ImageDataset, name: &str, r: usize, seed: u6
                 calib_batch_size: cfg.calib_batch_size,
                 synflow_iterations: cfg.synflow_iterations,
             };
-            let crit = if name == "snip" { Criterion::Snip } else { Criterion::Synflow };
+            let crit = match name {
+                "snip" => Criterion::Snip,
+                "grasp" => Criterion::Grasp,
+                _ => Criterion::Synflow,
+            };
             let mask = mask_at_init(&model, data, crit, target, seed, &pai)?;
             mask.apply(&model.params)?;
             trained(model, mask)
