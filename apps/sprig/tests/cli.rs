@@ -138,3 +138,18 @@ fn blessings_commands_refuse_mismatched_tasks() {
     let e = run_err(sprig().args(["blessings", "--task", "fashion-mnist", "--ood", "fashion-mnist", "--models", "m", "--out"]).arg(dir.path().join("b")));
     assert!(e.contains("in-distribution task itself"), "{e}");
 }
+
+/// `sprig moefy` refuses settings it cannot run, naming them, before anything is loaded or written.
+#[test]
+fn moefy_refuses_bad_experts_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("moe");
+    let base = ["moefy", "--model", "no-such-model", "--task", "rt-sentiment"];
+    let e = run_err(sprig().args(base).args(["--expert-sparsity", "1.0", "--out"]).arg(&out));
+    assert!(e.contains("--expert-sparsity") && e.contains('1'), "{e}");
+    let e = run_err(sprig().args(base).args(["--upcycle", "--experts", "4", "--top-k", "5", "--out"]).arg(&out));
+    assert!(e.contains("--top-k 5"), "{e}");
+    let e = run_err(sprig().args(base).args(["--experts", "0", "--out"]).arg(&out));
+    assert!(e.contains("--experts"), "{e}");
+    assert!(!out.exists(), "a refused run writes nothing");
+}
