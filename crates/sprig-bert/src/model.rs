@@ -453,7 +453,7 @@ impl BertEncoder {
         };
         let x1 = ops::add_layer_norm(&a, x, &l.attn_norm.gamma_beta(detach)?, l.attn_norm.eps, None)?;
         let f = match (&l.moe, l.int8.as_ref().and_then(|q| q.ffn.as_ref())) {
-            (Some(m), _) => l.hidden_dropout.forward(&moe::forward(m, &x1, detach, &self.moe_aux)?, train)?,
+            (Some(m), _) => l.hidden_dropout.forward(&moe::forward(m, &x1, detach, train.then_some(&self.moe_aux))?, train)?,
             (None, Some((fi, fo))) => fo.forward(&fi.forward(&x1, Act::Gelu)?, Act::Identity)?,
             (None, None) => {
                 let ff = l.ffn_in.forward_fused(&x1, Act::Gelu, None, detach)?;
@@ -485,7 +485,7 @@ impl BertEncoder {
         let x = l.attn_norm.forward(&attn.add(x)?)?;
         input(Which::FfnIn, &x)?;
         let ff = match &l.moe {
-            Some(m) => moe::forward(m, &x, !train, &self.moe_aux)?,
+            Some(m) => moe::forward(m, &x, false, train.then_some(&self.moe_aux))?,
             None => {
                 let ff = self.activation.forward(&l.ffn_in.forward(&x)?)?;
                 input(Which::FfnOut, &ff)?;

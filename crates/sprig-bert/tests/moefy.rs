@@ -6,11 +6,17 @@ use sprig_bert::masked::{Base, TaskData};
 use sprig_bert::model::{BertEncoder, Init, MoefyConfig};
 use sprig_bert::FinetuneConfig;
 
-#[test]
-fn moefied_minilm_is_exact_with_all_experts_and_routes_above_chance_with_two() {
-    let cfg = FinetuneConfig { task: "rt-sentiment".into(), batch_size: 8, max_train: 64, max_dev: 8, max_test: 8, max_steps: 1, ..FinetuneConfig::default() };
+/// The real MiniLM and the first `max_train` rt-sentiment training examples.
+fn minilm_and_rt(max_train: usize) -> (Base, TaskData) {
+    let cfg = FinetuneConfig { task: "rt-sentiment".into(), batch_size: 8, max_train, max_dev: 8, max_test: 8, max_steps: 1, ..FinetuneConfig::default() };
     let base = Base::load(common::MINILM).expect("run scripts/fetch-assets");
     let data = TaskData::load(&cfg, &base, &sprig_data::sprig_home()).expect("run scripts/fetch-assets");
+    (base, data)
+}
+
+#[test]
+fn moefied_minilm_is_exact_with_all_experts_and_routes_above_chance_with_two() {
+    let (base, data) = minilm_and_rt(64);
     let dev = candle_core::Device::Cpu;
     let mut enc = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, 0, &dev).unwrap();
     let batch = |idx: &[usize]| sprig_bert::finetune::batch_tensors(&data.train, idx, data.pad_id, &dev).unwrap();
@@ -84,9 +90,7 @@ fn moefied_minilm_is_exact_with_all_experts_and_routes_above_chance_with_two() {
 /// stored whole, load back to the same function once they differ.
 #[test]
 fn upcycled_minilm_starts_dense_collects_its_balancing_loss_and_saves_whole() {
-    let cfg = FinetuneConfig { task: "rt-sentiment".into(), batch_size: 8, max_train: 16, max_dev: 8, max_test: 8, max_steps: 1, ..FinetuneConfig::default() };
-    let base = Base::load(common::MINILM).expect("run scripts/fetch-assets");
-    let data = TaskData::load(&cfg, &base, &sprig_data::sprig_home()).expect("run scripts/fetch-assets");
+    let (base, data) = minilm_and_rt(16);
     let dev = candle_core::Device::Cpu;
     let new_enc = || BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, 0, &dev).unwrap();
     let mut enc = new_enc();

@@ -202,9 +202,7 @@ impl SparseLinear {
 
     /// The dense weight `[N, K]` with the current values (zeros off the pattern).
     pub fn dense_weight(&self) -> Result<Tensor> {
-        let vals = self.values.as_tensor().to_vec1::<f32>()?;
-        let d = self.pattern.to_dense_with(&vals).map_err(kerr)?;
-        Tensor::from_vec(d, (self.pattern.rows(), self.pattern.cols()), self.values.device())
+        dense_of(&self.pattern, &self.values)
     }
 }
 
@@ -231,8 +229,13 @@ impl SparseWeight {
 
     /// The dense weight `[N, K]` with the current values (zeros off the pattern).
     pub fn to_dense(&self) -> Result<Tensor> {
-        let vals = self.values.as_tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let d = self.pattern.to_dense_with(&vals).map_err(kerr)?;
-        Tensor::from_vec(d, (self.pattern.rows(), self.pattern.cols()), self.values.device())
+        dense_of(&self.pattern, &self.values)
     }
+}
+
+/// `pattern` with `values` in place as a dense `[N, K]` tensor, zeros elsewhere.
+fn dense_of(pattern: &Arc<dyn SparseMatrix>, values: &Var) -> Result<Tensor> {
+    let vals = values.as_tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let d = pattern.to_dense_with(&vals).map_err(kerr)?;
+    Tensor::from_vec(d, (pattern.rows(), pattern.cols()), values.device())
 }

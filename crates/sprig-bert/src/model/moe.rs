@@ -7,16 +7,17 @@ use candle_core::{DType, Tensor};
 use sprig_moe::{balanced_clusters, split_ffn, train_router, upcycle_ffn, Capacity, MoeConfig, MoeFfn, RouterConfig};
 
 /// `[B, S, H]` through the layer's experts (every token routed, padding included); `detach`:
-/// inference, without autograd. A training forward of a gated layer (sparse upcycling) adds its
-/// auxiliary loss to `aux`; MoEfication's unit gates give the router nothing to learn from it.
-pub(super) fn forward(m: &MoeFfn, x: &Tensor, detach: bool, aux: &std::sync::Mutex<Vec<Tensor>>) -> Result<Tensor> {
+/// inference, without autograd. A gated layer (sparse upcycling) adds its auxiliary loss to
+/// `aux` when given one (training forwards); MoEfication's unit gates give the router nothing to
+/// learn from it.
+pub(super) fn forward(m: &MoeFfn, x: &Tensor, detach: bool, aux: Option<&std::sync::Mutex<Vec<Tensor>>>) -> Result<Tensor> {
     let (b, s, h) = x.dims3()?;
     let x = x.reshape((b * s, h))?;
     let y = if detach {
         m.infer(&x, None)?.y
     } else {
         let out = m.forward(&x, None)?;
-        if !m.config.unit_gates {
+        if let Some(aux) = aux.filter(|_| !m.config.unit_gates) {
             aux.lock().unwrap_or_else(|e| e.into_inner()).push(out.aux_loss);
         }
         out.y
@@ -76,12 +77,7 @@ impl BertEncoder {
     /// the routers trained on the FFN inputs of `calibration` batches (`(input_ids,
     /// token_type_ids, attention_mask)`, padding excluded), computed with the dense encoder.
     pub fn moefy(&mut self, cfg: &MoefyConfig, calibration: &[(Tensor, Tensor, Tensor)]) -> Result<MoefyReport> {
-        if self.layers.iter().any(|l| l.ffn_in.sparse.is_some() || l.ffn_out.sparse.is_some()) {
-            return Err(BertError::Invalid("MoE-fication needs the dense FFN weights: this encoder's FFN linears are compiled to a sparse format".into()));
-        }
-        if self.layers.iter().any(|l| l.moe.is_some()) {
-            return Err(BertError::Invalid("this encoder is MoE-fied already".into()));
-        }
+        self.check_dense_ffns("MoE-fication")?;
         let h = self.config.hidden_size;
         let inputs = self.ffn_inputs(calibration)?;
         let mut report = MoefyReport { calibration_tokens: inputs.first().map_or(0, |x| x.dims()[0]), router_recall: Vec::new() };
@@ -97,18 +93,25 @@ impl BertEncoder {
         Ok(report)
     }
 
+    /// Refuses to make experts (`what`) of an encoder whose FFNs are compiled to a sparse format
+    /// or already experts.
+    fn check_dense_ffns(&self, what: &str) -> Result<()> {
+        if self.layers.iter().any(|l| l.ffn_in.sparse.is_some() || l.ffn_out.sparse.is_some()) {
+            return Err(BertError::Invalid(format!("{what} needs the dense FFN weights: this encoder's FFN linears are compiled to a sparse format")));
+        }
+        if self.is_moefied() {
+            return Err(BertError::Invalid("this encoder is MoE-fied already".into()));
+        }
+        Ok(())
+    }
+
     /// Sparse upcycling (Komatsuzaki et al. 2023): every layer's FFN becomes `experts` copies of
     /// itself behind a new router (seeded N(0, 0.02²), top-`top_k`, gates renormalised over the
     /// chosen experts, dropless), so the model is unchanged until it is trained
     /// ([`crate::moe_finetune::finetune_moefied`] then trains the routers too, with the balancing
     /// loss). Each token runs `top_k` whole FFNs: more compute than dense, not less.
     pub fn upcycle(&mut self, experts: usize, top_k: usize, seed: u64) -> Result<()> {
-        if self.layers.iter().any(|l| l.ffn_in.sparse.is_some() || l.ffn_out.sparse.is_some()) {
-            return Err(BertError::Invalid("upcycling needs the dense FFN weights: this encoder's FFN linears are compiled to a sparse format".into()));
-        }
-        if self.is_moefied() {
-            return Err(BertError::Invalid("this encoder is MoE-fied already".into()));
-        }
+        self.check_dense_ffns("upcycling")?;
         let router = RouterConfig::top_k(experts, top_k);
         router.validate()?;
         let mut moes = Vec::with_capacity(self.layers.len());
