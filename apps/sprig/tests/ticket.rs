@@ -90,11 +90,11 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     }
     assert!(sa.get("highest_matching_sparsity").is_some());
 
-    // A later invocation adds gradual magnitude pruning at round 2 only; the controls already on
-    // disk stay in the summary.
+    // A later invocation adds gradual magnitude pruning at round 2 only, keeping the control
+    // models it trains; the controls already on disk stay in the summary.
     let mut more: Vec<&str> = TINY.to_vec();
     more[21] = "gmp,obs";
-    run_ok(sprig().arg("ticket").args(&more).args(["--control-rounds", "2", "--out"]).arg(&a));
+    run_ok(sprig().arg("ticket").args(&more).args(["--control-rounds", "2", "--keep-control-models", "--out"]).arg(&a));
     let sg = json(&a.join("summary.json"));
     let rows = sg["rounds"].as_array().unwrap();
     assert!(rows[1]["gmp_mean"].is_null() && rows[1]["obs_mean"].is_null(), "gmp or obs ran outside --control-rounds");
@@ -104,6 +104,14 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     let g = json(&a.join("round-02/seed-0/control-gmp.json"))["metrics"].clone();
     assert!((g["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "gradual pruning reached {}", g["sparsity"]);
     assert!(!a.join("round-01/seed-0/control-gmp.json").exists(), "gmp ran outside --control-rounds");
+    // The kept control models: a sparse checkpoint per control trained by that invocation, with
+    // the control's sparsity and the metrics of its result file.
+    for (c, res) in [("gmp", &g), ("obs", &o)] {
+        let m = json(&a.join(format!("round-02/seed-0-{c}/sprig.json")));
+        assert!((m["prunable_sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{c}: {}", m["prunable_sparsity"]);
+        assert_eq!(&m["extra"]["metrics"], res, "{c}'s kept model is not the one scored");
+    }
+    assert!(!a.join("round-02/seed-0-random_mask").exists(), "a control trained without --keep-control-models was saved");
     // The stored masks have the schedule's sparsity over the prunable set.
     let man = json(&a.join("round-02/seed-0/sprig.json"));
     assert!((man["prunable_sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{}", man["prunable_sparsity"]);
@@ -138,6 +146,10 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     }
     assert_eq!(json(&e.join("sprig-logits.json"))["examples"].as_array().unwrap().len(), 3);
     assert_eq!(json(&e.join("config.json"))["architectures"][0], "SprigBertForSequenceClassification");
+    // A kept control model exports the same way.
+    let ec = dir.path().join("export-gmp");
+    run_ok(sprig().args(["export", "--ticket"]).arg(a.join("round-02/seed-0-gmp")).arg("--out").arg(&ec).args(["--examples", "2"]));
+    assert_eq!(json(&ec.join("sprig-logits.json"))["examples"].as_array().unwrap().len(), 2);
     let again = sprig().args(["export", "--ticket"]).arg(a.join("round-02/seed-0")).arg("--out").arg(&e).output().unwrap();
     assert!(!again.status.success(), "export over an existing directory must fail");
 

@@ -165,6 +165,11 @@ pub fn control_file(root: &Path, round: usize, seed: u64, c: Control) -> PathBuf
     cell_dir(root, round, seed).join(format!("control-{}.json", c.name()))
 }
 
+/// `root/round-RR/seed-S-<name>`: a control's trained model, when the experiment keeps them.
+pub fn control_model_dir(root: &Path, round: usize, seed: u64, c: Control) -> PathBuf {
+    root.join(format!("round-{round:02}")).join(format!("seed-{seed}-{}", c.name()))
+}
+
 /// `root/rewind-seed-S.safetensors`: round 0's weights at the rewind step.
 pub fn rewind_file(root: &Path, seed: u64) -> PathBuf {
     root.join(format!("rewind-seed-{seed}.safetensors"))

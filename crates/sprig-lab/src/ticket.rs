@@ -19,6 +19,7 @@
 //! config.json                            the experiment; a resumed run must match it
 //! round-RR/seed-S/                       the ticket: sparse checkpoint (trained weights, masks, sprig.json)
 //! round-RR/seed-S/control-<name>.json    one control's result
+//! round-RR/seed-S-<name>/                the control's trained model (with `keep_control_models`)
 //! rewind-seed-S.safetensors              weights at step k (rewind to step k only)
 //! summary.json, tickets.svg              per round: sparsity, metric mean/std, controls; highest matching sparsity
 //! results.json                           every cell with its controls (when the run is complete)
@@ -33,13 +34,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sprig_bert::finetune::FinetuneConfig;
 use sprig_bert::gradual::{Gradual, GradualCriterion};
-use sprig_bert::masked::{finetune_gradual, finetune_masked, obs_scores, Base, RunMetrics, Start as FtStart, TaskData};
+use sprig_bert::masked::{finetune_gradual, finetune_masked, obs_scores, Base, MaskedRun, RunMetrics, Start as FtStart, TaskData};
 use sprig_bert::nn::randn;
-use sprig_prune::checkpoint::{self, SparseCheckpoint};
+use sprig_prune::checkpoint::{self, CheckpointMeta, SparseCheckpoint};
 use sprig_prune::{Criterion, Inputs, Mask, MaskSet, Pruner, PrunerConfig, Rewind, RoundRate, Schedule};
 
 pub use crate::imp::Control;
-use crate::imp::{cell_dir, run_imp, Cell, CellResult, ImpPlan, ImpSubject, Start, Trained};
+use crate::imp::{cell_dir, control_model_dir, run_imp, Cell, CellResult, ImpPlan, ImpSubject, Start, Trained};
 use crate::run_dir::{without_fields, RunConfig, RunDir};
 use crate::ticket_summary::{plot_svg, summarize, TicketSummary};
 
@@ -175,9 +176,29 @@ struct Tickets<'a> {
     base: &'a Base,
     data: &'a TaskData,
     shapes: Vec<(String, Vec<usize>)>,
+    /// Save each control's trained model beside its cell (for `sprig export`, `sprig blessings`).
+    keep_control_models: bool,
 }
 
 impl Tickets<'_> {
+    /// Saves a control's trained model as a sparse checkpoint like a ticket's (same manifest
+    /// fields, so `sprig export --ticket` reads it), when the experiment keeps control models.
+    /// Written before the control's result file, so a resumed run never has a result without it.
+    fn keep_control(&self, c: Control, cell: &Cell, run: &MaskedRun, mask: &MaskSet) -> Result<()> {
+        if !self.keep_control_models {
+            return Ok(());
+        }
+        let dir = control_model_dir(cell.run.root(), cell.round, cell.seed, c);
+        let tensors: Vec<(String, Tensor)> = run.model.trainable_params().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let mut extra = serde_json::json!({ "round": cell.round, "seed": cell.seed, "sparsity": cell.target_sparsity, "control": c.name(), "metrics": run.metrics });
+        if let serde_json::Value::Object(m) = self.extra(cell)? {
+            extra.as_object_mut().expect("an object").extend(m);
+        }
+        let meta = CheckpointMeta { method: format!("bert-tickets-control-{}", c.name()), schedule: None, seed: Some(cell.seed), parent_sha256: None, extra };
+        checkpoint::save(&dir, &tensors, mask, &meta).with_context(|| format!("saving {}", dir.display()))?;
+        Ok(())
+    }
+
     /// The mask of a one-shot `cfg` over the prunable tensors, scoring `vars` (θ₀'s).
     fn one_shot(&self, cfg: PrunerConfig, vars: &[(String, Var)]) -> Result<MaskSet> {
         Ok(Pruner::new(cfg, self.shapes.clone())?.one_shot(vars, &mut Inputs::none())?.clone())
@@ -224,6 +245,8 @@ impl ImpSubject for Tickets<'_> {
         if let Some(g) = gradual {
             let run = finetune_gradual(self.base, data, ft, seed, FtStart { tensors: &start, head }, Gradual::standard(g, s))?;
             tracing::info!(round = r, seed, control = c.name(), sparsity = run.metrics.sparsity, test_accuracy = run.metrics.test_accuracy, "control done");
+            let mask = run.gradual_mask.clone().context("a gradual run returns its final mask")?;
+            self.keep_control(c, cell, &run, &mask)?;
             return Ok(run.metrics);
         }
         let base_vars = || vars_of(self.base.tensors.iter(), &self.shapes);
@@ -253,6 +276,7 @@ impl ImpSubject for Tickets<'_> {
         };
         let run = finetune_masked(self.base, data, ft, seed, FtStart { tensors: &start, head }, Some(&mask), None)?;
         tracing::info!(round = r, seed, control = c.name(), sparsity = s, test_accuracy = run.metrics.test_accuracy, "control done");
+        self.keep_control(c, cell, &run, &mask)?;
         Ok(run.metrics)
     }
     fn extra(&self, _cell: &Cell) -> Result<serde_json::Value> {
@@ -271,13 +295,15 @@ impl ImpSubject for Tickets<'_> {
 }
 
 /// Runs (or resumes) the experiment into `out`; data from `home` (`$SPRIG_HOME`).
-pub fn run_tickets(cfg: &TicketConfig, out: &Path, home: &Path) -> Result<TicketSummary> {
+/// With `keep_control_models`, each control trained by this invocation also saves its model in
+/// `round-RR/seed-S-<name>/` (it changes no result, so it is not part of the experiment's config).
+pub fn run_tickets(cfg: &TicketConfig, out: &Path, home: &Path, keep_control_models: bool) -> Result<TicketSummary> {
     // Checked before the (slow) loading, opened after it: a start that fails to load writes nothing.
     RunDir::check(out, cfg)?;
     let base = Base::load(&cfg.finetune.model)?;
     let data = TaskData::load(&cfg.finetune, &base, home)?;
     let run = RunDir::open(out, cfg)?;
-    let subject = Tickets { cfg, base: &base, data: &data, shapes: base.prunable_shapes()? };
+    let subject = Tickets { cfg, base: &base, data: &data, shapes: base.prunable_shapes()?, keep_control_models };
     let cells = run_imp(&run, &cfg.plan(), &subject)?;
     run.write_json("results.json", &cells)?;
     Ok(summarize(cfg, &data.task, &cells))

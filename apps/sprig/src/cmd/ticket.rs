@@ -36,6 +36,11 @@ pub struct Args {
     /// accuracy, macro-f1 or mcc (test metric that decides "matching").
     #[arg(long, default_value = "accuracy")]
     pub metric: String,
+    /// Also save each control's trained model in `OUT/round-RR/seed-S-<control>/` (a sparse
+    /// checkpoint that `sprig export --ticket` turns into a classifier directory, e.g. for
+    /// `sprig blessings`). Changes no result; applies to the controls this invocation trains.
+    #[arg(long)]
+    pub keep_control_models: bool,
 }
 
 pub fn parse_controls(s: &str) -> Result<Vec<Control>> {
@@ -52,7 +57,7 @@ pub fn run(a: Args) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("--metric {}: expected accuracy, macro-f1 or mcc", a.metric))?;
     let cfg = TicketConfig { finetune, rounds: a.rounds, rate: a.rate, rewind, seeds: (0..a.seeds).collect(), controls: parse_controls(&a.controls)?, control_rounds: a.control_rounds.clone(), metric };
     let out: PathBuf = a.ft.out.clone();
-    let s = run_tickets(&cfg, &out, &sprig_data::sprig_home())?;
+    let s = run_tickets(&cfg, &out, &sprig_data::sprig_home(), a.keep_control_models)?;
     let f = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{:.2}", 100.0 * m));
     println!("| round | sparsity | seeds | ticket {} | random mask | reinit | shuffled | one-shot | GMP | movement | OBS | matching |", s.metric);
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
