@@ -201,6 +201,68 @@ fn ffn_neurons_are_removed_physically_into_a_narrow_model_that_predicts_the_same
     assert!(!fresh.exists());
 }
 
+/// Structured pruning of whole attention heads (gradual, 2 short epochs): half the heads of every
+/// layer have all-zero value rows (whole 32-row slices, the other weights untouched), and
+/// `narrow/` holds the model with them removed physically (`sprig_attention_heads`: 6 per layer;
+/// query, key, value 192 rows, the output projection 192 columns), which `sprig predict` runs
+/// with the probabilities of the pruned model. Refusals as for neurons.
+#[test]
+fn attention_heads_are_removed_physically_into_a_narrow_model_that_predicts_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("heads");
+    run_ok(sprig().args(["prune", "--task", "sms-spam", "--sparsity", "0.5", "--method", "gmp", "--granularity", "attention-heads", "--epochs", "2", "--prune-every", "1", "--out"]).arg(&out).args(TINY));
+    let s = json(&out.join("summary.json"));
+    assert!((s["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-6, "share of value weights pruned: {s}");
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut layers = 0;
+    for (name, view) in st.tensors() {
+        let w: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if name.ends_with("attention.self.value.weight") {
+            layers += 1;
+            let heads: Vec<(usize, usize)> = w.chunks(32 * 384).map(|h| (h.iter().filter(|x| **x == 0.0).count(), h.len())).collect();
+            assert_eq!(heads.len(), 12, "{name}");
+            assert_eq!(heads.iter().filter(|(z, n)| z == n).count(), 6, "{name}: half the heads pruned whole");
+            assert!(heads.iter().all(|(z, n)| *z == 0 || z == n), "{name}: a head pruned in part");
+        } else if name.contains("encoder") && name.ends_with(".weight") && !name.contains("LayerNorm") {
+            assert!(w.iter().all(|x| *x != 0.0), "{name} is not pruned");
+        }
+    }
+    assert_eq!(layers, 6);
+    let narrow = out.join("narrow");
+    let cfg = json(&narrow.join("config.json"));
+    assert_eq!(cfg["sprig_attention_heads"], serde_json::json!([6, 6, 6, 6, 6, 6]));
+    assert_eq!(cfg["intermediate_size"], 1536);
+    let nb = std::fs::read(narrow.join("model.safetensors")).unwrap();
+    let nst = safetensors::SafeTensors::deserialize(&nb).unwrap();
+    let shape = |n: &str| nst.tensors().into_iter().find(|(m, _)| m.ends_with(n)).map(|(_, v)| v.shape().to_vec()).unwrap();
+    for q in ["query", "key", "value"] {
+        assert_eq!(shape(&format!("layer.0.attention.self.{q}.weight")), vec![192, 384]);
+        assert_eq!(shape(&format!("layer.0.attention.self.{q}.bias")), vec![192]);
+    }
+    assert_eq!(shape("layer.0.attention.output.dense.weight"), vec![384, 192]);
+    assert!(bytes.len() - nb.len() >= 6 * 4 * 192 * 384 * 4, "6 heads x 4 matrices x 6 layers fewer: {} vs {} bytes", nb.len(), bytes.len());
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "WINNER!! claim your free prize now\nsee you at lunch tomorrow?\ncall me back when you can\n").unwrap();
+    let probs = |model: &Path, name: &str, formats: &str| -> Vec<f64> {
+        let o = dir.path().join(name);
+        run_ok(sprig().arg("predict").arg("--model").arg(model).arg("--input").arg(&texts).arg("--out").arg(&o).args(["--formats", formats]));
+        std::fs::read_to_string(&o).unwrap().lines().flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect::<Vec<_>>()).collect()
+    };
+    let a = probs(&out, "full.jsonl", "dense");
+    assert_eq!(a.len(), 6);
+    for (name, formats) in [("narrow.jsonl", "dense"), ("narrow-csr.jsonl", "csr")] {
+        let b = probs(&narrow, name, formats);
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "pruned vs narrow ({formats}): max |prob diff| {worst}");
+    }
+    let fresh = dir.path().join("fresh");
+    let e = run_err(sprig().args(["prune", "--task", "sms-spam", "--granularity", "attention-heads", "--method", "movement", "--out"]).arg(&fresh).args(TINY));
+    assert!(e.contains("attention-heads") && e.contains("movement"), "{e}");
+    let e = run_err(sprig().args(["prune", "--task", "sms-spam", "--granularity", "attention-heads", "--allocation", "erk", "--out"]).arg(&fresh).args(TINY));
+    assert!(e.contains("uniform"), "{e}");
+}
+
 /// Runs `cmd`, asserts success and returns stdout and stderr together (the log included).
 fn run_ok_all(cmd: &mut std::process::Command) -> String {
     let out = cmd.output().expect("spawn sprig");

@@ -67,6 +67,11 @@ pub struct BertConfig {
     /// sprig's pooling for the classification head (absent in plain HF checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sprig_pooling: Option<Pooling>,
+    /// Attention heads kept in each layer of a model whose pruned heads were removed physically
+    /// (`sprig prune --granularity attention-heads`); each head keeps its width
+    /// `hidden_size / num_attention_heads`. Absent: every layer has `num_attention_heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sprig_attention_heads: Option<Vec<usize>>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -100,6 +105,14 @@ impl BertConfig {
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
+        }
+        if let Some(heads) = &self.sprig_attention_heads {
+            if heads.len() != self.num_hidden_layers {
+                return Err(format!("sprig_attention_heads has {} entries for {} layers", heads.len(), self.num_hidden_layers));
+            }
+            if let Some((i, k)) = heads.iter().enumerate().find(|(_, k)| !(1..=self.num_attention_heads).contains(*k)) {
+                return Err(format!("sprig_attention_heads[{i}] is {k}; a layer keeps 1 to num_attention_heads = {} heads", self.num_attention_heads));
+            }
         }
         for (name, p) in [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)] {
             if !(0.0..1.0).contains(&p) {
@@ -156,6 +169,11 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// The attention heads of layer `layer` (all of them unless some were removed).
+    pub fn layer_heads(&self, layer: usize) -> usize {
+        self.sprig_attention_heads.as_ref().and_then(|h| h.get(layer).copied()).unwrap_or(self.num_attention_heads)
+    }
+
     /// Class names of the classification head, in id order.
     pub fn labels(&self) -> Option<Vec<String>> {
         let m = self.id2label.as_ref()?;
@@ -196,6 +214,23 @@ mod tests {
         std::fs::write(&p, v.to_string()).unwrap();
         let e = BertConfig::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    #[test]
+    fn removed_heads_are_per_layer_and_in_range() {
+        let mut v = minimal();
+        v["sprig_attention_heads"] = serde_json::json!([1, 4]);
+        let c: BertConfig = serde_json::from_value(v.clone()).unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!((c.layer_heads(0), c.layer_heads(1), c.head_dim()), (1, 4, 8));
+        for (bad, want) in [(serde_json::json!([1]), "1 entries for 2 layers"), (serde_json::json!([0, 4]), "[0] is 0"), (serde_json::json!([2, 5]), "[1] is 5")] {
+            v["sprig_attention_heads"] = bad;
+            let e = serde_json::from_value::<BertConfig>(v.clone()).unwrap().validate().unwrap_err();
+            assert!(e.contains("sprig_attention_heads") && e.contains(want), "{e}");
+        }
+        let plain: BertConfig = serde_json::from_value(minimal()).unwrap();
+        assert_eq!(plain.layer_heads(1), 4);
+        assert!(serde_json::to_value(&plain).unwrap().get("sprig_attention_heads").is_none());
     }
 
     #[test]

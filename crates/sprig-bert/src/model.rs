@@ -88,6 +88,8 @@ struct Embeddings {
 }
 
 struct Layer {
+    /// Attention heads of this layer ([`BertConfig::layer_heads`]), each `head_dim` wide.
+    heads: usize,
     query: Linear,
     key: Linear,
     value: Linear,
@@ -179,11 +181,14 @@ impl BertEncoder {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
+            let heads = config.layer_heads(i);
+            let a = heads * config.head_dim();
             layers.push(Layer {
-                query: b.linear(&format!("{p}.attention.self.query"), h, h)?,
-                key: b.linear(&format!("{p}.attention.self.key"), h, h)?,
-                value: b.linear(&format!("{p}.attention.self.value"), h, h)?,
-                attn_out: b.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                heads,
+                query: b.linear(&format!("{p}.attention.self.query"), a, h)?,
+                key: b.linear(&format!("{p}.attention.self.key"), a, h)?,
+                value: b.linear(&format!("{p}.attention.self.value"), a, h)?,
+                attn_out: b.linear(&format!("{p}.attention.output.dense"), h, a)?,
                 attn_norm: b.layer_norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
                 ffn_in: b.linear(&format!("{p}.intermediate.dense"), config.intermediate_size, h)?,
                 ffn_out: b.linear(&format!("{p}.output.dense"), h, config.intermediate_size)?,
@@ -415,8 +420,8 @@ impl BertEncoder {
     /// One layer on fused ops: packed QKV linear, fused attention, output linear with dropout,
     /// residual + LayerNorm, FFN-in with GELU, FFN-out with dropout, residual + LayerNorm.
     fn layer_forward_fused(&self, l: &Layer, x: &Tensor, key_bias: &[f32], train: bool, detach: bool) -> Result<Tensor> {
-        let (bsz, seq, h) = x.dims3()?;
-        let nh = self.config.num_attention_heads;
+        let (bsz, seq, _) = x.dims3()?;
+        let (nh, hd) = (l.heads, self.config.head_dim());
         int8::check_inference(l, train, detach)?;
         let qkv = if let Some(q) = &l.int8 {
             q.qkv.forward(x, Act::Identity)?
@@ -441,8 +446,8 @@ impl BertEncoder {
             batch: bsz,
             seq,
             heads: nh,
-            head_dim: h / nh,
-            scale: 1.0 / ((h / nh) as f32).sqrt(),
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
             key_bias: key_bias.to_vec(),
             dropout: l.attn_dropout.spec(train),
         };
@@ -465,9 +470,8 @@ impl BertEncoder {
 
     /// One layer on stock ops; `input(which, x)` sees the input of each linear before it runs.
     fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool, input: &mut dyn FnMut(Which, &Tensor) -> Result<()>) -> Result<Tensor> {
-        let (bsz, seq, h) = x.dims3()?;
-        let nh = self.config.num_attention_heads;
-        let hd = h / nh;
+        let (bsz, seq, _) = x.dims3()?;
+        let (nh, hd) = (l.heads, self.config.head_dim());
         if l.int8.is_some() {
             return Err(BertError::Invalid("int8 layers run on the fused ops only".into()));
         }
@@ -479,7 +483,7 @@ impl BertEncoder {
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let probs = l.attn_dropout.forward(&probs, train)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((bsz, seq, h))?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((bsz, seq, nh * hd))?;
         input(Which::AttnOut, &ctx)?;
         let attn = l.hidden_dropout.forward(&l.attn_out.forward(&ctx)?, train)?;
         let x = l.attn_norm.forward(&attn.add(x)?)?;

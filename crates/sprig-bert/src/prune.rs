@@ -103,20 +103,34 @@ impl PruneMethod {
 /// rewritten as a dense BERT with a narrower `intermediate_size`.
 pub const FFN_NEURONS: &str = "ffn-neurons";
 
-/// The weights a run prunes: `intermediate.dense` (FFN-in) weights for [`FFN_NEURONS`], else every
-/// encoder linear.
+/// Structured pruning of whole attention heads (Michel et al. 2019): each head's rows of every
+/// layer's `attention.self.value` weight, the same number of heads in every layer. A head whose
+/// value rows are zero outputs its value bias whatever the input (its attention weights sum to
+/// one), so its query and key rows do nothing and the head can be removed physically, its constant
+/// folded into the output projection's bias ([`sprig_bert` config `sprig_attention_heads`]).
+pub const ATTENTION_HEADS: &str = "attention-heads";
+
+/// The structured granularities, whose pruned models can be rewritten smaller and dense.
+pub fn is_structured(granularity: &str) -> bool {
+    granularity == FFN_NEURONS || granularity == ATTENTION_HEADS
+}
+
+/// The weights a run prunes: `intermediate.dense` (FFN-in) weights for [`FFN_NEURONS`],
+/// `attention.self.value` weights for [`ATTENTION_HEADS`], else every encoder linear.
 pub fn is_prunable(granularity: &str, name: &str) -> bool {
-    if granularity == FFN_NEURONS {
-        name.ends_with(".intermediate.dense.weight") && is_encoder_linear_weight(name)
-    } else {
-        is_encoder_linear_weight(name)
-    }
+    let only = match granularity {
+        FFN_NEURONS => ".intermediate.dense.weight",
+        ATTENTION_HEADS => ".attention.self.value.weight",
+        _ => return is_encoder_linear_weight(name),
+    };
+    name.ends_with(only) && is_encoder_linear_weight(name)
 }
 
 /// `unstructured`, `RxC` blocks of the `[out, in]` matrix (e.g. `4x1`: 4 output rows × 1 input
-/// column, sprig-kernels' BSR 4x1), `N:M` (e.g. `2:4`) or [`FFN_NEURONS`] (whole rows).
-pub fn parse_granularity(s: &str) -> Result<Granularity> {
-    let bad = || BertError::Invalid(format!("unknown granularity {s:?} (expected unstructured, RxC blocks such as 4x1 or 1x4, N:M such as 2:4, or ffn-neurons)"));
+/// column, sprig-kernels' BSR 4x1), `N:M` (e.g. `2:4`), [`FFN_NEURONS`] (whole rows) or
+/// [`ATTENTION_HEADS`] (the `num_heads` row slices of a model with that many heads).
+pub fn parse_granularity(s: &str, num_heads: usize) -> Result<Granularity> {
+    let bad = || BertError::Invalid(format!("unknown granularity {s:?} (expected unstructured, RxC blocks such as 4x1 or 1x4, N:M such as 2:4, ffn-neurons or attention-heads)"));
     let pair = |sep: char| -> Result<(usize, usize)> {
         let (a, b) = s.split_once(sep).ok_or_else(bad)?;
         let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
@@ -128,6 +142,7 @@ pub fn parse_granularity(s: &str) -> Result<Granularity> {
     Ok(match s {
         "unstructured" => Granularity::Unstructured,
         FFN_NEURONS => Granularity::Rows,
+        ATTENTION_HEADS => Granularity::Heads { num_heads, axis: 0 },
         _ if s.contains(':') => {
             let (n, m) = pair(':')?;
             if n >= m {
@@ -198,7 +213,8 @@ impl PruneConfig {
         if !(0.0..1.0).contains(&self.sparsity) {
             bail!("sparsity {} is outside [0, 1)", self.sparsity);
         }
-        let g = parse_granularity(&self.granularity)?;
+        // The name only: the number of heads is the model's (any count parses alike).
+        let g = parse_granularity(&self.granularity, 1)?;
         if let Granularity::NM { n, m } = g {
             let s = 1.0 - n as f64 / m as f64;
             if (self.sparsity - s).abs() > 1e-9 {
@@ -206,12 +222,13 @@ impl PruneConfig {
             }
         }
         self.allocation()?;
-        if self.granularity == FFN_NEURONS {
+        if is_structured(&self.granularity) {
+            let (g, what) = (&self.granularity, if self.granularity == FFN_NEURONS { "neurons by the magnitude of their input weights" } else { "heads by the magnitude of their value weights" });
             if !matches!(self.method, PruneMethod::Gmp | PruneMethod::Oneshot) {
-                bail!("granularity {FFN_NEURONS} prunes whole neurons by the magnitude of their input weights: use --method gmp or oneshot, not {}", self.method.name());
+                bail!("granularity {g} prunes whole {what}: use --method gmp or oneshot, not {}", self.method.name());
             }
             if !matches!(self.allocation.as_str(), "" | "uniform") {
-                bail!("granularity {FFN_NEURONS} keeps the same number of neurons in every layer (allocation uniform), not {}", self.allocation);
+                bail!("granularity {g} keeps the same number in every layer (allocation uniform), not {}", self.allocation);
             }
         }
         if !self.method.is_one_shot() {
@@ -233,7 +250,7 @@ impl PruneConfig {
 
     pub fn allocation(&self) -> Result<Allocation> {
         let kind = match self.allocation.as_str() {
-            "" if self.granularity == FFN_NEURONS => AllocationKind::Uniform,
+            "" if is_structured(&self.granularity) => AllocationKind::Uniform,
             "" => self.method.default_allocation(),
             s => serde_json::from_value(serde_json::Value::String(s.into()))
                 .map_err(|_| BertError::Invalid(format!("unknown allocation {s:?} (expected global, uniform, er or erk)")))?,
@@ -242,8 +259,8 @@ impl PruneConfig {
     }
 
     /// The [`Pruner`] configuration over a fine-tune of `total` steps (t₀ = round(start·T),
-    /// t₁ = round(end·T), at least t₀ + 1).
-    pub fn pruner(&self, total: usize) -> Result<PrunerConfig> {
+    /// t₁ = round(end·T), at least t₀ + 1) of a model with `num_heads` attention heads.
+    pub fn pruner(&self, total: usize, num_heads: usize) -> Result<PrunerConfig> {
         self.validate()?;
         let schedule = match self.method {
             PruneMethod::Oneshot | PruneMethod::Wanda => Schedule::OneShot { sparsity: self.sparsity, step: 0 },
@@ -253,7 +270,7 @@ impl PruneConfig {
                 Schedule::Gradual { initial: 0.0, final_sparsity: self.sparsity, start: t0, end: t1, frequency: self.prune_every }
             }
         };
-        let mut c = PrunerConfig::new(self.method.criterion(), schedule).granularity(parse_granularity(&self.granularity)?).allocation(self.allocation()?);
+        let mut c = PrunerConfig::new(self.method.criterion(), schedule).granularity(parse_granularity(&self.granularity, num_heads)?).allocation(self.allocation()?);
         // λ of the Fisher: oBERT's 1e-7 for the block inverse; a tie-breaker for the diagonal.
         c.options.fisher_damp = if self.method == PruneMethod::Obert { 1e-7 } else { crate::masked::OBS_DAMP };
         c.options.seed = self.train.seed;
@@ -413,7 +430,7 @@ pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&T
     if start.sparsity() >= cfg.sparsity && start.sparsity() > 0.0 {
         bail!("model {} is already {:.4} sparse in its encoder linears, at or above the asked {}", base.spec, start.sparsity(), cfg.sparsity);
     }
-    let mut pruner = Pruner::for_params(cfg.pruner(total)?, &prunable)?;
+    let mut pruner = Pruner::for_params(cfg.pruner(total, base.config.num_attention_heads)?, &prunable)?;
     if start.sparsity() > 0.0 {
         pruner = pruner.with_masks(start)?;
         opt.set_masks(pruner.masks())?;

@@ -83,6 +83,39 @@ fn fused_and_stock_paths_agree_on_outputs_and_every_gradient() {
     }
 }
 
+/// An encoder with attention heads removed (a different count per layer, each head as wide as
+/// before) runs on both paths with the same logits and gradients.
+#[test]
+fn fewer_heads_per_layer_agree_on_fused_and_stock_paths() {
+    use sprig_bert::{BertConfig, BertEncoder, Init, Ops};
+    let device = Device::Cpu;
+    let config: BertConfig = serde_json::from_value(serde_json::json!({"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 16, "sprig_attention_heads": [1, 4, 2]}))
+    .unwrap();
+    let ids = Tensor::new(&[[3u32, 7, 9, 11, 2], [5, 6, 8, 0, 0]], &device).unwrap();
+    let tt = ids.zeros_like().unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 0, 0]], &device).unwrap();
+    let run = |ops: Ops| {
+        let mut encoder = BertEncoder::new(&config, Init::Random { seed: 3 }, 1, &device).unwrap();
+        encoder.set_ops(ops);
+        let shapes: Vec<Vec<usize>> = encoder.named_params().iter().filter(|(n, _)| n.ends_with("attention.self.query.weight")).map(|(_, v)| v.dims().to_vec()).collect();
+        assert_eq!(shapes, [vec![8, 32], vec![32, 32], vec![16, 32]]);
+        let model = BertClassifier::new(encoder, 2, Pooling::Mean, None, 1).unwrap();
+        let logits = model.forward(&ids, &tt, &mask, false).unwrap();
+        let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g: Vec<Vec<f32>> = model.trainable_params().iter().map(|(_, v)| grads.get(v).map_or(vec![], |g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+        (logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+    };
+    let ((lf, gf), (ls, gs)) = (run(Ops::Fused), run(Ops::Stock));
+    for (a, b) in lf.iter().zip(&ls) {
+        assert!((a - b).abs() < 1e-4, "logits {a} vs {b}");
+    }
+    for (a, b) in gf.iter().zip(&gs) {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-3 * scale + 1e-7));
+    }
+}
+
 /// A compiled (truly sparse) encoder computes the same logits as the dense encoder with the
 /// masked weights, its trainable tensors are the stored values, and `sync_dense` writes them back.
 #[test]

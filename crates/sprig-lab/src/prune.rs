@@ -118,7 +118,7 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
     .collect();
     let ckmeta = CheckpointMeta {
         method: format!("prune-{}", cfg.method.name()),
-        schedule: Some(serde_json::to_value(cfg.pruner(s.steps.max(1))?.schedule)?),
+        schedule: Some(serde_json::to_value(cfg.pruner(s.steps.max(1), base.config.num_attention_heads)?.schedule)?),
         seed: Some(cfg.train.seed),
         parent_sha256: Some(file_sha256(&base.origin)?),
         extra: serde_json::json!({"task": data.task, "model": cfg.train.model, "classes": data.classes,
@@ -127,7 +127,7 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
     write_sparse_classifier(stage, &pruned.model, &data.classes, &base.tokenizer, &pruned.masks, meta, &ckmeta)?;
     let verify = reference_logits(stage, VERIFY_EXAMPLES, home)?;
     sprig_train::write_json(&stage.join("sprig-logits.json"), &verify)?;
-    if cfg.granularity == sprig_bert::prune::FFN_NEURONS {
+    if sprig_bert::prune::is_structured(&cfg.granularity) {
         let narrow = stage.join("narrow");
         let k = crate::narrow::write_narrow(stage, &narrow)?;
         let logits = reference_logits(&narrow, VERIFY_EXAMPLES, home)?;
@@ -136,7 +136,7 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
             bail!("the narrow model's logits differ from the pruned model's by {d:.2e} (> 1e-4): not written");
         }
         sprig_train::write_json(&narrow.join("sprig-logits.json"), &logits)?;
-        tracing::info!(intermediate_size = k, max_logit_diff = d, "narrow model (pruned FFN neurons removed) in narrow/");
+        tracing::info!(intermediate_size = k.intermediate_size, heads = ?k.heads, max_logit_diff = d, "narrow model (pruned neurons and heads removed) in narrow/");
     }
     sprig_train::write_json(&stage.join("summary.json"), s)?;
     drop(log);

@@ -21,6 +21,18 @@ class SprigBertForSequenceClassification(BertPreTrainedModel):
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"sprig_pooling must be 'mean' or 'cls', got {self.pooling!r}")
         self.bert = BertModel(config, add_pooling_layer=False)
+        # Attention heads removed physically (`sprig_attention_heads`: heads kept per layer, each
+        # as wide as before): narrower query/key/value and attention-output projections.
+        heads = getattr(config, "sprig_attention_heads", None)
+        if heads is not None:
+            width = config.hidden_size // config.num_attention_heads
+            for layer, k in zip(self.bert.encoder.layer, heads):
+                att = layer.attention.self
+                att.num_attention_heads, att.all_head_size = k, k * width
+                att.query = nn.Linear(config.hidden_size, k * width)
+                att.key = nn.Linear(config.hidden_size, k * width)
+                att.value = nn.Linear(config.hidden_size, k * width)
+                layer.attention.output.dense = nn.Linear(k * width, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
