@@ -19,10 +19,12 @@ pub struct Args {
     /// on 128 training examples once, then fine-tuning) [default: gmp].
     #[arg(long)]
     pub method: Option<PruneMethod>,
-    /// unstructured, RxC blocks (4x1, 1x4), N:M (2:4), or ffn-neurons (whole FFN neurons, the
+    /// unstructured, RxC blocks (4x1, 1x4), N:M (2:4), ffn-neurons (whole FFN neurons, the
     /// same share in every layer: `--sparsity` is the share of neurons removed, and `OUT/narrow`
     /// holds the model with them removed physically, a dense BERT with a narrower
-    /// `intermediate_size`) [default: unstructured].
+    /// `intermediate_size`) or attention-heads (whole heads by their value rows, the same share
+    /// in every layer; `OUT/narrow` has fewer heads per layer, `sprig_attention_heads`)
+    /// [default: unstructured].
     #[arg(long)]
     pub granularity: Option<String>,
     /// global, uniform, er or erk [default: the method's: uniform for movement and wanda, else global].
