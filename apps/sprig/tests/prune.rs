@@ -138,6 +138,15 @@ fn obert_and_4x1_blocks_reach_their_sparsity_with_exact_zeros() {
     assert!((zeros - sparsity).abs() < 1e-6 && blocked, "zeros {zeros}, 4x1 blocks {blocked}");
 }
 
+/// `sprig predict` of three fixed texts with `model` in `formats`: every class probability, in order.
+fn predict_probs(model: &Path, dir: &Path, name: &str, formats: &str) -> Vec<f64> {
+    let texts = dir.join("texts.txt");
+    std::fs::write(&texts, "WINNER!! claim your free prize now\nsee you at lunch tomorrow?\ncall me back when you can\n").unwrap();
+    let o = dir.join(name);
+    run_ok(sprig().arg("predict").arg("--model").arg(model).arg("--input").arg(&texts).arg("--out").arg(&o).args(["--formats", formats]));
+    std::fs::read_to_string(&o).unwrap().lines().flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect::<Vec<_>>()).collect()
+}
+
 /// Structured pruning of whole FFN neurons (gradual, 2 short epochs from the pretrained
 /// checkpoint): half the rows of every `intermediate.dense` weight are zero, the same count per
 /// layer, and `narrow/` holds the model with them removed physically (`intermediate_size` 768),
@@ -182,14 +191,7 @@ fn ffn_neurons_are_removed_physically_into_a_narrow_model_that_predicts_the_same
         assert_eq!(mode, 0o644, "readable like the other weights");
     }
     // Both predict the same probabilities.
-    let texts = dir.path().join("texts.txt");
-    std::fs::write(&texts, "WINNER!! claim your free prize now\nsee you at lunch tomorrow?\ncall me back when you can\n").unwrap();
-    let probs = |model: &Path, name: &str| -> Vec<f64> {
-        let o = dir.path().join(name);
-        run_ok(sprig().arg("predict").arg("--model").arg(model).arg("--input").arg(&texts).arg("--out").arg(&o).args(["--formats", "dense"]));
-        std::fs::read_to_string(&o).unwrap().lines().flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect::<Vec<_>>()).collect()
-    };
-    let (a, b) = (probs(&out, "full.jsonl"), probs(&narrow, "narrow.jsonl"));
+    let (a, b) = (predict_probs(&out, dir.path(), "full.jsonl", "dense"), predict_probs(&narrow, dir.path(), "narrow.jsonl", "dense"));
     assert_eq!(a.len(), 6);
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(worst < 1e-5, "pruned vs narrow: max |prob diff| {worst}");
@@ -242,17 +244,10 @@ fn attention_heads_are_removed_physically_into_a_narrow_model_that_predicts_the_
     }
     assert_eq!(shape("layer.0.attention.output.dense.weight"), vec![384, 192]);
     assert!(bytes.len() - nb.len() >= 6 * 4 * 192 * 384 * 4, "6 heads x 4 matrices x 6 layers fewer: {} vs {} bytes", nb.len(), bytes.len());
-    let texts = dir.path().join("texts.txt");
-    std::fs::write(&texts, "WINNER!! claim your free prize now\nsee you at lunch tomorrow?\ncall me back when you can\n").unwrap();
-    let probs = |model: &Path, name: &str, formats: &str| -> Vec<f64> {
-        let o = dir.path().join(name);
-        run_ok(sprig().arg("predict").arg("--model").arg(model).arg("--input").arg(&texts).arg("--out").arg(&o).args(["--formats", formats]));
-        std::fs::read_to_string(&o).unwrap().lines().flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect::<Vec<_>>()).collect()
-    };
-    let a = probs(&out, "full.jsonl", "dense");
+    let a = predict_probs(&out, dir.path(), "full.jsonl", "dense");
     assert_eq!(a.len(), 6);
     for (name, formats) in [("narrow.jsonl", "dense"), ("narrow-csr.jsonl", "csr")] {
-        let b = probs(&narrow, name, formats);
+        let b = predict_probs(&narrow, dir.path(), name, formats);
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
         assert!(worst < 1e-5, "pruned vs narrow ({formats}): max |prob diff| {worst}");
     }
