@@ -251,6 +251,10 @@ fn attention_heads_are_removed_physically_into_a_narrow_model_that_predicts_the_
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
         assert!(worst < 1e-5, "pruned vs narrow ({formats}): max |prob diff| {worst}");
     }
+    // The narrow model prunes again among the heads it kept (half of 6: 3 per layer).
+    let again = dir.path().join("again");
+    run_ok(sprig().args(["prune", "--task", "sms-spam", "--sparsity", "0.5", "--method", "oneshot", "--granularity", "attention-heads", "--epochs", "1", "--model"]).arg(&narrow).arg("--out").arg(&again).args(TINY));
+    assert_eq!(json(&again.join("narrow/config.json"))["sprig_attention_heads"], serde_json::json!([3, 3, 3, 3, 3, 3]));
     let fresh = dir.path().join("fresh");
     let e = run_err(sprig().args(["prune", "--task", "sms-spam", "--granularity", "attention-heads", "--method", "movement", "--out"]).arg(&fresh).args(TINY));
     assert!(e.contains("attention-heads") && e.contains("movement"), "{e}");

@@ -169,6 +169,13 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// The heads every layer has, when they all have the same number (`None` when a removal left
+    /// different counts).
+    pub fn uniform_heads(&self) -> Option<usize> {
+        let first = self.layer_heads(0);
+        (0..self.num_hidden_layers).all(|l| self.layer_heads(l) == first).then_some(first)
+    }
+
     /// The attention heads of layer `layer` (all of them unless some were removed).
     pub fn layer_heads(&self, layer: usize) -> usize {
         self.sprig_attention_heads.as_ref().and_then(|h| h.get(layer).copied()).unwrap_or(self.num_attention_heads)

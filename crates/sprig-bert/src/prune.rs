@@ -430,7 +430,9 @@ pub fn prune(base: &Base, data: &TaskData, cfg: &PruneConfig, teacher: Option<&T
     if start.sparsity() >= cfg.sparsity && start.sparsity() > 0.0 {
         bail!("model {} is already {:.4} sparse in its encoder linears, at or above the asked {}", base.spec, start.sparsity(), cfg.sparsity);
     }
-    let mut pruner = Pruner::for_params(cfg.pruner(total, base.config.num_attention_heads)?, &prunable)?;
+    // A model whose heads were removed before prunes among those it kept (the same number per layer).
+    let heads = base.config.uniform_heads().with_context(|| format!("model {}: its layers keep different numbers of heads ({:?}); the pruner needs one", base.spec, base.config.sprig_attention_heads))?;
+    let mut pruner = Pruner::for_params(cfg.pruner(total, heads)?, &prunable)?;
     if start.sparsity() > 0.0 {
         pruner = pruner.with_masks(start)?;
         opt.set_masks(pruner.masks())?;
