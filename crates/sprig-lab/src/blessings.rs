@@ -356,15 +356,8 @@ pub fn reliability_svg(rows: &[ModelBlessings], title: &str) -> Result<String> {
             (format!("{g} ({} model(s))", ms.len()), pts)
         })
         .collect();
-    crate::plot::line_chart(&crate::plot::Chart {
-        title,
-        x_desc: "confidence (mean max probability in the bin)",
-        y_desc: "accuracy in the bin",
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-        reference: Some(("perfect calibration", vec![(0.0, 0.0), (1.0, 1.0)])),
-        series: &series,
-    })
+    let axes = ("confidence (mean max probability in the bin)", "accuracy in the bin");
+    crate::plot::line_chart(&crate::plot::Chart::new(title, axes, (0.0, 1.0), (0.0, 1.0), &series).reference("perfect calibration", vec![(0.0, 0.0), (1.0, 1.0)]))
 }
 
 #[cfg(test)]

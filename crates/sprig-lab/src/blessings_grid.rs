@@ -286,16 +286,11 @@ pub fn metric_figures(rows: &[ModelBlessings]) -> Result<Vec<(String, String)>> 
         let xs: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).collect();
         let (x0, x1) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x)));
         let (x0, x1) = if xs.is_empty() { (0.0, 100.0) } else { ((x0 - 5.0).max(0.0), (x1 + 5.0).min(100.0)) };
-        let label = dense.map(|d| format!("dense ({d:.4})"));
-        let svg = crate::plot::line_chart(&crate::plot::Chart {
-            title: &name,
-            x_desc: "sparsity of the weight matrices (%)",
-            y_desc: &name,
-            x: (x0, x1),
-            y: (lo - pad, hi + pad),
-            reference: dense.zip(label.as_deref()).map(|(d, l)| (l, vec![(x0, d), (x1, d)])),
-            series: &series,
-        })?;
+        let mut chart = crate::plot::Chart::new(&name, ("sparsity of the weight matrices (%)", &name), (x0, x1), (lo - pad, hi + pad), &series);
+        if let Some(d) = dense {
+            chart = chart.reference(format!("dense ({d:.4})"), vec![(x0, d), (x1, d)]);
+        }
+        let svg = crate::plot::line_chart(&chart)?;
         let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         let slug = slug.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
         out.push((format!("{slug}.svg"), svg));

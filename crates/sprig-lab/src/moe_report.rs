@@ -46,13 +46,6 @@ pub fn plot_svg(series: &[Series], title: &str) -> Result<String> {
     let ys: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).collect();
     let ymin = (ys.iter().cloned().fold(f64::INFINITY, f64::min) - 5.0).floor();
     let ymax = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(100.0).ceil() + 2.0;
-    crate::plot::line_chart(&crate::plot::Chart {
-        title,
-        x_desc: "FFN neurons run per token (%)",
-        y_desc: "test accuracy (% of the dense model's)",
-        x: (0.0, 105.0),
-        y: (ymin, ymax),
-        reference: Some(("98% of dense", vec![(0.0, 98.0), (105.0, 98.0)])),
-        series,
-    })
+    let axes = ("FFN neurons run per token (%)", "test accuracy (% of the dense model's)");
+    crate::plot::line_chart(&crate::plot::Chart::new(title, axes, (0.0, 105.0), (ymin, ymax), series).reference("98% of dense", vec![(0.0, 98.0), (105.0, 98.0)]))
 }

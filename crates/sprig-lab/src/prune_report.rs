@@ -40,7 +40,6 @@ pub fn read_run(dir: &Path) -> Result<RunPoint> {
 
 /// The SVG text of test accuracy (%) against encoder-linear sparsity (%).
 pub fn plot_svg(points: &[RunPoint], title: &str) -> Result<String> {
-    use plotters::prelude::*;
     let pruned: Vec<&RunPoint> = points.iter().filter(|p| p.series.is_some()).collect();
     if pruned.is_empty() {
         bail!("no `sprig prune` runs to plot (only dense fine-tunes were given)");
@@ -61,46 +60,20 @@ pub fn plot_svg(points: &[RunPoint], title: &str) -> Result<String> {
     let xs: Vec<f64> = pruned.iter().map(|p| 100.0 * p.sparsity).collect();
     let xmin = (xs.iter().cloned().fold(f64::INFINITY, f64::min) - 5.0).max(0.0).floor();
     let xmax = (xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max) + 5.0).min(100.0).ceil();
-    fn e<E: std::fmt::Display>(e: E) -> anyhow::Error {
-        anyhow::anyhow!("drawing the figure: {e}")
+    // One line of means per series, a dot per run, a grey line per task's dense mean.
+    let lines: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(label, by)| (label.to_string(), by.iter().map(|(s, a)| (*s as f64 / 10.0, a.iter().sum::<f64>() / a.len() as f64)).collect()))
+        .collect();
+    let dots: Vec<Vec<(f64, f64)>> = series.values().map(|by| by.iter().flat_map(|(s, a)| a.iter().map(move |a| (*s as f64 / 10.0, *a))).collect()).collect();
+    let mut chart = crate::plot::Chart::new(title, ("encoder-linear sparsity (%)", "test accuracy (%)"), (xmin, xmax), (ymin, ymax), &lines);
+    for (task, accs) in &dense {
+        let mean = accs.iter().sum::<f64>() / accs.len() as f64;
+        chart = chart.reference(format!("{task}: dense, {} seed(s), mean {mean:.2}", accs.len()), vec![(xmin, mean), (xmax, mean)]);
     }
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(xmin..xmax, ymin..ymax)
-            .map_err(e)?;
-        chart.configure_mesh().x_desc("encoder-linear sparsity (%)").y_desc("test accuracy (%)").draw().map_err(e)?;
-        for (i, (task, accs)) in dense.iter().enumerate() {
-            let mean = accs.iter().sum::<f64>() / accs.len() as f64;
-            let c = Palette99::pick(40 + i).to_rgba();
-            let dashes: Vec<f64> = (0..).map(|k| xmin + k as f64 * (xmax - xmin) / 60.0).take_while(|x| *x < xmax).collect();
-            chart
-                .draw_series(dashes.chunks(2).filter(|d| d.len() == 2).map(|d| PathElement::new(vec![(d[0], mean), (d[1], mean)], c.stroke_width(2))))
-                .map_err(e)?
-                .label(format!("{task}: dense, {} seed(s), mean {mean:.2}", accs.len()))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        }
-        for (i, (label, by_sparsity)) in series.iter().enumerate() {
-            let c = Palette99::pick(i).to_rgba();
-            let line: Vec<(f64, f64)> = by_sparsity.iter().map(|(s, a)| (*s as f64 / 10.0, a.iter().sum::<f64>() / a.len() as f64)).collect();
-            chart
-                .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
-                .map_err(e)?
-                .label(*label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            let dots = by_sparsity.iter().flat_map(|(s, a)| a.iter().map(move |a| (*s as f64 / 10.0, *a)));
-            chart.draw_series(dots.map(|p| Circle::new(p, 3, c.filled()))).map_err(e)?;
-        }
-        chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
-        root.present().map_err(e)?;
-    }
-    Ok(svg)
+    chart.dots = dots;
+    chart.legend_lower_left = true;
+    crate::plot::line_chart(&chart)
 }
 
 #[cfg(test)]
