@@ -262,15 +262,7 @@ impl PruneConfig {
     /// t₁ = round(end·T), at least t₀ + 1) of a model with `num_heads` attention heads.
     pub fn pruner(&self, total: usize, num_heads: usize) -> Result<PrunerConfig> {
         self.validate()?;
-        let schedule = match self.method {
-            PruneMethod::Oneshot | PruneMethod::Wanda => Schedule::OneShot { sparsity: self.sparsity, step: 0 },
-            _ => {
-                let t0 = (self.prune_start * total as f64).round() as usize;
-                let t1 = ((self.prune_end * total as f64).round() as usize).max(t0 + 1);
-                Schedule::Gradual { initial: 0.0, final_sparsity: self.sparsity, start: t0, end: t1, frequency: self.prune_every }
-            }
-        };
-        let mut c = PrunerConfig::new(self.method.criterion(), schedule).granularity(parse_granularity(&self.granularity, num_heads)?).allocation(self.allocation()?);
+        let mut c = PrunerConfig::new(self.method.criterion(), self.schedule(total)).granularity(parse_granularity(&self.granularity, num_heads)?).allocation(self.allocation()?);
         // λ of the Fisher: oBERT's 1e-7 for the block inverse; a tie-breaker for the diagonal.
         c.options.fisher_damp = if self.method == PruneMethod::Obert { 1e-7 } else { crate::masked::OBS_DAMP };
         c.options.seed = self.train.seed;
@@ -279,14 +271,24 @@ impl PruneConfig {
         Ok(c)
     }
 
-    /// The step after which the mask is final (evaluations from then on may be kept).
-    fn final_step(&self, total: usize) -> usize {
+    /// The schedule over a fine-tune of `total` steps: one shot at step 0, or the cubic one from
+    /// t₀ = round(start·T) to t₁ = round(end·T), at least t₀ + 1.
+    pub fn schedule(&self, total: usize) -> Schedule {
         match self.method {
-            PruneMethod::Oneshot | PruneMethod::Wanda => 0,
+            PruneMethod::Oneshot | PruneMethod::Wanda => Schedule::OneShot { sparsity: self.sparsity, step: 0 },
             _ => {
                 let t0 = (self.prune_start * total as f64).round() as usize;
-                ((self.prune_end * total as f64).round() as usize).max(t0 + 1)
+                let t1 = ((self.prune_end * total as f64).round() as usize).max(t0 + 1);
+                Schedule::Gradual { initial: 0.0, final_sparsity: self.sparsity, start: t0, end: t1, frequency: self.prune_every }
             }
+        }
+    }
+
+    /// The step after which the mask is final (evaluations from then on may be kept).
+    fn final_step(&self, total: usize) -> usize {
+        match self.schedule(total) {
+            Schedule::Gradual { end, .. } => end,
+            _ => 0,
         }
     }
 }

@@ -386,12 +386,7 @@ fn ticket<S: ImpSubject>(subject: &S, plan: &ImpPlan, cell: &Cell) -> Result<(Ce
         let bytes = safetensors::serialize(snap.iter().map(|(n, t)| (n.as_str(), t)), None)?;
         sprig_train::write_atomic(&rewind_file(cell.run.root(), seed), &bytes)?;
     }
-    let mut extra = serde_json::json!({ "round": r, "seed": seed, "sparsity": cell.target_sparsity, "metrics": t.metrics });
-    match subject.extra(cell)? {
-        serde_json::Value::Object(m) => extra.as_object_mut().expect("an object").extend(m),
-        serde_json::Value::Null => {}
-        other => bail!("the experiment's manifest extra must be an object, got {other}"),
-    }
+    let extra = manifest_extra(subject, cell, &t.metrics)?;
     let meta = CheckpointMeta { method: subject.method(), schedule: subject.schedule(), seed: Some(seed), parent_sha256: parent, extra };
     checkpoint::save(&dir, &t.tensors, &mask, &meta).with_context(|| format!("saving {}", dir.display()))?;
     // Read back, not kept from memory: JSON floats may not round-trip bit for bit, and a resumed run
@@ -399,6 +394,18 @@ fn ticket<S: ImpSubject>(subject: &S, plan: &ImpPlan, cell: &Cell) -> Result<(Ce
     let man = checkpoint::read_manifest(&dir).with_context(|| format!("reading back {}", dir.display()))?;
     tracing::info!(round = r, seed, sparsity = man.prunable_sparsity, "cell done");
     Ok((result_from_manifest(cell, &man)?, Some(mask)))
+}
+
+/// The `extra` of a checkpoint trained in `cell`: round, seed, sparsity, `metrics` and the
+/// experiment's own fields ([`ImpSubject::extra`]).
+pub fn manifest_extra<S: ImpSubject>(subject: &S, cell: &Cell, metrics: &S::Metrics) -> Result<serde_json::Value> {
+    let mut extra = serde_json::json!({ "round": cell.round, "seed": cell.seed, "sparsity": cell.target_sparsity, "metrics": metrics });
+    match subject.extra(cell)? {
+        serde_json::Value::Object(m) => extra.as_object_mut().expect("an object").extend(m),
+        serde_json::Value::Null => {}
+        other => bail!("the experiment's manifest extra must be an object, got {other}"),
+    }
+    Ok(extra)
 }
 
 /// Runs (or resumes) IMP in `run` for `plan`; writes `summary.json` after every cell and plots

@@ -60,8 +60,7 @@ fn rows_of(slices: &[u32], width: usize) -> Result<Tensor> {
 /// Removes the pruned neurons of the FFN under `prefix` (`encoder.layer.i.`); returns how many it keeps.
 fn narrow_ffn(t: &mut Tensors, prefix: &str, file: &Path) -> Result<usize> {
     let names = ["intermediate.dense.weight", "intermediate.dense.bias", "output.dense.weight", "output.dense.bias"].map(|n| format!("{prefix}{n}"));
-    let [w1, b1, w2, b2] = [0, 1, 2, 3].map(|i| get(t, &names[i], file));
-    let (w1, b1, w2, b2) = (w1?, b1?, w2?, b2?);
+    let (w1, b1, w2, b2) = (get(t, &names[0], file)?, get(t, &names[1], file)?, get(t, &names[2], file)?, get(t, &names[3], file)?);
     let (f, h) = w1.dims2()?;
     if w2.dims2()? != (h, f) {
         bail!("{} has shape {:?}, expected [{h}, {f}]", names[2], w2.dims());

@@ -118,7 +118,7 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
     .collect();
     let ckmeta = CheckpointMeta {
         method: format!("prune-{}", cfg.method.name()),
-        schedule: Some(serde_json::to_value(cfg.pruner(s.steps.max(1), base.config.uniform_heads().unwrap_or(base.config.num_attention_heads))?.schedule)?),
+        schedule: Some(serde_json::to_value(cfg.schedule(s.steps.max(1)))?),
         seed: Some(cfg.train.seed),
         parent_sha256: Some(file_sha256(&base.origin)?),
         extra: serde_json::json!({"task": data.task, "model": cfg.train.model, "classes": data.classes,

@@ -40,7 +40,7 @@ use sprig_prune::checkpoint::{self, CheckpointMeta, SparseCheckpoint};
 use sprig_prune::{Criterion, Inputs, Mask, MaskSet, Pruner, PrunerConfig, Rewind, RoundRate, Schedule};
 
 pub use crate::imp::Control;
-use crate::imp::{cell_dir, control_model_dir, run_imp, Cell, CellResult, ImpPlan, ImpSubject, Start, Trained};
+use crate::imp::{cell_dir, control_model_dir, manifest_extra, run_imp, Cell, CellResult, ImpPlan, ImpSubject, Start, Trained};
 use crate::run_dir::{without_fields, RunConfig, RunDir};
 use crate::ticket_summary::{plot_svg, summarize, TicketSummary};
 
@@ -190,10 +190,8 @@ impl Tickets<'_> {
         }
         let dir = control_model_dir(cell.run.root(), cell.round, cell.seed, c);
         let tensors: Vec<(String, Tensor)> = run.model.trainable_params().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-        let mut extra = serde_json::json!({ "round": cell.round, "seed": cell.seed, "sparsity": cell.target_sparsity, "control": c.name(), "metrics": run.metrics });
-        if let serde_json::Value::Object(m) = self.extra(cell)? {
-            extra.as_object_mut().expect("an object").extend(m);
-        }
+        let mut extra = manifest_extra(self, cell, &run.metrics)?;
+        extra["control"] = c.name().into();
         let meta = CheckpointMeta { method: format!("bert-tickets-control-{}", c.name()), schedule: None, seed: Some(cell.seed), parent_sha256: None, extra };
         checkpoint::save(&dir, &tensors, mask, &meta).with_context(|| format!("saving {}", dir.display()))?;
         Ok(())
