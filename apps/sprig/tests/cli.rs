@@ -132,6 +132,8 @@ fn blessings_commands_refuse_mismatched_tasks() {
     assert!(e.contains("--rounds"), "{e}");
     let e = run_err(sprig().args(["blessings-grid", "--variants", "imp,magic", "--out"]).arg(&out));
     assert!(e.contains("magic"), "{e}");
+    let e = run_err(sprig().args(["blessings-grid", "--model", "resnet", "--out"]).arg(&out));
+    assert!(e.contains("resnet") && e.contains("lenet5"), "{e}");
     assert!(!out.exists(), "a refused grid writes nothing");
     let e = run_err(sprig().args(["blessings", "--task", "fashion-mnist", "--ood", "trec6", "--models", "m", "--out"]).arg(dir.path().join("b")));
     assert!(e.contains("not an image task"), "{e}");

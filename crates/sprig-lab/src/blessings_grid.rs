@@ -1,10 +1,11 @@
 //! The comparison of Chen et al. 2022 ("Can You Win Everything with a Lottery Ticket?") on an
-//! image task with LeNet-300-100: at the sparsities of chosen IMP rounds, the IMP ticket
+//! image task with LeNet-300-100 or LeNet-5: at the sparsities of chosen IMP rounds, the IMP ticket
 //! (Frankle & Carbin 2019, rewound to init) against the dense net, one-shot magnitude pruning of
 //! the trained dense net then fine-tuning (Han et al. 2015), a random mask at the same per-layer
 //! sparsities, SNIP (Lee et al. 2019), GraSP (Wang et al. 2020) and SynFlow (Tanaka et al. 2020)
 //! at init, RigL (Evci et al.
-//! 2020), and a small dense MLP with as many weights as the ticket keeps. Every net is trained with
+//! 2020; on LeNet-5 its convs stay dense, its linears sparser, so that it keeps the ticket's
+//! weight count), and a small dense net of the same shape with as many weights as the ticket keeps. Every net is trained with
 //! one recipe; each is saved as a sparse checkpoint `OUT/models/<variant>[-<pct>]-s<seed>` and
 //! the lot is scored by [`crate::blessings_image`].
 //!
@@ -18,7 +19,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sprig_data::ImageDataset;
 use sprig_prune::checkpoint::{self, CheckpointMeta};
-use sprig_prune::{Criterion, Inputs, MaskSet, Pruner, Rewind, Selector};
+use sprig_prune::{Criterion, Inputs, Mask, MaskSet, Pruner, Rewind, Selector};
 use sprig_train::dst::{DstArch, DstConfig, DstOptimizer, DstTrainer, Method};
 use sprig_train::vision::{train, Arch, OptimChoice, TrainConfig, VisionModel};
 
@@ -35,6 +36,9 @@ pub const VARIANTS: &[&str] = &["imp", "oneshot-ft", "random", "snip", "grasp", 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct GridConfig {
     pub dataset: String,
+    /// LeNet-300-100 (the default, left out of the config file) or LeNet-5.
+    #[serde(default = "lenet300", skip_serializing_if = "is_lenet300")]
+    pub arch: Arch,
     /// IMP rounds whose sparsities are compared: hidden layers at 1 − (1 − rate)^r.
     pub rounds: Vec<usize>,
     pub rate: f64,
@@ -54,6 +58,14 @@ pub struct GridConfig {
     pub synflow_iterations: usize,
 }
 
+fn lenet300() -> Arch {
+    Arch::Lenet300
+}
+
+fn is_lenet300(a: &Arch) -> bool {
+    *a == Arch::Lenet300
+}
+
 impl RunConfig for GridConfig {
     fn validate(&self) -> Result<()> {
         if self.rounds.is_empty() || self.rounds.contains(&0) {
@@ -61,6 +73,9 @@ impl RunConfig for GridConfig {
         }
         if self.seeds.is_empty() {
             bail!("--seeds must be at least 1");
+        }
+        if !matches!(self.arch, Arch::Lenet300 | Arch::Lenet5) {
+            bail!("the grid trains LeNet-300-100 or LeNet-5, not {:?}", self.arch);
         }
         if let Some(v) = self.variants.iter().find(|v| !VARIANTS.contains(&v.as_str())) {
             bail!("unknown variant {v:?}: expected some of {VARIANTS:?}");
@@ -73,10 +88,10 @@ impl RunConfig for GridConfig {
 }
 
 impl GridConfig {
-    /// The IMP run behind the tickets (LeNet-300-100, rewound to init, no controls).
+    /// The IMP run behind the tickets (rewound to init, no controls).
     pub fn lottery(&self) -> LotteryConfig {
         LotteryConfig {
-            arch: Arch::Lenet300,
+            arch: self.arch,
             dataset: self.dataset.clone(),
             rounds: self.rounds.iter().copied().max().unwrap_or(0),
             rate: self.rate,
@@ -88,14 +103,6 @@ impl GridConfig {
             control_rounds: vec![],
         }
     }
-}
-
-/// Hidden widths `(h1, h2)` of the 784-h1-h2-10 MLP with LeNet-300-100's 3:1 ratio whose weight
-/// matrices hold about `kept` weights: 300f·in + 30000f² + 100f·classes = kept.
-pub fn small_dense_widths(kept: usize, inputs: usize, classes: usize) -> (usize, usize) {
-    let (a, b) = (30_000.0, 300.0 * inputs as f64 + 100.0 * classes as f64);
-    let f = (-b + (b * b + 4.0 * a * kept as f64).sqrt()) / (2.0 * a);
-    (((300.0 * f).round() as usize).max(1), ((100.0 * f).round() as usize).max(1))
 }
 
 fn save(dir: &Path, tensors: &[(String, Tensor)], masks: &MaskSet, variant: &str, seed: u64, dataset: &str, sparsity: f64) -> Result<()> {
@@ -116,7 +123,7 @@ fn fit(cfg: &GridConfig, data: &ImageDataset, model: &VisionModel, mask: &MaskSe
 fn variant(cfg: &GridConfig, data: &ImageDataset, name: &str, r: usize, seed: u64, imp: &Path, dev: &Device) -> Result<(Vec<(String, Tensor)>, MaskSet)> {
     let lot = cfg.lottery();
     let classes = data.classes.len();
-    let init = || VisionModel::new(Arch::Lenet300, data.height, data.width, classes, seed, dev);
+    let init = || VisionModel::new(cfg.arch, data.height, data.width, classes, seed, dev);
     let ticket = checkpoint::load(&cell_dir(imp, r, seed), dev)?;
     let target = ticket.masks.sparsity();
     let salt = 10 * r as u64 + VARIANTS.iter().position(|v| *v == name).unwrap_or(0) as u64;
@@ -151,7 +158,7 @@ fn variant(cfg: &GridConfig, data: &ImageDataset, name: &str, r: usize, seed: u6
         "snip" | "grasp" | "synflow" => {
             let model = init()?;
             let pai = PaiConfig {
-                arch: Arch::Lenet300,
+                arch: cfg.arch,
                 dataset: cfg.dataset.clone(),
                 methods: vec![],
                 sparsities: vec![],
@@ -175,10 +182,25 @@ fn variant(cfg: &GridConfig, data: &ImageDataset, name: &str, r: usize, seed: u6
                 OptimChoice::Adam { lr } => (lr, DstOptimizer::Adam),
                 OptimChoice::Sgd { lr, .. } => (lr, DstOptimizer::Sgd),
             };
+            // LeNet-5's convs stay dense under RigL here (`DstArch::Conv`): its linears are made
+            // sparser so that the net keeps as many weights as the ticket.
+            let shapes = cfg.arch.param_shapes(data.height, data.width, classes);
+            let convs: usize = shapes.iter().filter(|(n, s)| s.len() == 4 && n.ends_with(".weight")).map(|(_, s)| s.iter().product::<usize>()).sum();
+            let (arch, sparsity) = match cfg.arch {
+                Arch::Lenet300 => (DstArch::Lenet300, target),
+                _ => {
+                    let linears = cfg.arch.weight_count(data.height, data.width, classes) - convs;
+                    let kept = ticket.masks.count_kept();
+                    if kept <= convs {
+                        bail!("RigL keeps LeNet-5's {convs} conv weights dense, more than the ticket's {kept} weights");
+                    }
+                    (DstArch::Conv, 1.0 - (kept - convs) as f64 / linears as f64)
+                }
+            };
             let dc = DstConfig {
-                arch: DstArch::Lenet300,
+                arch,
                 method: Method::Rigl,
-                sparsity: target,
+                sparsity,
                 epochs: cfg.train.epochs,
                 batch_size: cfg.train.batch_size,
                 lr,
@@ -194,15 +216,22 @@ fn variant(cfg: &GridConfig, data: &ImageDataset, name: &str, r: usize, seed: u6
             t.train(&data.train, seed.wrapping_mul(1_000_003).wrapping_add(1_000 + salt))?;
             t.check_exact()?;
             let mut tensors = Vec::new();
+            let mut masks = t.model.masks();
+            for (i, (w, b)) in t.model.conv.iter().enumerate() {
+                let name = format!("conv{}.weight", i + 1);
+                masks.insert(name.clone(), Mask::ones(w.dims()));
+                tensors.push((name, w.as_tensor().copy()?));
+                tensors.push((format!("conv{}.bias", i + 1), b.as_tensor().copy()?));
+            }
             for fc in &t.model.fcs {
                 tensors.push((format!("{}.weight", fc.name), Tensor::from_vec(fc.dense_weight()?, (fc.n, fc.k), dev)?));
                 tensors.push((format!("{}.bias", fc.name), fc.bias.as_tensor().copy()?));
             }
-            Ok((tensors, t.model.masks()))
+            Ok((tensors, masks))
         }
         "small-dense" => {
-            let (h1, h2) = small_dense_widths(ticket.masks.count_kept(), data.height * data.width, classes);
-            let model = VisionModel::new(Arch::Mlp { hidden1: h1, hidden2: h2 }, data.height, data.width, classes, seed, dev)?;
+            let arch = cfg.arch.with_weight_count(ticket.masks.count_kept(), data.height, data.width, classes);
+            let model = VisionModel::new(arch, data.height, data.width, classes, seed, dev)?;
             let mask = MaskSet::ones_for(&Selector::weights().select(&model.params));
             trained(model, mask)
         }
@@ -304,14 +333,21 @@ mod tests {
 
     #[test]
     fn small_dense_matches_the_weight_count() {
-        let full = 784 * 300 + 300 * 100 + 100 * 10;
-        assert_eq!(small_dense_widths(full, 784, 10), (300, 100));
         assert_eq!((variant_of("imp-67"), variant_of("small-dense-89"), variant_of("dense"), variant_of("oneshot-ft")), ("imp", "small-dense", "dense", "oneshot-ft"));
-        for keep in [0.328, 0.107] {
-            let kept = (keep * full as f64) as usize;
-            let (h1, h2) = small_dense_widths(kept, 784, 10);
-            let n = 784 * h1 + h1 * h2 + h2 * 10;
-            assert!((n as f64 / kept as f64 - 1.0).abs() < 0.02, "{h1}x{h2}: {n} weights for {kept}");
+        for arch in [Arch::Lenet300, Arch::Lenet5] {
+            let full = arch.weight_count(28, 28, 10);
+            assert_eq!(arch.with_weight_count(full, 28, 28, 10).weight_count(28, 28, 10), full, "{arch:?}");
+            for keep in [0.328, 0.107] {
+                let kept = (keep * full as f64) as usize;
+                let small = arch.with_weight_count(kept, 28, 28, 10);
+                let n = small.weight_count(28, 28, 10);
+                assert!((n as f64 / kept as f64 - 1.0).abs() < 0.02, "{small:?}: {n} weights for {kept}");
+            }
+        }
+        // The widths of the published LeNet-300-100 grid (784-106-35-10 at 67.1%, 784-36-12-10 at 89.2%).
+        let full = Arch::Lenet300.weight_count(28, 28, 10);
+        for (keep, h) in [(0.329, (106, 35)), (0.108, (36, 12))] {
+            assert_eq!(Arch::Lenet300.with_weight_count((keep * full as f64) as usize, 28, 28, 10), Arch::Mlp { hidden1: h.0, hidden2: h.1 });
         }
     }
 }

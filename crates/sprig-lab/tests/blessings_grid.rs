@@ -6,11 +6,12 @@
 use candle_core::Device;
 use sprig_lab::blessings::{run as score, table, BlessingsConfig};
 use sprig_lab::blessings_grid::{metric_figures, run_grid, GridConfig, VARIANTS};
-use sprig_train::vision::{OptimChoice, TrainConfig};
+use sprig_train::vision::{Arch, OptimChoice, TrainConfig};
 
 fn config() -> GridConfig {
     GridConfig {
         dataset: "fashion-mnist".into(),
+        arch: Arch::Lenet300,
         rounds: vec![2],
         rate: 0.5,
         output_rate: 0.25,
@@ -26,13 +27,19 @@ fn config() -> GridConfig {
     }
 }
 
+/// Fashion-MNIST with its first `n` training images.
+fn fashion_mnist(n: usize) -> sprig_data::ImageDataset {
+    let mut data = sprig_data::load_image_task("fashion-mnist", &sprig_data::sprig_home(), 42).expect("run scripts/fetch-assets");
+    let hw = data.height * data.width;
+    data.train.images.truncate(n * hw);
+    data.train.labels.truncate(n);
+    data
+}
+
 #[test]
 fn the_grid_trains_every_variant_at_its_sparsity_and_the_report_reads_them() {
     let home = sprig_data::sprig_home();
-    let mut data = sprig_data::load_image_task("fashion-mnist", &home, 42).expect("run scripts/fetch-assets");
-    let hw = data.height * data.width;
-    data.train.images.truncate(6000 * hw);
-    data.train.labels.truncate(6000);
+    let data = fashion_mnist(6000);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("grid");
     let cfg = config();
@@ -108,4 +115,31 @@ fn the_grid_trains_every_variant_at_its_sparsity_and_the_report_reads_them() {
     assert!(e.contains("fashion-mnist") && e.contains("dense-s0"), "{e}");
     let e = format!("{:#}", score(&BlessingsConfig { ood: vec!["trec6".into()], ..cfg_b }, &home, |_| {}).unwrap_err());
     assert!(e.contains("not an image task"), "{e}");
+}
+
+/// LeNet-5 in the grid: the ticket prunes the convs too; RigL keeps its convs dense and reaches
+/// the ticket's weight count with sparser linears; the small dense net is a narrower LeNet-5.
+#[test]
+fn the_lenet5_grid_matches_the_tickets_weight_count() {
+    let data = fashion_mnist(3000);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("grid5");
+    let cfg = GridConfig { arch: Arch::Lenet5, variants: vec!["rigl".into(), "small-dense".into(), "snip".into()], ..config() };
+    let dirs = run_grid(&cfg, &data, &out, &Device::Cpu).unwrap();
+    let man = |d: &std::path::Path| sprig_prune::checkpoint::read_manifest(d).unwrap();
+    let imp = man(&out.join("imp").join("round-02").join("seed-0"));
+    let kept = |m: &sprig_prune::checkpoint::Manifest| m.prunable_numel as f64 * (1.0 - m.prunable_sparsity);
+    assert!((0.70..0.75).contains(&imp.prunable_sparsity), "ticket sparsity {}", imp.prunable_sparsity);
+    for d in &dirs[1..] {
+        let (m, name) = (man(d), d.file_name().unwrap().to_string_lossy().into_owned());
+        let loaded = sprig_prune::checkpoint::load(d, &Device::Cpu).unwrap();
+        let arch = Arch::of_tensors(&loaded.tensors).unwrap();
+        assert!((kept(&m) / kept(&imp) - 1.0).abs() < 0.03, "{name}: keeps {} weights, the ticket {}", kept(&m), kept(&imp));
+        let conv_kept = loaded.masks.get("conv2.weight").map(|k| k.count_kept());
+        match name.split('-').next().unwrap() {
+            "rigl" => assert_eq!((arch, conv_kept), (Arch::Lenet5, Some(16 * 6 * 25)), "{name}: dense convs"),
+            "small" => assert!(matches!(arch, Arch::Cnn { conv1, fc1, .. } if conv1 < 6 && fc1 < 120), "{name}: {arch:?}"),
+            _ => assert!(arch == Arch::Lenet5 && conv_kept.unwrap() < 16 * 6 * 25, "{name}: {arch:?}, conv2 keeps {conv_kept:?}"),
+        }
+    }
 }

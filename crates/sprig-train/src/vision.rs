@@ -24,7 +24,13 @@ pub enum Arch {
     /// LeNet-300-100's shape at other widths: input-`hidden1`-`hidden2`-classes, ReLU (the small
     /// dense net of a sparse one's parameter count).
     Mlp { hidden1: usize, hidden2: usize },
+    /// LeNet-5's shape at other widths: conv5x5(`conv1`)-pool-conv5x5(`conv2`)-pool-`fc1`-`fc2`-classes
+    /// (the small dense net of a sparse LeNet-5's parameter count).
+    Cnn { conv1: usize, conv2: usize, fc1: usize, fc2: usize },
 }
+
+/// LeNet-5's widths as [`Arch::Cnn`].
+const LENET5: Arch = Arch::Cnn { conv1: 6, conv2: 16, fc1: 120, fc2: 84 };
 
 impl std::str::FromStr for Arch {
     type Err = crate::TrainError;
@@ -51,29 +57,86 @@ impl Arch {
                 p("fc3.weight", &[classes, hidden2]),
                 p("fc3.bias", &[classes]),
             ],
-            Self::Lenet5 => {
+            Self::Lenet5 => LENET5.param_shapes(height, width, classes),
+            Self::Cnn { conv1, conv2, fc1, fc2 } => {
                 let (h, w) = ((height / 2 - 4) / 2, (width / 2 - 4) / 2);
                 vec![
-                    p("conv1.weight", &[6, 1, 5, 5]),
-                    p("conv1.bias", &[6]),
-                    p("conv2.weight", &[16, 6, 5, 5]),
-                    p("conv2.bias", &[16]),
-                    p("fc1.weight", &[120, 16 * h * w]),
-                    p("fc1.bias", &[120]),
-                    p("fc2.weight", &[84, 120]),
-                    p("fc2.bias", &[84]),
-                    p("fc3.weight", &[classes, 84]),
+                    p("conv1.weight", &[conv1, 1, 5, 5]),
+                    p("conv1.bias", &[conv1]),
+                    p("conv2.weight", &[conv2, conv1, 5, 5]),
+                    p("conv2.bias", &[conv2]),
+                    p("fc1.weight", &[fc1, conv2 * h * w]),
+                    p("fc1.bias", &[fc1]),
+                    p("fc2.weight", &[fc2, fc1]),
+                    p("fc2.bias", &[fc2]),
+                    p("fc3.weight", &[classes, fc2]),
                     p("fc3.bias", &[classes]),
                 ]
             }
         }
     }
-    /// The architecture of named weights: LeNet-5 when they hold `conv1.weight`, else the MLP of
-    /// their `fc1`/`fc2` widths (LeNet-300-100 at 300 and 100).
+
+    /// Number of weights (the parameters of two or more dimensions; biases not counted).
+    pub fn weight_count(&self, height: usize, width: usize, classes: usize) -> usize {
+        self.param_shapes(height, width, classes).iter().filter(|(_, s)| s.len() > 1).map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
+    /// The same shape with every hidden width (channels and units) scaled by `f`, rounded, at
+    /// least 1: LeNet-300-100 becomes an [`Arch::Mlp`], LeNet-5 an [`Arch::Cnn`].
+    pub fn scaled(&self, f: f64) -> Self {
+        let s = |w: usize| ((w as f64 * f).round() as usize).max(1);
+        match *self {
+            Self::Lenet300 => Self::Mlp { hidden1: s(300), hidden2: s(100) },
+            Self::Mlp { hidden1, hidden2 } => Self::Mlp { hidden1: s(hidden1), hidden2: s(hidden2) },
+            Self::Lenet5 => LENET5.scaled(f),
+            Self::Cnn { conv1, conv2, fc1, fc2 } => Self::Cnn { conv1: s(conv1), conv2: s(conv2), fc1: s(fc1), fc2: s(fc2) },
+        }
+    }
+
+    /// A dense net of this shape with every hidden width scaled by the one factor `f` at which
+    /// it would hold `kept` weights, widths then rounded (the small dense net of a sparse one's
+    /// parameter count). `f` solves the weight count as a polynomial in `f` (bisection).
+    pub fn with_weight_count(&self, kept: usize, height: usize, width: usize, classes: usize) -> Self {
+        let (inputs, spatial, c) = ((height * width) as f64, (((height / 2 - 4) / 2) * ((width / 2 - 4) / 2)) as f64, classes as f64);
+        let count = |f: f64| match *self {
+            Self::Lenet300 | Self::Mlp { .. } => {
+                let Self::Mlp { hidden1, hidden2 } = self.scaled(1.0) else { unreachable!() };
+                let (h1, h2) = (hidden1 as f64 * f, hidden2 as f64 * f);
+                inputs * h1 + h1 * h2 + h2 * c
+            }
+            Self::Lenet5 | Self::Cnn { .. } => {
+                let Self::Cnn { conv1, conv2, fc1, fc2 } = self.scaled(1.0) else { unreachable!() };
+                let (c1, c2, f1, f2) = (conv1 as f64 * f, conv2 as f64 * f, fc1 as f64 * f, fc2 as f64 * f);
+                25.0 * c1 + 25.0 * c1 * c2 + spatial * c2 * f1 + f1 * f2 + f2 * c
+            }
+        };
+        let (mut lo, mut hi) = (0.0f64, 1.0f64);
+        while count(hi) < kept as f64 {
+            hi *= 2.0;
+        }
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            if count(mid) < kept as f64 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        self.scaled(0.5 * (lo + hi))
+    }
+    /// The architecture of named weights: LeNet-5's shape when they hold `conv1.weight` (LeNet-5
+    /// itself at its own widths), else the MLP of their `fc1`/`fc2` widths (LeNet-300-100 at 300
+    /// and 100).
     pub fn of_tensors(tensors: &[(String, Tensor)]) -> Result<Self> {
         let dims = |n: &str| tensors.iter().find(|(m, _)| m == n).map(|(_, t)| t.dims().to_vec());
-        if dims("conv1.weight").is_some() {
-            return Ok(Self::Lenet5);
+        if let Some(c1) = dims("conv1.weight") {
+            return match (c1.as_slice(), dims("conv2.weight").as_deref(), dims("fc1.weight").as_deref(), dims("fc2.weight").as_deref()) {
+                (&[conv1, 1, 5, 5], Some(&[conv2, c, 5, 5]), Some(&[fc1, _]), Some(&[fc2, f])) if c == conv1 && f == fc1 => {
+                    let cnn = Self::Cnn { conv1, conv2, fc1, fc2 };
+                    Ok(if cnn == LENET5 { Self::Lenet5 } else { cnn })
+                }
+                _ => bail!("the weights hold conv1.weight but not LeNet-5's layers (conv1, conv2 of 5x5 kernels, fc1, fc2 of matching widths)"),
+            };
         }
         match (dims("fc1.weight").as_deref(), dims("fc2.weight").as_deref()) {
             (Some(&[300, _]), Some(&[100, 300])) => Ok(Self::Lenet300),
@@ -133,7 +196,7 @@ impl VisionModel {
                 let h = self.linear(&h, "fc2")?.relu()?;
                 self.linear(&h, "fc3")
             }
-            Arch::Lenet5 => {
+            Arch::Lenet5 | Arch::Cnn { .. } => {
                 let b = x.dim(0)?;
                 let x = x.reshape((b, 1, self.height, self.width))?;
                 let conv = |x: &Tensor, n: &str, pad| -> candle_core::Result<Tensor> {

@@ -8,7 +8,7 @@ use sprig_lab::blessings::{default_ood, reliability_svg, run as score, table, Bl
 use sprig_lab::blessings::ModelBlessings;
 use sprig_lab::blessings_grid::{metric_figures, run_grid, GridConfig, VARIANTS};
 use sprig_lab::run_dir::RunDir;
-use sprig_train::vision::{OptimChoice, TrainConfig};
+use sprig_train::vision::{Arch, OptimChoice, TrainConfig};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -115,9 +115,13 @@ fn report(cfg: &BlessingsConfig, out: &Path) -> Result<Vec<ModelBlessings>> {
 
 #[derive(clap::Args, Debug)]
 pub struct GridArgs {
-    /// fashion-mnist or mnist10k (LeNet-300-100).
+    /// fashion-mnist or mnist10k.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
+    /// The network, as in `sprig lottery`: lenet300 (LeNet-300-100) or lenet5 (LeNet-5; RigL
+    /// keeps its convs dense and its linears sparser, at the ticket's weight count).
+    #[arg(long = "model", default_value = "lenet300")]
+    pub arch: Arch,
     /// IMP rounds whose sparsities are compared (hidden layers at 1 - (1 - rate)^r: round 5 keeps
     /// 32.8% of them, Chen et al.'s CIFAR tickets).
     #[arg(long, value_delimiter = ',', default_value = "5,10")]
@@ -136,7 +140,7 @@ pub struct GridArgs {
     /// Batch size of every training.
     #[arg(long, default_value_t = 128)]
     pub train_batch_size: usize,
-    /// Adam learning rate (the LTH paper's for LeNet-300-100).
+    /// Adam learning rate (the LTH paper's for LeNet-300-100, used for LeNet-5 too).
     #[arg(long, default_value_t = 1.2e-3)]
     pub lr: f64,
     #[command(flatten)]
@@ -150,6 +154,7 @@ pub struct GridArgs {
 pub fn grid(a: GridArgs) -> Result<()> {
     let cfg = GridConfig {
         dataset: a.dataset.clone(),
+        arch: a.arch,
         rounds: a.rounds.clone(),
         rate: a.rate,
         output_rate: a.rate / 2.0,
