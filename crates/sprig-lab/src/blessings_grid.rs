@@ -184,11 +184,11 @@ fn variant(cfg: &GridConfig, data: &ImageDataset, name: &str, r: usize, seed: u6
             };
             // LeNet-5's convs stay dense under RigL here (`DstArch::Conv`): its linears are made
             // sparser so that the net keeps as many weights as the ticket.
-            let shapes = cfg.arch.param_shapes(data.height, data.width, classes);
-            let convs: usize = shapes.iter().filter(|(n, s)| s.len() == 4 && n.ends_with(".weight")).map(|(_, s)| s.iter().product::<usize>()).sum();
             let (arch, sparsity) = match cfg.arch {
                 Arch::Lenet300 => (DstArch::Lenet300, target),
                 _ => {
+                    let shapes = cfg.arch.param_shapes(data.height, data.width, classes);
+                    let convs: usize = shapes.iter().filter(|(_, s)| s.len() == 4).map(|(_, s)| s.iter().product::<usize>()).sum();
                     let linears = cfg.arch.weight_count(data.height, data.width, classes) - convs;
                     let kept = ticket.masks.count_kept();
                     if kept <= convs {
@@ -348,6 +348,10 @@ mod tests {
         let full = Arch::Lenet300.weight_count(28, 28, 10);
         for (keep, h) in [(0.329, (106, 35)), (0.108, (36, 12))] {
             assert_eq!(Arch::Lenet300.with_weight_count((keep * full as f64) as usize, 28, 28, 10), Arch::Mlp { hidden1: h.0, hidden2: h.1 });
+        }
+        // And of the LeNet-5 grid, at its tickets' weight counts.
+        for (kept, w) in [(20363, (3, 9, 69, 48)), (6803, (2, 5, 39, 27))] {
+            assert_eq!(Arch::Lenet5.with_weight_count(kept, 28, 28, 10), Arch::Cnn { conv1: w.0, conv2: w.1, fc1: w.2, fc2: w.3 });
         }
     }
 }

@@ -95,34 +95,16 @@ impl Arch {
 
     /// A dense net of this shape with every hidden width scaled by the one factor `f` at which
     /// it would hold `kept` weights, widths then rounded (the small dense net of a sparse one's
-    /// parameter count). `f` solves the weight count as a polynomial in `f` (bisection).
+    /// parameter count). Every weight matrix spans at most two hidden widths, so the count is a
+    /// quadratic `c0 + c1·f + c2·f²`, read off the shapes at the exact scales 1, 2 and 3.
     pub fn with_weight_count(&self, kept: usize, height: usize, width: usize, classes: usize) -> Self {
-        let (inputs, spatial, c) = ((height * width) as f64, (((height / 2 - 4) / 2) * ((width / 2 - 4) / 2)) as f64, classes as f64);
-        let count = |f: f64| match *self {
-            Self::Lenet300 | Self::Mlp { .. } => {
-                let Self::Mlp { hidden1, hidden2 } = self.scaled(1.0) else { unreachable!() };
-                let (h1, h2) = (hidden1 as f64 * f, hidden2 as f64 * f);
-                inputs * h1 + h1 * h2 + h2 * c
-            }
-            Self::Lenet5 | Self::Cnn { .. } => {
-                let Self::Cnn { conv1, conv2, fc1, fc2 } = self.scaled(1.0) else { unreachable!() };
-                let (c1, c2, f1, f2) = (conv1 as f64 * f, conv2 as f64 * f, fc1 as f64 * f, fc2 as f64 * f);
-                25.0 * c1 + 25.0 * c1 * c2 + spatial * c2 * f1 + f1 * f2 + f2 * c
-            }
-        };
-        let (mut lo, mut hi) = (0.0f64, 1.0f64);
-        while count(hi) < kept as f64 {
-            hi *= 2.0;
-        }
-        for _ in 0..100 {
-            let mid = 0.5 * (lo + hi);
-            if count(mid) < kept as f64 {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        self.scaled(0.5 * (lo + hi))
+        let n = |k: f64| self.scaled(k).weight_count(height, width, classes) as f64;
+        let (n1, n2, n3) = (n(1.0), n(2.0), n(3.0));
+        let c2 = (n3 - 2.0 * n2 + n1) / 2.0;
+        let c1 = n2 - n1 - 3.0 * c2;
+        let c0 = n1 - c1 - c2 - kept as f64;
+        let f = if c2 > 0.0 { (-c1 + (c1 * c1 - 4.0 * c2 * c0).sqrt()) / (2.0 * c2) } else { -c0 / c1 };
+        self.scaled(f)
     }
     /// The architecture of named weights: LeNet-5's shape when they hold `conv1.weight` (LeNet-5
     /// itself at its own widths), else the MLP of their `fc1`/`fc2` widths (LeNet-300-100 at 300
