@@ -64,7 +64,7 @@ fn check_all() -> Result<(), String> {
 #[test]
 fn fused_ops_agree_across_simd_paths() {
     let _turn = FORCE.lock().unwrap_or_else(|e| e.into_inner());
-    use sprig_kernels::nn::{attention, layer_norm, math, AttentionSpec};
+    use sprig_kernels::nn::{attention, layer_norm, math, softmax, AttentionSpec};
     let best = SimdLevel::detected();
     let mut r = rng(11);
     let (b, s, heads, hd) = (2usize, 37usize, 3usize, 32usize);
@@ -83,7 +83,7 @@ fn fused_ops_agree_across_simd_paths() {
         let mut gb = res.clone();
         math::gelu_backward_inplace(&x, &mut gb);
         let mut sm = x[..s].to_vec();
-        math::scaled_softmax_row(&mut sm, 0.3, &res[..s]);
+        softmax::scaled_softmax_row(&mut sm, 0.3, &res[..s]);
         let mut ln = vec![0f32; x.len()];
         layer_norm::forward(&x, Some(&res), &gamma, &beta, 1e-12, &mut ln);
         let mut ctx = vec![0f32; b * s * h];

@@ -9,7 +9,7 @@
 //! `dV = P'ᵀdC`, `dP = dropout(dC·Vᵀ)`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = s·dS·K`,
 //! `dK = s·dSᵀ·Q`.
 use super::dropout::DropoutSpec;
-use super::math::{scaled_softmax_row, softmax_backward_row};
+use super::softmax::{scale_row, scaled_softmax_row, softmax_backward_row, unnormalized_softmax_row};
 use super::small_gemm::{gemm, pack, Strided};
 use rayon::prelude::*;
 
@@ -74,17 +74,24 @@ struct Panels {
     b: Vec<f32>,
     p: Vec<f32>,
     d: Vec<f32>,
+    /// Row `1 / Σ` of unnormalized probabilities (inference).
+    inv: Vec<f32>,
 }
 
-/// Softmax probabilities of task `(b, h)` into `p [S, S]`; `panel` is scratch.
-fn probs_into(qkv: &[f32], a: &AttentionSpec, b: usize, h: usize, p: &mut [f32], panel: &mut Vec<f32>) {
+/// Softmax probabilities of task `(b, h)` into `p [S, S]`; `panel` is scratch. With `inv_sums`,
+/// the rows are left unnormalized (`exp(s − max)`) and `inv_sums[r]` holds row `r`'s `1 / Σ`.
+fn probs_into(qkv: &[f32], a: &AttentionSpec, b: usize, h: usize, p: &mut [f32], panel: &mut Vec<f32>, inv_sums: Option<&mut Vec<f32>>) {
     let (s, d) = (a.seq, a.head_dim);
     pack(view(qkv, a, b, h, 1, true), d, s, panel);
     // SAFETY: p is [S, S], row stride S; the views cover S x d.
     unsafe { gemm(s, s, d, 1.0, view(qkv, a, b, h, 0, false), panel, p.as_mut_ptr(), s, false) };
     let bias = &a.key_bias[b * s..(b + 1) * s];
-    for row in p.chunks_mut(s) {
-        scaled_softmax_row(row, a.scale, bias);
+    match inv_sums {
+        Some(inv) => {
+            inv.clear();
+            inv.extend(p.chunks_mut(s).map(|row| unnormalized_softmax_row(row, a.scale, bias)));
+        }
+        None => p.chunks_mut(s).for_each(|row| scaled_softmax_row(row, a.scale, bias)),
     }
 }
 
@@ -95,10 +102,13 @@ pub fn forward(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32], probs: Option<&m
     assert_eq!(qkv.len(), a.batch * s * 3 * hid, "attention: qkv length");
     assert_eq!(ctx.len(), a.batch * s * hid, "attention: ctx length");
     let out = SendPtr(ctx.as_mut_ptr());
+    let keep = probs.is_some();
     let task = |t: usize, p: &mut [f32], w: &mut Panels| {
         let (b, h) = (t / a.heads, t % a.heads);
         prefetch_task(qkv, a, t + 1);
-        probs_into(qkv, a, b, h, p, &mut w.b);
+        // Probabilities not kept for a backward stay unnormalized: each context row is scaled
+        // by its 1/Σ after the product (d multiplies per row instead of S; dropout is linear).
+        probs_into(qkv, a, b, h, p, &mut w.b, (!keep).then_some(&mut w.inv));
         let pd: &[f32] = match &a.dropout {
             Some(dr) => {
                 w.d.resize(s * s, 0.0);
@@ -113,7 +123,15 @@ pub fn forward(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32], probs: Option<&m
         #[allow(clippy::redundant_locals)]
         let out = out;
         // SAFETY: task t writes only rows of batch b, columns h·d..(h+1)·d of ctx (row stride H).
-        unsafe { gemm(s, d, s, 1.0, Strided { data: pd, rs: s, cs: 1 }, &w.b, out.0.add(b * s * hid + h * d), hid, false) };
+        unsafe {
+            let o = out.0.add(b * s * hid + h * d);
+            gemm(s, d, s, 1.0, Strided { data: pd, rs: s, cs: 1 }, &w.b, o, hid, false);
+            if !keep {
+                for (r, &inv) in w.inv.iter().enumerate() {
+                    scale_row(std::slice::from_raw_parts_mut(o.add(r * hid), d), inv);
+                }
+            }
+        }
     };
     match probs {
         Some(pr) => {
@@ -148,7 +166,7 @@ pub fn backward(qkv: &[f32], a: &AttentionSpec, probs: Option<&[f32]>, dctx: &[f
             Some(pr) => &pr[t * s * s..(t + 1) * s * s],
             None => {
                 own.resize(s * s, 0.0);
-                probs_into(qkv, a, b, h, &mut own, &mut w.b);
+                probs_into(qkv, a, b, h, &mut own, &mut w.b, None);
                 &own
             }
         };

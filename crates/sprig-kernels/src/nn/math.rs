@@ -4,17 +4,17 @@
 /// Compile a slice function three times, with AVX-512, with AVX2+FMA and without, and pick at
 /// run time ([`crate::simd`]).
 macro_rules! simd_dispatch {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
                 match crate::simd() {
                     // SAFETY: the CPU supports AVX-512 F/VL, AVX2 and FMA (detected at run time).
                     crate::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
@@ -218,36 +218,6 @@ pub fn max8(v: &[f32]) -> f32 {
     acc.iter().chain(it.remainder()).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
-simd_dispatch! {
-    /// In place softmax of one row, with `v[i] = scale·v[i] + bias[i]` applied first.
-    pub fn scaled_softmax_row(v: &mut [f32], scale: f32, bias: &[f32]) {
-        for (v, &b) in v.iter_mut().zip(bias) {
-            *v = v.mul_add(scale, b);
-        }
-        let max = max8(v);
-        for v in v.iter_mut() {
-            *v = exp(*v - max);
-        }
-        let inv = 1.0 / sum8(v);
-        for v in v.iter_mut() {
-            *v *= inv;
-        }
-    }
-}
-
-simd_dispatch! {
-    /// Backward through a softmax row in place: `g ← p ⊙ (g − ⟨g, p⟩)` (`g` = d loss / d p on
-    /// entry, d loss / d logits on exit).
-    pub fn softmax_backward_row(g: &mut [f32], p: &[f32]) {
-        let dot = dot8(g, p);
-        for (g, &p) in g.iter_mut().zip(p) {
-            // Subnormal results are flushed to 0 (they would slow every later product; see `exp`).
-            let r = p * (*g - dot);
-            *g = if r.abs() < f32::MIN_POSITIVE { 0.0 } else { r };
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,19 +232,6 @@ mod tests {
             assert!((dot8(&a, &b) - d).abs() < 1e-4 * (1.0 + d.abs()), "dot n={n}");
             assert_eq!(max8(&a), a.iter().copied().fold(f32::NEG_INFINITY, f32::max), "max n={n}");
         }
-    }
-
-    /// A padded key (bias -1e4) gets probability exactly 0 and no softmax gradient is subnormal.
-    #[test]
-    fn softmax_of_padded_keys_is_exactly_zero_and_never_subnormal() {
-        let mut row = vec![0.5f32, -1.0, 2.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.3];
-        let bias = [0.0, 0.0, 0.0, 0.0, -1e4, -1e4, -1e4, -1e4, 0.0];
-        scaled_softmax_row(&mut row, 0.125, &bias);
-        assert!(row[4..8].iter().all(|&p| p == 0.0), "{row:?}");
-        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        let mut g: Vec<f32> = (0..9).map(|i| 1e-30 * i as f32).collect();
-        softmax_backward_row(&mut g, &row);
-        assert!(g.iter().all(|x| *x == 0.0 || x.abs() >= f32::MIN_POSITIVE), "{g:?}");
     }
 
     #[test]
@@ -330,22 +287,6 @@ mod tests {
                 sum += term;
             }
             s * (1.0 - (-x * x).exp() / (x * std::f64::consts::PI.sqrt()) * sum)
-        }
-    }
-
-    #[test]
-    fn softmax_row_sums_to_one() {
-        let mut v: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
-        let bias: Vec<f32> = (0..37).map(|i| if i % 5 == 0 { -1e4 } else { 0.0 }).collect();
-        let orig = v.clone();
-        scaled_softmax_row(&mut v, 0.5, &bias);
-        let s: f32 = v.iter().sum();
-        assert!((s - 1.0).abs() < 1e-6);
-        let m = orig.iter().zip(&bias).map(|(a, b)| a * 0.5 + b).fold(f32::MIN, f32::max);
-        let z: f64 = orig.iter().zip(&bias).map(|(a, b)| ((a * 0.5 + b - m) as f64).exp()).sum();
-        for i in 0..37 {
-            let want = ((orig[i] * 0.5 + bias[i] - m) as f64).exp() / z;
-            assert!((v[i] as f64 - want).abs() < 1e-6);
         }
     }
 }

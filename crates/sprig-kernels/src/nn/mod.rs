@@ -11,6 +11,7 @@ pub mod dropout;
 pub mod layer_norm;
 pub mod math;
 pub mod small_gemm;
+pub mod softmax;
 #[cfg(feature = "candle")]
 pub mod ops;
 #[cfg(feature = "candle")]
