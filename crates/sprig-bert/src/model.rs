@@ -451,7 +451,7 @@ impl BertEncoder {
             key_bias: key_bias.to_vec(),
             dropout: l.attn_dropout.spec(train),
         };
-        let ctx = ops::attention(&qkv, spec)?;
+        let ctx = if l.int8.is_some() { ops::attention_int8(&qkv, spec)? } else { ops::attention(&qkv, spec)? };
         let a = match &l.int8 {
             Some(q) => q.attn_out.forward(&ctx, Act::Identity)?,
             None => l.attn_out.forward_fused(&ctx, Act::Identity, l.hidden_dropout.spec(train), detach)?,

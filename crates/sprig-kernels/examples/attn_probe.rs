@@ -27,6 +27,20 @@ fn main() {
             attention::forward(&qkv, &spec, &mut ctx, None);
             inf.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        if drop.is_none() {
+            let mut q8 = Vec::new();
+            let mut ctx8 = vec![0f32; ctx.len()];
+            for _ in 0..7 {
+                let t = Instant::now();
+                sprig_kernels::quant::attention::forward(&qkv, &spec, &mut ctx8);
+                q8.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            q8.sort_by(f64::total_cmp);
+            attention::forward(&qkv, &spec, &mut ctx, None);
+            let err = ctx.iter().zip(&ctx8).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let mag = ctx.iter().map(|a| a.abs()).fold(0f32, f32::max);
+            println!("int8 inference forward ({}): {:.2} ms, max |int8 - f32| {err:.2e} (max |ctx| {mag:.2})", sprig_kernels::quant::attention::attention_path(&spec), q8[3]);
+        }
         inf.sort_by(f64::total_cmp);
         fw.sort_by(f64::total_cmp);
         bw.sort_by(f64::total_cmp);

@@ -166,3 +166,37 @@ fn int8_errors_name_the_value() {
     q.forward(&[f32::NAN, 1.0], 1, None, false, &mut y).unwrap();
     assert!(y.iter().all(|v| v.is_nan()));
 }
+
+/// The int8 attention: on a VNNI CPU, against its scalar emulation (the same quantization and
+/// rounding: integer sums exact, so only the last float roundings may differ) and against the
+/// f32 attention within the quantization error; odd lengths, padded keys, head widths 16-64.
+#[test]
+fn int8_attention_matches_its_emulation_and_the_f32_attention() {
+    use sprig_kernels::nn::{attention, AttentionSpec};
+    use sprig_kernels::quant::attention as int8;
+    let _turn = FORCE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = ChaCha8Rng::seed_from_u64(21);
+    for (b, s, heads, d) in [(2usize, 37usize, 2usize, 32usize), (1, 128, 3, 16), (2, 20, 1, 64), (1, 1, 1, 32)] {
+        let hid = heads * d;
+        let qkv: Vec<f32> = (0..b * s * 3 * hid).map(|_| r.random_range(-2.0f32..2.0)).collect();
+        let key_bias: Vec<f32> = (0..b * s).map(|i| if i % s >= s - (i / s) * 3 && i % s > 0 { -1e4 } else { 0.0 }).collect();
+        let a = AttentionSpec { batch: b, seq: s, heads, head_dim: d, scale: 1.0 / (d as f32).sqrt(), key_bias, dropout: None };
+        let (mut got, mut want, mut f32_ctx) = (vec![f32::NAN; b * s * hid], vec![0f32; b * s * hid], vec![0f32; b * s * hid]);
+        int8::forward(&qkv, &a, &mut got);
+        attention::forward(&qkv, &a, &mut f32_ctx, None);
+        let err = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        if int8::attention_path(&a) == "int8-vnni" {
+            int8::reference(&qkv, &a, &mut want);
+            assert!(err(&got, &want) < 1e-5, "{b}x{s}x{heads}x{d}: VNNI vs emulation {}", err(&got, &want));
+            // V in [-2, 2]: one code step is 2/127; the probabilities' 1/255 steps add less.
+            let e = err(&got, &f32_ctx);
+            assert!(e < 0.06, "{b}x{s}x{heads}x{d}: int8 vs f32 attention {e}");
+            assert!(e > 0.0, "the int8 path ran");
+        } else {
+            assert!(got == f32_ctx, "without VNNI the f32 attention runs");
+        }
+    }
+    let mut a = AttentionSpec { batch: 1, seq: 4, heads: 1, head_dim: 32, scale: 0.2, key_bias: vec![0.0; 4], dropout: None };
+    a.dropout = Some(sprig_kernels::nn::DropoutSpec { p: 0.1, seed: 1 });
+    assert_eq!(int8::attention_path(&a), "f32", "dropout runs the f32 attention");
+}

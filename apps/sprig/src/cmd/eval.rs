@@ -82,7 +82,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut model = ckpt.classifier(seed, &device)?;
     let int8 = if a.int8 { Some(model.encoder.quantize_int8()?) } else { None };
     if let Some(s) = &int8 {
-        tracing::info!("int8 ({}): {} linears, {} of {} f32 non-zeros stay non-zero", s.path, s.linears, s.nonzero_int8, s.nonzero_f32);
+        tracing::info!("int8 ({}, attention {}): {} linears, {} of {} f32 non-zeros stay non-zero", s.path, s.attention, s.linears, s.nonzero_int8, s.nonzero_f32);
     }
     let examples = match a.split.as_str() {
         "test" => &data.test,

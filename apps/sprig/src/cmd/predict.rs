@@ -147,8 +147,9 @@ pub fn int8_model(l: &Loaded) -> Result<BertClassifier> {
         tracing::warn!("int8 runs the {} path here (no AVX-512 VNNI): measured slower than the f32 sparse kernels on such CPUs (docs/results/int8.md); leave out --int8 for speed", s.path);
     }
     tracing::info!(
-        "int8 ({}): {} linears, {} of {} non-zero weights stay non-zero, {:.1} MB against {:.1} MB of f32 dense",
+        "int8 ({}, attention {}): {} linears, {} of {} non-zero weights stay non-zero, {:.1} MB against {:.1} MB of f32 dense",
         s.path,
+        s.attention,
         s.linears,
         s.nonzero_int8,
         s.nonzero_f32,

@@ -38,6 +38,9 @@ pub(super) struct Int8Layer {
 #[derive(Clone, Debug, Serialize)]
 pub struct Int8Summary {
     pub path: &'static str,
+    /// The attention's products: `"int8-vnni"`, or `"f32"` without VNNI or for head widths
+    /// that are not a multiple of 16.
+    pub attention: &'static str,
     pub linears: usize,
     /// Non-zero weights before and after rounding to int8 (weights below half a step become 0).
     pub nonzero_f32: usize,
@@ -86,7 +89,8 @@ impl BertEncoder {
         if self.ops() != Ops::Fused {
             return Err(BertError::Invalid(format!("int8 needs the fused ops (erf GELU); this model's activation is {:?}", self.activation)));
         }
-        let mut s = Int8Summary { path: sprig_kernels::int8_path(), linears: 0, nonzero_f32: 0, nonzero_int8: 0, weights: 0, bytes_int8: 0, bytes_f32_dense: 0 };
+        let attention = sprig_kernels::quant::attention::path_for(self.config.head_dim());
+        let mut s = Int8Summary { path: sprig_kernels::int8_path(), attention, linears: 0, nonzero_f32: 0, nonzero_int8: 0, weights: 0, bytes_int8: 0, bytes_f32_dense: 0 };
         let mut out = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             let qkv = quantize(&[&l.query, &l.key, &l.value], &mut s)?;

@@ -55,7 +55,7 @@ fn view<'a>(qkv: &'a [f32], a: &AttentionSpec, b: usize, h: usize, part: usize, 
 /// Asks for the Q, K and V rows of task `t`, the task a thread most likely runs next (rayon
 /// hands each thread a contiguous range of tasks). Its 3·S rows of `d` floats lie 3H floats
 /// apart (a new page every row at H = 384), which the hardware prefetcher does not follow.
-fn prefetch_task(qkv: &[f32], a: &AttentionSpec, t: usize) {
+pub(crate) fn prefetch_task(qkv: &[f32], a: &AttentionSpec, t: usize) {
     if t >= a.batch * a.heads {
         return;
     }

@@ -334,6 +334,8 @@ pub fn sparse_linear(x: &Tensor, values: &Tensor, pattern: &Arc<dyn SparseMatrix
 struct AttentionOp {
     spec: AttentionSpec,
     keep: bool,
+    /// Inference in int8 ([`crate::quant::attention`]); no backward.
+    int8: bool,
     probs: Mutex<Option<Vec<f32>>>,
 }
 
@@ -350,7 +352,9 @@ impl CustomOp1 for AttentionOp {
         let qkv = slice(s, l, "qkv")?;
         let _t = timer(3, 0);
         let mut ctx = output_buffer(a.batch * a.seq * a.hidden());
-        if self.keep {
+        if self.int8 {
+            crate::quant::attention::forward(qkv, a, &mut ctx);
+        } else if self.keep {
             let mut p = output_buffer(a.probs_len());
             attention::forward(qkv, a, &mut ctx, Some(&mut p));
             *self.probs.lock().expect("attention cache") = Some(p);
@@ -360,6 +364,9 @@ impl CustomOp1 for AttentionOp {
         Ok((CpuStorage::F32(ctx), Shape::from((a.batch, a.seq, a.hidden()))))
     }
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if self.int8 {
+            candle_core::bail!("attention: the int8 attention is for inference only (no backward)");
+        }
         let _t = timer(3, 1);
         let probs = self.probs.lock().expect("attention cache").take();
         let mut dqkv = output_buffer(qkv.elem_count());
@@ -379,8 +386,21 @@ pub fn attention(qkv: &Tensor, spec: AttentionSpec) -> Result<Tensor> {
         candle_core::bail!("attention: key bias has {} entries, expected {}", spec.key_bias.len(), spec.batch * spec.seq);
     }
     let keep = qkv.track_op();
-    let op = AttentionOp { spec, keep, probs: Mutex::new(None) };
+    let op = AttentionOp { spec, keep, int8: false, probs: Mutex::new(None) };
     qkv.contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))
+}
+
+/// [`attention`] for inference with int8 products where the CPU has AVX-512 VNNI
+/// ([`crate::quant::attention`]; f32 elsewhere). Refuses dropout; has no backward.
+pub fn attention_int8(qkv: &Tensor, spec: AttentionSpec) -> Result<Tensor> {
+    if spec.key_bias.len() != spec.batch * spec.seq {
+        candle_core::bail!("attention: key bias has {} entries, expected {}", spec.key_bias.len(), spec.batch * spec.seq);
+    }
+    if spec.dropout.is_some() {
+        candle_core::bail!("attention: the int8 attention is for inference only (dropout given)");
+    }
+    let op = AttentionOp { spec, keep: false, int8: true, probs: Mutex::new(None) };
+    qkv.detach().contiguous()?.apply_op1_arc(Arc::new(Box::new(op)))
 }
 
 struct AddLayerNormOp {

@@ -97,6 +97,50 @@ mod avx512 {
         (unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(fill), m, p.add(i)) }, m)
     }
 
+    /// Vectors of a row kept in registers by [`exp_row_short`].
+    const SHORT: usize = 8;
+
+    /// [`exp_row`] for rows of at most 128: the row is loaded once and stays in registers, so
+    /// the eight `exp` chains run side by side and nothing is stored between the passes (the
+    /// two-pass loop was bound by the latency of four chains and the reductions between them).
+    ///
+    /// # Safety
+    /// As [`exp_row`], and `v.len() <= 128`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp_row_short(v: &mut [f32], scale: f32, bias: &[f32]) -> f32 {
+        let n = v.len();
+        let (vp, bp) = (v.as_mut_ptr(), bias.as_ptr());
+        let (sc, ninf) = (_mm512_set1_ps(scale), _mm512_set1_ps(f32::NEG_INFINITY));
+        let mut x = [ninf; SHORT];
+        let mut masks = [0 as __mmask16; SHORT];
+        // SAFETY (whole body): lanes outside `v[..n]` / `bias[..n]` are masked off.
+        unsafe {
+            for (i, (xi, mi)) in x.iter_mut().zip(masks.iter_mut()).enumerate() {
+                if 16 * i < n {
+                    let (a, m) = load(vp, 16 * i, n, 0.0);
+                    let (b, _) = load(bp, 16 * i, n, 0.0);
+                    *xi = _mm512_mask_mov_ps(ninf, m, _mm512_fmadd_ps(a, sc, b));
+                    *mi = m;
+                }
+            }
+            // A NaN score is ignored by the maximum (as by `max8`): max_ps returns its second
+            // operand when either is NaN.
+            let m4: [__m512; 4] = std::array::from_fn(|i| _mm512_max_ps(x[i + 4], x[i]));
+            let m2 = [_mm512_max_ps(m4[2], m4[0]), _mm512_max_ps(m4[3], m4[1])];
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(m2[1], m2[0])));
+            // Lanes past the row hold -inf: exp gives 0 there.
+            let e: [__m512; SHORT] = std::array::from_fn(|i| exp16(_mm512_sub_ps(x[i], max)));
+            for (i, (ei, mi)) in e.iter().zip(masks).enumerate() {
+                if mi != 0 {
+                    _mm512_mask_storeu_ps(vp.add(16 * i), mi, *ei);
+                }
+            }
+            let s4: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(e[i], e[i + 4]));
+            let s = _mm512_add_ps(_mm512_add_ps(s4[0], s4[2]), _mm512_add_ps(s4[1], s4[3]));
+            1.0 / _mm512_reduce_add_ps(s)
+        }
+    }
+
     /// See [`super::unnormalized_softmax_row`].
     ///
     /// # Safety
@@ -104,6 +148,10 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn exp_row(v: &mut [f32], scale: f32, bias: &[f32]) -> f32 {
         let n = v.len();
+        if n <= 16 * SHORT {
+            // SAFETY: as here.
+            return unsafe { exp_row_short(v, scale, bias) };
+        }
         let (vp, bp) = (v.as_mut_ptr(), bias.as_ptr());
         let sc = _mm512_set1_ps(scale);
         // SAFETY (whole body): every access is inside `v[..n]` / `bias[..n]`, masked at the tail.

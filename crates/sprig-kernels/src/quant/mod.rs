@@ -18,6 +18,7 @@ use crate::error::{check_len, KernelError, Result};
 use crate::kernels::SimdLevel;
 use rayon::prelude::*;
 
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod portable;
