@@ -11,7 +11,9 @@ in length-grouped batches of --batch (sprig's "sortish" order: shuffle, sort chu
 batches by length, shuffle the batches) with dynamic padding.
 
 Timed: the training loop alone (batch tensors, forward, loss, backward, clipping, optimizer), as
-sprig's `train_seconds` is; tokenization and model loading are not. Prints one JSON object.
+sprig's `train_seconds` is; tokenization and model loading are not. After the epoch, untimed, the
+accuracy on the held-out 20% (the examples not in the training split; --max-eval caps them).
+Prints one JSON object.
 
 Usage (in the venv made by scripts/torch-venv):
   python benches/bench-epoch-torch.py --model-dir DIR --data FILE --threads 2 [--max-train N]
@@ -32,6 +34,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--max-train", type=int, default=0, help="cap on training examples (0 = the whole 80%% split)")
+    ap.add_argument("--max-eval", type=int, default=0, help="cap on held-out examples evaluated after the epoch (0 = all)")
     ap.add_argument("--seed", type=int, default=42)
     a = ap.parse_args()
     if a.threads < 1 or a.batch < 1:
@@ -57,6 +60,9 @@ def main():
         sys.exit(f"{a.data}: no examples")
     rng.shuffle(ex)
     train = ex[: int(0.8 * len(ex))]
+    held = ex[int(0.8 * len(ex)) :]
+    if a.max_eval:
+        held = held[: a.max_eval]
     if a.max_train:
         train = train[: a.max_train]
     tok = AutoTokenizer.from_pretrained(a.model_dir)
@@ -106,8 +112,19 @@ def main():
         sched.step()
         loss_sum += loss.item()
     secs = time.perf_counter() - t0
+    bert.eval()
+    right = 0
+    with torch.no_grad():
+        for i in range(0, len(held), 128):
+            part = held[i : i + 128]
+            t = tok([x for x, _ in part], truncation=True, max_length=a.max_len, padding=True, return_tensors="pt")
+            h = bert(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
+            m = t["attention_mask"].unsqueeze(-1).to(h.dtype)
+            pred = head((h * m).sum(1) / m.sum(1).clamp(min=1e-9)).argmax(-1)
+            right += sum(int(p == y) for p, (_, y) in zip(pred.tolist(), part))
     print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": a.threads, "examples": len(enc),
-                      "steps": total, "train_seconds": secs, "mean_loss": loss_sum / total}))
+                      "steps": total, "train_seconds": secs, "mean_loss": loss_sum / total,
+                      "heldout_examples": len(held), "heldout_accuracy": right / max(1, len(held))}))
 
 
 if __name__ == "__main__":
