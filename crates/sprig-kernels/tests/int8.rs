@@ -200,3 +200,19 @@ fn int8_attention_matches_its_emulation_and_the_f32_attention() {
     a.dropout = Some(sprig_kernels::nn::DropoutSpec { p: 0.1, seed: 1 });
     assert_eq!(int8::attention_path(&a), "f32", "dropout runs the f32 attention");
 }
+
+/// The int8 attention's `2^u`: within 6e-5 of the exact value on [-125, 0], exactly 0 below (never
+/// subnormal), NaN kept.
+#[test]
+fn int8_attention_exp2_is_close_and_never_subnormal() {
+    use sprig_kernels::quant::attention::exp2;
+    let mut worst = 0f64;
+    for i in 0..124_999 {
+        let u = -(i as f32) * 1e-3;
+        let (got, want) = (exp2(u) as f64, (u as f64).exp2());
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst < 6e-5, "worst relative error {worst}");
+    assert!(exp2(-125.5) == 0.0 && exp2(-1e4) == 0.0 && exp2(-125.0) >= f32::MIN_POSITIVE);
+    assert!(exp2(f32::NAN).is_nan());
+}

@@ -6,7 +6,10 @@
 //!   Q is stored `+128` as u8, `vpdpbusd`'s unsigned operand, and each score corrected by
 //!   `128·Σ_c k_jc`, as in the int8 linears ([`super`]);
 //! - the probabilities are kept unnormalized, `exp(s − max) ∈ [0, 1]`, as u8 with the fixed scale
-//!   1/255 (no per-row scale), and each context row is divided by its f32 sum at the end;
+//!   1/255 (no per-row scale), and each context row is divided by its f32 sum at the end; `exp` is
+//!   `2^u` with a degree-4 polynomial for `2^f`, `|f| ≤ 1/2` (relative error below 6e-5, a
+//!   thirtieth of half a code step; [`exp2`]), about half the operations of the f32 softmax's `exp`,
+//!   and the codes are written in the same pass;
 //! - V per channel (`s_v = max_j |V_jc|/127`).
 //!
 //! So `S_ij = s_q,i·s_k,j·(Σ_c (q_ic+128)·k_jc − 128·Σ_c k_jc)` and
@@ -15,7 +18,6 @@
 //! width is not a multiple of 16 or dropout is on; [`reference`] computes the same quantized
 //! function in scalar code, for tests.
 use crate::nn::attention::{self, AttentionSpec};
-use crate::nn::softmax::unnormalized_softmax_row;
 use rayon::prelude::*;
 
 /// Which attention [`forward`] runs for `a`: `"int8-vnni"` or `"f32"`.
@@ -65,6 +67,38 @@ fn quantize(x: impl Iterator<Item = f32> + Clone) -> (Vec<i32>, f32) {
     (x.map(|v| (v * inv).round_ties_even() as i32).collect(), amax / 127.0)
 }
 
+/// Taylor coefficients of `2^f = e^(f·ln 2)`, highest first (degree 4).
+#[allow(clippy::excessive_precision)]
+const EXP2: [f32; 5] = [9.618_129e-3, 5.550_411e-2, 2.402_265e-1, 6.931_472e-1, 1.0];
+
+/// `2^u` for `u ≤ 0` (0 below -125, so never subnormal), in the operations the AVX-512 path
+/// repeats lane by lane: `n = round(u)`, `f = u − n`, `2^n·p(f)`.
+#[inline]
+pub fn exp2(u: f32) -> f32 {
+    if u < -125.0 {
+        return 0.0;
+    }
+    let n = u.round_ties_even();
+    let f = u - n;
+    let p = EXP2[1..].iter().fold(EXP2[0], |p, &c| p.mul_add(f, c));
+    // n is an integer in [-125, 0] (a NaN u gives a NaN p).
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// One row's u8 probability codes from its scores `s`: `t = s·scale·log₂e + bias·log₂e`,
+/// `code = round(255·2^(t − max t))`; returns `1 / Σ 2^(t − max t)`.
+fn codes_row(s: &[f32], scale_l2e: f32, bias_l2e: &[f32], codes: &mut [i32]) -> f32 {
+    let t: Vec<f32> = s.iter().zip(bias_l2e).map(|(&x, &b)| x.mul_add(scale_l2e, b)).collect();
+    let max = t.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let mut sum = 0f32;
+    for (c, &x) in codes.iter_mut().zip(&t) {
+        let e = exp2(x - max);
+        sum += e;
+        *c = (e * 255.0).round_ties_even() as i32;
+    }
+    1.0 / sum
+}
+
 /// The quantized function of [`forward`] in plain scalar code (slow; for tests on any CPU).
 #[doc(hidden)]
 pub fn reference(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32]) {
@@ -76,14 +110,15 @@ pub fn reference(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32]) {
             let k: Vec<_> = (0..s).map(|j| quantize((0..d).map(|c| at(b, j, 1, h, c)))).collect();
             let v: Vec<_> = (0..d).map(|c| quantize((0..s).map(|j| at(b, j, 2, h, c)))).collect();
             for i in 0..s {
-                let mut row: Vec<f32> = (0..s)
+                let row: Vec<f32> = (0..s)
                     .map(|j| {
                         let dot: i32 = (0..d).map(|c| (q[i].0[c] + 128) * k[j].0[c]).sum::<i32>() - 128 * k[j].0.iter().sum::<i32>();
                         dot as f32 * (q[i].1 * k[j].1)
                     })
                     .collect();
-                let inv = unnormalized_softmax_row(&mut row, a.scale, &a.key_bias[b * s..(b + 1) * s]);
-                let p: Vec<i32> = row.iter().map(|&x| (x * 255.0).round_ties_even() as i32).collect();
+                let bias: Vec<f32> = a.key_bias[b * s..(b + 1) * s].iter().map(|&x| x * std::f32::consts::LOG2_E).collect();
+                let mut p = vec![0i32; s];
+                let inv = codes_row(&row, a.scale * std::f32::consts::LOG2_E, &bias, &mut p);
                 for c in 0..d {
                     let dot: i32 = (0..s).map(|j| p[j] * v[c].0[j]).sum();
                     ctx[(b * s + i) * hid + h * d + c] = dot as f32 * (v[c].1 * (1.0 / 255.0)) * inv;
@@ -96,8 +131,7 @@ pub fn reference(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     #![allow(unsafe_op_in_unsafe_fn)]
-    use super::AttentionSpec;
-    use crate::nn::softmax::unnormalized_softmax_row;
+    use super::{AttentionSpec, EXP2};
     use std::arch::x86_64::*;
 
     /// Query rows per tile.
@@ -123,6 +157,49 @@ mod vnni {
         pq: Vec<u8>,
         /// One key block's codes before the transpose into the panel.
         tmp: Vec<i32>,
+        /// This batch row's key bias times log₂e.
+        bias: Vec<f32>,
+    }
+
+    /// [`super::exp2`] on 16 lanes, operation for operation.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp2_16(u: __m512) -> __m512 {
+        let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(u, _mm512_set1_ps(-125.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(u);
+        let f = _mm512_sub_ps(u, n);
+        let mut p = _mm512_set1_ps(EXP2[0]);
+        for &c in &EXP2[1..] {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+        }
+        _mm512_maskz_mov_ps(!tiny, _mm512_scalef_ps(p, n))
+    }
+
+    /// [`super::codes_row`] on 16 lanes: the scores of `row[..s]` (overwritten with `t`) to u8
+    /// codes at `dst`; returns `1 / Σ`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn codes_row(row: *mut f32, s: usize, scale_l2e: f32, bias_l2e: *const f32, dst: *mut u8) -> f32 {
+        let sc = _mm512_set1_ps(scale_l2e);
+        let tail = |j: usize| -> __mmask16 { if s - j >= 16 { 0xffff } else { ((1u32 << (s - j)) - 1) as __mmask16 } };
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j in (0..s).step_by(16) {
+            let m = tail(j);
+            let t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, row.add(j)), sc, _mm512_maskz_loadu_ps(m, bias_l2e.add(j)));
+            _mm512_mask_storeu_ps(row.add(j), m, t);
+            // max_ps returns its second operand when either is NaN: a NaN score is ignored here.
+            mx = _mm512_mask_max_ps(mx, m, t, mx);
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        let c255 = _mm512_set1_ps(255.0);
+        let mut sum = [_mm512_setzero_ps(); 2];
+        for (k, j) in (0..s).step_by(16).enumerate() {
+            let m = tail(j);
+            let e = _mm512_maskz_mov_ps(m, exp2_16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row.add(j)), max)));
+            sum[k % 2] = _mm512_add_ps(sum[k % 2], e);
+            _mm512_mask_cvtusepi32_storeu_epi8(dst.add(j) as *mut _, m, _mm512_cvtps_epi32(_mm512_mul_ps(e, c255)));
+        }
+        1.0 / _mm512_reduce_add_ps(_mm512_add_ps(sum[0], sum[1]))
     }
 
     /// Max |x| of 16·n lanes.
@@ -236,6 +313,8 @@ mod vnni {
         let s = a.seq;
         crate::nn::attention::prefetch_task(qkv, a, t + 1);
         pack(qkv, a, b, h, w);
+        w.bias.clear();
+        w.bias.extend(a.key_bias[b * s..(b + 1) * s].iter().map(|&x| x * std::f32::consts::LOG2_E));
         // 16 floats of slack: the rows start on a cache line (split 64-byte stores took a quarter
         // of the task's time).
         w.p.resize(R * s + 16, 0.0);
@@ -244,14 +323,14 @@ mod vnni {
         let out = ctx.add(b * s * a.hidden() + h * a.head_dim);
         for r0 in (0..s).step_by(R) {
             match s - r0 {
-                8.. => rows::<8>(a, b, r0, out, w),
-                7 => rows::<7>(a, b, r0, out, w),
-                6 => rows::<6>(a, b, r0, out, w),
-                5 => rows::<5>(a, b, r0, out, w),
-                4 => rows::<4>(a, b, r0, out, w),
-                3 => rows::<3>(a, b, r0, out, w),
-                2 => rows::<2>(a, b, r0, out, w),
-                _ => rows::<1>(a, b, r0, out, w),
+                8.. => rows::<8>(a, r0, out, w),
+                7 => rows::<7>(a, r0, out, w),
+                6 => rows::<6>(a, r0, out, w),
+                5 => rows::<5>(a, r0, out, w),
+                4 => rows::<4>(a, r0, out, w),
+                3 => rows::<3>(a, r0, out, w),
+                2 => rows::<2>(a, r0, out, w),
+                _ => rows::<1>(a, r0, out, w),
             }
         }
     }
@@ -260,7 +339,7 @@ mod vnni {
     /// (this task's `[S, d]` block of ctx, row stride H).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn rows<const M: usize>(a: &AttentionSpec, b: usize, r0: usize, out: *mut f32, w: &mut Scratch) {
+    unsafe fn rows<const M: usize>(a: &AttentionSpec, r0: usize, out: *mut f32, w: &mut Scratch) {
         let (s, d, hid) = (a.seq, a.head_dim, a.hidden());
         let (nc, nq, nkb, sp) = (d / 16, d / 4, s.div_ceil(16), s.div_ceil(4) * 4);
         let p0 = w.p.as_ptr().align_offset(64).min(15);
@@ -290,19 +369,11 @@ mod vnni {
                 }
             }
         }
-        // Softmax (f32, unnormalized) and the u8 codes of exp(s − max) ∈ [0, 1].
-        let bias = &a.key_bias[b * s..(b + 1) * s];
-        let c255 = _mm512_set1_ps(255.0);
+        // Softmax (unnormalized) straight to the u8 codes of exp(s − max) ∈ [0, 1].
+        let scale_l2e = a.scale * std::f32::consts::LOG2_E;
         let mut inv = [0f32; M];
         for (r, ir) in inv.iter_mut().enumerate() {
-            let row = &mut w.p[p0 + r * s..p0 + (r + 1) * s];
-            *ir = unnormalized_softmax_row(row, a.scale, bias);
-            let dst = w.pq.as_mut_ptr().add(r * sp);
-            for j in (0..s).step_by(16) {
-                let m: __mmask16 = if s - j >= 16 { 0xffff } else { (1u16 << (s - j)) - 1 };
-                let c = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, row.as_ptr().add(j)), c255));
-                _mm512_mask_cvtusepi32_storeu_epi8(dst.add(j) as *mut _, m, c);
-            }
+            *ir = codes_row(w.p.as_mut_ptr().add(p0 + r * s), s, scale_l2e, w.bias.as_ptr(), w.pq.as_mut_ptr().add(r * sp));
         }
         // Context: M rows x 32 channels per tile, over the key quads.
         for c0 in (0..nc).step_by(2) {
