@@ -75,6 +75,13 @@ mod nm;
 pub(crate) use nm::NmLayout;
 pub(crate) use tasks::prefetch;
 
+/// The mask of the first `n` of 16 lanes, all 16 when `n ≥ 16` (an AVX-512 `__mmask16` for a
+/// row's tail or a partial tile).
+#[inline(always)]
+pub(crate) fn first_lanes(n: usize) -> u16 {
+    if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
+}
+
 /// Raw pointer that rayon tasks share; each task writes disjoint elements.
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);

@@ -274,10 +274,7 @@ mod avx512 {
                 bk = bk.add(t.np);
             }
             let al = _mm512_set1_ps(t.alpha);
-            let masks: [__mmask16; W] = std::array::from_fn(|j| {
-                let valid = t.nc.saturating_sub(16 * j).min(16);
-                ((1u32 << valid) - 1) as __mmask16
-            });
+            let masks: [__mmask16; W] = std::array::from_fn(|j| crate::kernels::first_lanes(t.nc.saturating_sub(16 * j)));
             for (r, row) in acc.iter().enumerate() {
                 let o = t.op.add(r * t.ldo);
                 for j in 0..W {

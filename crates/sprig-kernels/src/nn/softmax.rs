@@ -92,7 +92,7 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn load(p: *const f32, i: usize, len: usize, fill: f32) -> (__m512, __mmask16) {
-        let m: __mmask16 = if len - i >= 16 { 0xFFFF } else { ((1u32 << (len - i)) - 1) as __mmask16 };
+        let m = crate::kernels::first_lanes(len - i);
         // SAFETY: lanes outside the mask are not read; the caller keeps `i < len`.
         (unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(fill), m, p.add(i)) }, m)
     }

@@ -38,24 +38,16 @@ pub fn forward(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32]) {
         assert_eq!(qkv.len(), a.batch * s * 3 * hid, "attention: qkv length");
         assert_eq!(ctx.len(), a.batch * s * hid, "attention: ctx length");
         assert_eq!(a.key_bias.len(), a.batch * s, "attention: key bias length");
-        let out = Out(ctx.as_mut_ptr());
+        let out = super::SyncPtr(ctx.as_mut_ptr());
         (0..a.batch * a.heads).into_par_iter().for_each_init(vnni::Scratch::default, |w, t| {
-            #[allow(clippy::redundant_locals)]
-            let out = out;
             // SAFETY: VNNI and AVX-512 BW detected (`attention_path`); task t writes only rows of
             // batch t / heads, columns of head t % heads of ctx, disjoint from every other task.
-            unsafe { vnni::task(qkv, a, t, out.0, w) }
+            unsafe { vnni::task(qkv, a, t, out.get(), w) }
         });
         return;
     }
     attention::forward(qkv, a, ctx, None);
 }
-
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint column blocks of the output (one (batch, head) pair each).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
 
 /// Symmetric per-vector quantization to ±127: the codes and the scale (0 for an all-zero vector).
 fn quantize(x: impl Iterator<Item = f32> + Clone) -> (Vec<i32>, f32) {
@@ -105,6 +97,7 @@ pub fn reference(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32]) {
     let (s, d, hid) = (a.seq, a.head_dim, a.hidden());
     let at = |b: usize, i: usize, part: usize, h: usize, c: usize| qkv[(b * s + i) * 3 * hid + part * hid + h * d + c];
     for b in 0..a.batch {
+        let bias: Vec<f32> = a.key_bias[b * s..(b + 1) * s].iter().map(|&x| x * std::f32::consts::LOG2_E).collect();
         for h in 0..a.heads {
             let q: Vec<_> = (0..s).map(|i| quantize((0..d).map(|c| at(b, i, 0, h, c)))).collect();
             let k: Vec<_> = (0..s).map(|j| quantize((0..d).map(|c| at(b, j, 1, h, c)))).collect();
@@ -116,7 +109,6 @@ pub fn reference(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32]) {
                         dot as f32 * (q[i].1 * k[j].1)
                     })
                     .collect();
-                let bias: Vec<f32> = a.key_bias[b * s..(b + 1) * s].iter().map(|&x| x * std::f32::consts::LOG2_E).collect();
                 let mut p = vec![0i32; s];
                 let inv = codes_row(&row, a.scale * std::f32::consts::LOG2_E, &bias, &mut p);
                 for c in 0..d {
@@ -132,6 +124,7 @@ pub fn reference(qkv: &[f32], a: &AttentionSpec, ctx: &mut [f32]) {
 mod vnni {
     #![allow(unsafe_op_in_unsafe_fn)]
     use super::{AttentionSpec, EXP2};
+    use crate::kernels::first_lanes;
     use std::arch::x86_64::*;
 
     /// Query rows per tile.
@@ -181,7 +174,7 @@ mod vnni {
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn codes_row(row: *mut f32, s: usize, scale_l2e: f32, bias_l2e: *const f32, dst: *mut u8) -> f32 {
         let sc = _mm512_set1_ps(scale_l2e);
-        let tail = |j: usize| -> __mmask16 { if s - j >= 16 { 0xffff } else { ((1u32 << (s - j)) - 1) as __mmask16 } };
+        let tail = |j: usize| first_lanes(s - j);
         let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
         for j in (0..s).step_by(16) {
             let m = tail(j);
@@ -261,7 +254,7 @@ mod vnni {
                 // Transpose the block's rows of quads (16 keys x nq i32) into panel vectors.
                 let (kb, used) = (i / 16, i % 16 + 1);
                 let idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(nq as i32));
-                let live: __mmask16 = if used == 16 { 0xffff } else { (1u16 << used) - 1 };
+                let live = first_lanes(used);
                 for q in 0..nq {
                     let v = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), live, idx, w.tmp.as_ptr().add(q));
                     _mm512_storeu_si512(w.k.as_mut_ptr().add((kb * nq + q) * 64) as *mut _, v);
@@ -358,8 +351,7 @@ mod vnni {
             }
             for half in 0..if two { 2 } else { 1 } {
                 let k0 = (kb + half) * 16;
-                let valid = (s - k0).min(16);
-                let mask: __mmask16 = if valid == 16 { 0xffff } else { (1u16 << valid) - 1 };
+                let mask = first_lanes(s - k0);
                 let ks = _mm512_loadu_si512(w.ksum.as_ptr().add(k0) as *const _);
                 let sk = _mm512_loadu_ps(w.sk.as_ptr().add(k0));
                 for (r, ar) in acc.iter().enumerate() {

@@ -69,7 +69,7 @@ unsafe fn rows<const V: usize>(job: &Job, s: &mut Scratch) {
         if job.gelu {
             crate::nn::math::gelu_inplace(&mut s.tile[..nr * pw]);
         }
-        let mask: __mmask16 = if nr == TILE_ROWS { 0xffff } else { (1u16 << nr) - 1 };
+        let mask = crate::kernels::first_lanes(nr);
         for i in 0..V {
             let t0 = LANES * i;
             if t0 >= job.lanes {
@@ -125,7 +125,7 @@ unsafe fn pack(job: &Job, s: &mut Scratch) {
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
 unsafe fn quantize_token(x: &[f32], out: &mut [u8]) -> f32 {
     let k = x.len();
-    let tail = |i: usize| -> __mmask16 { if k - i >= 16 { 0xffff } else { (1u16 << (k - i)) - 1 } };
+    let tail = |i: usize| crate::kernels::first_lanes(k - i);
     // Four max chains (latency, not throughput, bounds one); NaN and ±inf caught by an unordered
     // not-less-than compare against +inf.
     let inf = _mm512_set1_ps(f32::INFINITY);
