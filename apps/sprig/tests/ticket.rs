@@ -93,7 +93,7 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     // A later invocation adds gradual magnitude pruning at round 2 only, keeping the control
     // models it trains; the controls already on disk stay in the summary.
     let mut more: Vec<&str> = TINY.to_vec();
-    more[21] = "gmp,obs";
+    more[21] = "gmp,obs,snip,rigl";
     run_ok(sprig().arg("ticket").args(&more).args(["--control-rounds", "2", "--keep-control-models", "--out"]).arg(&a));
     let sg = json(&a.join("summary.json"));
     let rows = sg["rounds"].as_array().unwrap();
@@ -104,9 +104,16 @@ fn killed_and_resumed_equals_uninterrupted_then_transfer_and_export() {
     let g = json(&a.join("round-02/seed-0/control-gmp.json"))["metrics"].clone();
     assert!((g["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "gradual pruning reached {}", g["sparsity"]);
     assert!(!a.join("round-01/seed-0/control-gmp.json").exists(), "gmp ran outside --control-rounds");
+    // SNIP and RigL (kept at the round's sparsity by drop-and-grow) at 60% too.
+    assert!(rows[2]["snip_mean"].is_number() && rows[2]["rigl_mean"].is_number(), "{}", rows[2]);
+    for c in ["snip", "rigl"] {
+        let r = json(&a.join(format!("round-02/seed-0/control-{c}.json")))["metrics"].clone();
+        assert!((r["sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{c} reached {}", r["sparsity"]);
+    }
     // The kept control models: a sparse checkpoint per control trained by that invocation, with
     // the control's sparsity and the metrics of its result file.
-    for (c, res) in [("gmp", &g), ("obs", &o)] {
+    let (sn, rl) = (json(&a.join("round-02/seed-0/control-snip.json"))["metrics"].clone(), json(&a.join("round-02/seed-0/control-rigl.json"))["metrics"].clone());
+    for (c, res) in [("gmp", &g), ("obs", &o), ("snip", &sn), ("rigl", &rl)] {
         let m = json(&a.join(format!("round-02/seed-0-{c}/sprig.json")));
         assert!((m["prunable_sparsity"].as_f64().unwrap() - 0.6).abs() < 1e-4, "{c}: {}", m["prunable_sparsity"]);
         assert_eq!(&m["extra"]["metrics"], res, "{c}'s kept model is not the one scored");

@@ -15,7 +15,8 @@
 use crate::error::Result;
 use candle_core::backprop::GradStore;
 use candle_core::Var;
-use sprig_prune::{Inputs, MaskSet, Pruner, PrunerConfig};
+use sprig_prune::dst::UpdateSchedule;
+use sprig_prune::{GrowRule, Inputs, MaskSet, Pruner, PrunerConfig, Regrow, Scores};
 use sprig_train::fit::{Ctx, Hooks};
 use sprig_train::TrainState;
 
@@ -70,12 +71,81 @@ impl Gradual {
     }
 }
 
+/// RigL during one fine-tune (Evci et al. 2020, Alg. 1): a random mask at `sparsity` over the
+/// prunable weights (ERK allocation, RigL §3), then every ΔT steps before `end · T` the smallest
+/// |w| of each tensor are dropped and as many inactive weights with the largest dense |gradient|
+/// grown (at zero), the drop fraction decaying from `alpha` by RigL eq. 2. The sparsity is the
+/// same at every step; only which weights are kept moves.
+#[derive(Clone, Copy, Debug)]
+pub struct Rigl {
+    pub sparsity: f64,
+    /// α, the drop fraction at step 0 (RigL: 0.3).
+    pub alpha: f64,
+    /// T_end as a fraction of the fine-tune's steps (RigL: 0.75).
+    pub end: f64,
+    /// Mask updates before T_end: ΔT = max(1, round(end · T / updates)).
+    pub updates: usize,
+    /// Seed of the random start mask.
+    pub seed: u64,
+}
+
+impl Rigl {
+    /// RigL's defaults (α = 0.3, T_end = 75% of training) with 16 mask updates: a fine-tune of a
+    /// few hundred steps has far fewer than RigL's ImageNet runs, so ΔT follows the run's length.
+    pub fn standard(sparsity: f64, seed: u64) -> Self {
+        Self { sparsity, alpha: 0.3, end: 0.75, updates: 16, seed }
+    }
+
+    /// The [`UpdateSchedule`] over a fine-tune of `total` steps.
+    pub fn update_schedule(&self, total: usize) -> Result<UpdateSchedule> {
+        if !(0.0..1.0).contains(&self.sparsity) {
+            bail!("RigL sparsity {} is outside [0, 1)", self.sparsity);
+        }
+        if !(self.end > 0.0 && self.end <= 1.0) || self.updates == 0 {
+            bail!("RigL needs 0 < end <= 1 and at least one update (got {self:?})");
+        }
+        let t_end = (self.end * total as f64).round() as usize;
+        let delta_t = ((t_end as f64 / self.updates as f64).round() as usize).max(1);
+        Ok(UpdateSchedule { delta_t, t_end, alpha: self.alpha })
+    }
+
+    /// A pruner over `prunable` that already holds its random start.
+    pub fn pruner(&self, total: usize, prunable: &[(String, Var)]) -> Result<Pruner> {
+        let cfg = PrunerConfig::dst(self.sparsity, self.update_schedule(total)?, GrowRule::Gradient).seed(self.seed);
+        let mut p = Pruner::for_params(cfg, prunable)?;
+        p.start_random()?;
+        Ok(p)
+    }
+}
+
+/// What prunes during a fine-tune: a gradual schedule or RigL.
+#[derive(Clone, Copy, Debug)]
+pub enum Pruning {
+    Gradual(Gradual),
+    Rigl(Rigl),
+}
+
+impl Pruning {
+    /// The pruner over a fine-tune of `total` steps; RigL's holds its random start mask.
+    pub fn pruner(&self, total: usize, prunable: &[(String, Var)]) -> Result<Pruner> {
+        if prunable.is_empty() {
+            bail!("pruning during fine-tuning: no prunable parameters");
+        }
+        match self {
+            Pruning::Gradual(g) => Ok(Pruner::for_params(g.config(total)?, prunable)?),
+            Pruning::Rigl(r) => r.pruner(total, prunable),
+        }
+    }
+}
+
 /// A [`Gradual`] schedule as hooks of the training loop: gradients feed the pruner before each
 /// optimizer step ([`Pruner::observe`]), and after it the pruner prunes when the schedule says so,
 /// installing the new masks in the optimizer (pruned weights and their state become zero).
 pub struct GradualHooks {
     pub pruner: Pruner,
     prunable: Vec<(String, Var)>,
+    /// The dense gradients of the step before a RigL update (gradient growth reads them).
+    dense_grads: Option<Scores>,
 }
 
 impl GradualHooks {
@@ -84,13 +154,18 @@ impl GradualHooks {
         if prunable.is_empty() {
             bail!("gradual pruning: no prunable parameters");
         }
-        Ok(Self { pruner: Pruner::for_params(g.config(total)?, &prunable)?, prunable })
+        Ok(Self { pruner: Pruner::for_params(g.config(total)?, &prunable)?, prunable, dense_grads: None })
     }
 
     /// Drives an already configured `pruner` over `prunable` (any schedule; a one-shot pruner
     /// that has pruned does nothing more).
     pub fn with_pruner(pruner: Pruner, prunable: Vec<(String, Var)>) -> Self {
-        Self { pruner, prunable }
+        Self { pruner, prunable, dense_grads: None }
+    }
+
+    /// Does the pruner grow by gradient after step `step` (RigL, GraNet)?
+    fn grows_by_gradient_after(&self, step: usize) -> bool {
+        matches!(self.pruner.config().regrow, Some(Regrow { update, grow: GrowRule::Gradient }) if update.is_update_step(step))
     }
 
     /// The current masks.
@@ -100,12 +175,28 @@ impl GradualHooks {
 }
 
 impl<M: ?Sized> Hooks<M> for GradualHooks {
-    fn before_step(&mut self, _model: &mut M, _ctx: &mut Ctx, grads: &mut GradStore) -> sprig_train::error::Result<()> {
+    fn before_step(&mut self, _model: &mut M, ctx: &mut Ctx, grads: &mut GradStore) -> sprig_train::error::Result<()> {
+        // The weights are dense tensors with zeros off the mask, so their gradients are the dense
+        // gradients RigL grows by (after clipping: a common scale, the same ranking).
+        self.dense_grads = None;
+        if self.grows_by_gradient_after(ctx.step + 1) {
+            let mut g = Scores::new();
+            for (n, v) in &self.prunable {
+                let t = grads.get(v.as_tensor()).ok_or_else(|| sprig_prune::PruneError::NoGradient(n.clone()))?;
+                g.insert(n.clone(), t.flatten_all()?.to_vec1::<f32>()?);
+            }
+            self.dense_grads = Some(g);
+        }
         Ok(self.pruner.observe(&self.prunable, grads)?)
     }
 
     fn after_step(&mut self, _model: &mut M, ctx: &mut Ctx, _loss: f64) -> sprig_train::error::Result<()> {
-        if self.pruner.step(ctx.step, &self.prunable, &mut Inputs::none())?.is_some() {
+        let grads = self.dense_grads.take();
+        let mut inputs = match &grads {
+            Some(g) => Inputs::none().with_dense_grads(g),
+            None => Inputs::none(),
+        };
+        if self.pruner.step(ctx.step, &self.prunable, &mut inputs)?.is_some() {
             // Block OBS moves the kept weights to compensate; non-monotone movement puts pruned
             // values aside and revived ones back (each a no-op for other configurations).
             self.pruner.obs_update(&self.prunable)?;
@@ -186,5 +277,41 @@ mod tests {
         let (sa, sb, all) = run(GradualCriterion::Magnitude);
         assert!((all - 0.5).abs() < 1e-9);
         assert!(sa == 0.0 && sb == 1.0, "magnitude global: {sa} {sb}");
+    }
+
+    /// RigL keeps the exact sparsity of its random start while the gradient moves which weights
+    /// are kept: with loss Σ c ⊙ w the gradient is c, large on half the weights the start pruned,
+    /// and only those grow.
+    #[test]
+    fn rigl_keeps_the_sparsity_and_grows_where_the_gradient_is_largest() {
+        let d = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::ones((8, 8), candle_core::DType::F32, &d).unwrap()).unwrap();
+        let params = vec![("w".to_string(), w.clone())];
+        let rigl = Rigl { sparsity: 0.75, alpha: 0.5, end: 1.0, updates: 4, seed: 3 };
+        let pruner = Pruning::Rigl(rigl).pruner(8, &params).unwrap();
+        let start = pruner.masks().clone();
+        assert!((start.sparsity() - 0.75).abs() < 1e-12);
+        let pruned: Vec<bool> = start.get("w").unwrap().to_bools().iter().map(|k| !k).collect();
+        // The largest gradients on every other weight the start pruned ("hot"), small elsewhere.
+        let hot: Vec<bool> = pruned.iter().enumerate().map(|(i, &p)| p && i % 2 == 0).collect();
+        let coef: Vec<f32> = hot.iter().map(|&h| if h { 100.0 } else { 0.01 }).collect();
+        let c = Tensor::from_vec(coef, (8, 8), &d).unwrap();
+        let mut opt = AdamW::new(params.clone(), AdamWConfig::default()).unwrap();
+        opt.set_learning_rate(0.0);
+        opt.set_masks(&start).unwrap();
+        let mut hooks = GradualHooks::with_pruner(pruner, params.clone());
+        Fit::new(8, BatchOrder::Shuffled { n: 1, batch_size: 1, seed: 0 })
+            .run(&mut (), &mut opt, params, |_: &mut (), _: &[usize], _: &StepInfo| {
+                Ok(StepLoss { loss: (w.as_tensor() * &c)?.sum_all()?, examples: 1 })
+            }, &mut hooks)
+            .unwrap();
+        let end = hooks.masks().get("w").unwrap().clone();
+        assert!((end.sparsity() - 0.75).abs() < 1e-12, "RigL changed the sparsity: {}", end.sparsity());
+        let grown: Vec<usize> = (0..64).filter(|&i| end.to_bools()[i] && pruned[i]).collect();
+        assert!(!grown.is_empty(), "no weight pruned at the start was grown");
+        assert!(grown.iter().all(|&i| hot[i]), "grew weights with small gradients: {grown:?}");
+        // Kept weights off the mask are exactly zero.
+        let v = w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().zip(end.to_bools()).all(|(x, k)| k || *x == 0.0));
     }
 }

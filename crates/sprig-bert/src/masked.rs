@@ -7,7 +7,7 @@
 //! that an experiment with dozens of fine-tunes pays for neither more than once.
 use crate::checkpoint::Checkpoint;
 use crate::config::BertConfig;
-use crate::gradual::{Gradual, GradualHooks};
+use crate::gradual::{Gradual, GradualHooks, Pruning, Rigl};
 use crate::finetune::{batch_tensors, evaluate, tokenize, FinetuneConfig, Tokenized};
 use crate::model::{is_encoder_linear_weight, BertClassifier, BertEncoder, Init};
 use crate::tokenizer::BertTokenizer;
@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use sprig_data::batch::bucketed_batch_indices;
 use sprig_data::metrics::Report;
-use sprig_prune::{GradAccumulator, MaskSet, Scores};
+use sprig_prune::{Criterion, GradAccumulator, Inputs, MaskSet, Pruner, PrunerConfig, Scores};
 use candle_core::backprop::GradStore;
 use sprig_train::fit::{BatchOrder, Ctx, Fit, Hooks, Lr, StepInfo, StepLoss};
 use sprig_train::{AdamW, AdamWConfig, LinearWarmupDecay, Optimizer, TrainError};
@@ -153,7 +153,14 @@ pub fn finetune_masked(
 /// Fine-tune from `start` (dense) while pruning the encoder linears on the `gradual` schedule
 /// (gradual magnitude or movement pruning, [`crate::gradual`]); otherwise as [`finetune_masked`].
 pub fn finetune_gradual(base: &Base, data: &TaskData, cfg: &FinetuneConfig, seed: u64, start: Start, gradual: Gradual) -> Result<MaskedRun> {
-    finetune_with(base, data, cfg, seed, start, None, None, Some(gradual))
+    finetune_with(base, data, cfg, seed, start, None, None, Some(Pruning::Gradual(gradual)))
+}
+
+/// Fine-tune from `start` under RigL at a constant sparsity ([`Rigl`]: a random mask, then
+/// drop-and-grow); otherwise as [`finetune_masked`]. The final mask is the run's
+/// `gradual_mask`.
+pub fn finetune_rigl(base: &Base, data: &TaskData, cfg: &FinetuneConfig, seed: u64, start: Start, rigl: Rigl) -> Result<MaskedRun> {
+    finetune_with(base, data, cfg, seed, start, None, None, Some(Pruning::Rigl(rigl)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -165,7 +172,7 @@ fn finetune_with(
     start: Start,
     masks: Option<&MaskSet>,
     snapshot_step: Option<usize>,
-    gradual: Option<Gradual>,
+    pruning: Option<Pruning>,
 ) -> Result<MaskedRun> {
     cfg.validate()?;
     let device = Device::Cpu;
@@ -204,8 +211,17 @@ fn finetune_with(
         bail!("rewind step {k} is past the end of training ({total} steps)");
     }
     let schedule = LinearWarmupDecay { base_lr: cfg.lr, warmup: (cfg.warmup_ratio * total as f64).round() as usize, total };
-    let mut gradual = match gradual {
-        Some(g) => Some(GradualHooks::new(g, params.iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect(), total)?),
+    let mut gradual = match pruning {
+        Some(p) => {
+            let prunable: Vec<(String, Var)> = params.iter().filter(|(n, _)| is_encoder_linear_weight(n)).cloned().collect();
+            let pruner = p.pruner(total, &prunable)?;
+            // RigL starts sparse: its random mask holds from the first step.
+            if pruner.masks().sparsity() > 0.0 {
+                opt.set_masks(pruner.masks())?;
+                sparsity = pruner.masks().sparsity();
+            }
+            Some(GradualHooks::with_pruner(pruner, prunable))
+        }
         None => None,
     };
     let t0 = Instant::now();
@@ -286,14 +302,39 @@ pub fn obs_scores(base: &Base, data: &TaskData, cfg: &FinetuneConfig, tensors: &
     let encoder = BertEncoder::new(&base.config, Init::Pretrained { tensors: &merged, origin: base.origin.clone() }, seed, &device)?;
     let model = BertClassifier::new(encoder, data.classes.len(), cfg.pooling, Some((&merged, base.origin.clone())), seed)?;
     let prunable: Vec<(String, Var)> = model.named_params().into_iter().filter(|(n, _)| is_encoder_linear_weight(n)).collect();
-    let lengths: Vec<usize> = data.train.encoded.iter().map(|e| e.ids.len()).collect();
-    let batches = OBS_CALIBRATION.min(lengths.len()).div_ceil(OBS_BATCH);
     let mut acc = GradAccumulator::new();
-    for idx in bucketed_batch_indices(&lengths, OBS_BATCH, seed ^ 0x0B5, 0).into_iter().take(batches) {
-        let (ids, types, mask) = batch_tensors(&data.train, &idx, data.pad_id, &device)?;
-        let labels = Tensor::from_vec(idx.iter().map(|&i| data.train.labels[i] as u32).collect::<Vec<_>>(), idx.len(), &device)?;
-        let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &types, &mask, false)?, &labels)?;
-        acc.update(&prunable, &loss.backward()?)?;
+    for idx in calibration_batches(data, seed) {
+        acc.update(&prunable, &calibration_loss(&model, data, &idx)?.backward()?)?;
     }
     Ok(acc.fisher(&prunable, OBS_DAMP)?)
+}
+
+/// The first [`OBS_CALIBRATION`] training examples of a seeded bucketed order, in batches of [`OBS_BATCH`].
+fn calibration_batches(data: &TaskData, seed: u64) -> Vec<Vec<usize>> {
+    let lengths: Vec<usize> = data.train.encoded.iter().map(|e| e.ids.len()).collect();
+    let batches = OBS_CALIBRATION.min(lengths.len()).div_ceil(OBS_BATCH);
+    bucketed_batch_indices(&lengths, OBS_BATCH, seed ^ 0x0B5, 0).into_iter().take(batches).collect()
+}
+
+/// Cross-entropy of `model` (no dropout) on the training examples `idx`.
+fn calibration_loss(model: &BertClassifier, data: &TaskData, idx: &[usize]) -> Result<Tensor> {
+    let device = Device::Cpu;
+    let (ids, types, mask) = batch_tensors(&data.train, idx, data.pad_id, &device)?;
+    let labels = Tensor::from_vec(idx.iter().map(|&i| data.train.labels[i] as u32).collect::<Vec<_>>(), idx.len(), &device)?;
+    Ok(candle_nn::loss::cross_entropy(&model.forward(&ids, &types, &mask, false)?, &labels)?)
+}
+
+/// SNIP (Lee et al. 2019, eq. 6) of θ₀: the one-shot mask at `sparsity` over the encoder linears
+/// of the base weights with a fresh head (normal(0, 0.02) seeded by `seed`, as the fine-tunes
+/// start), keeping the largest connection sensitivities |∂L/∂w · w|, the gradient averaged over
+/// the calibration examples of [`obs_scores`]; one global threshold, as in the paper. Pruning at
+/// initialisation's criterion applied where a pre-trained model's fine-tune starts.
+pub fn snip_mask(base: &Base, data: &TaskData, cfg: &FinetuneConfig, sparsity: f64, seed: u64) -> Result<MaskSet> {
+    let encoder = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, seed, &Device::Cpu)?;
+    let model = BertClassifier::new(encoder, data.classes.len(), cfg.pooling, None, seed)?;
+    let prunable: Vec<(String, Var)> = model.named_params().into_iter().filter(|(n, _)| is_encoder_linear_weight(n)).collect();
+    let batches = calibration_batches(data, seed);
+    let mut loss = |b: usize| calibration_loss(&model, data, &batches[b]).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    let mut pruner = Pruner::for_params(PrunerConfig::one_shot(Criterion::Snip, sparsity), &prunable)?;
+    Ok(pruner.one_shot(&prunable, &mut Inputs::none().with_loss(&mut loss, batches.len()))?.clone())
 }

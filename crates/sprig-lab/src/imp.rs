@@ -28,13 +28,13 @@
 //! | method | lottery ([`crate::lottery`]) | tickets ([`crate::ticket`]) | upstream ([`crate::upstream`]) |
 //! |---|---|---|---|
 //! | `Metrics` | `LotteryMetrics`: test/dev acc, steps, seconds | `RunMetrics` | `UpstreamMetrics` |
-//! | `CONTROLS` | `[RandomMask, Reinit]` | all seven | `[]` |
+//! | `CONTROLS` | `[RandomMask, Reinit]` | all nine | `[]` |
 //! | `method`/`schedule` | "imp-magnitude-layerwise", `Schedule::Imp{FractionOfRemaining(rate)}` | "bert-tickets-imp-global-magnitude", `cfg.schedule()` | "upstream-imp-contrastive-global-magnitude", `cfg.schedule()` |
 //! | `round_sparsity` | hidden-layer schedule `1-(1-rate)^r` | `cfg.schedule().round_sparsity(r)` | same |
 //! | `dense_mask` | ones over `Selector::weights()` of the seed's model | ones over `base.prunable_shapes()` | same |
 //! | `prune` | `PrunerConfig::imp(.., FractionOfRemaining(rate))`, uniform allocation, the output weight in a group at `output_rate` | `ticket::imp_step`: `PrunerConfig::imp(.., LinearOfOriginal(rate))`, global | same as tickets |
 //! | `train` | model of the seed, `data_seed = seed*1_000_003 + r` | `finetune_masked`, no mask in round 0 | `train_round`, no mask in round 0 |
-//! | `control` | Reinit: model of `seed + 7919 r + 104_729` on the IMP mask; RandomMask: the rewound start under the layerwise pruner with a random criterion seeded `seed*31 + r` | salt `seed*1_000_003 + 7919 r`; random mask / one-shot / OBS are one-shot pruners; Obs reads `cell_dir(run, 0, seed)` | — |
+//! | `control` | Reinit: model of `seed + 7919 r + 104_729` on the IMP mask; RandomMask: the rewound start under the layerwise pruner with a random criterion seeded `seed*31 + r` | salt `seed*1_000_003 + 7919 r`; random mask / one-shot / OBS / SNIP are one-shot pruners, RigL drop-and-grows from a random start seeded by the salt; Obs reads `cell_dir(run, 0, seed)` | — |
 //! | `extra` | none | `{task, classes, model, finetune}` | `{task: "upstream", classes: [], model, finetune, corpus}` |
 //! | `summary`/`plot` | rows per round, `lottery.svg` | `ticket_summary`, `tickets.svg`; `results.json` from the returned cells | `UpstreamSummary` |
 //!
@@ -71,10 +71,15 @@ pub enum Control {
     Movement,
     /// One-shot OBS: the mask of the diagonal-Fisher OBS saliency of round 0's dense trained model.
     Obs,
+    /// SNIP (Lee et al. 2019): the one-shot mask of the largest |∂L/∂w · w| at the rewound start.
+    Snip,
+    /// RigL (Evci et al. 2020): a random mask at the same sparsity, drop-and-grow during training.
+    Rigl,
 }
 
 impl Control {
-    pub const ALL: [Control; 7] = [Control::RandomMask, Control::Reinit, Control::Shuffled, Control::Oneshot, Control::Gmp, Control::Movement, Control::Obs];
+    pub const ALL: [Control; 9] =
+        [Control::RandomMask, Control::Reinit, Control::Shuffled, Control::Oneshot, Control::Gmp, Control::Movement, Control::Obs, Control::Snip, Control::Rigl];
 
     /// The name in files and summaries (the serde name).
     pub fn name(&self) -> &'static str {
@@ -86,6 +91,8 @@ impl Control {
             Control::Gmp => "gmp",
             Control::Movement => "movement",
             Control::Obs => "obs",
+            Control::Snip => "snip",
+            Control::Rigl => "rigl",
         }
     }
 }
@@ -107,7 +114,9 @@ impl std::str::FromStr for Control {
             "gmp" | "gradual" => Control::Gmp,
             "movement" => Control::Movement,
             "obs" => Control::Obs,
-            _ => bail!("unknown control `{s}` (expected random-mask, reinit, shuffled, oneshot, gmp, movement or obs)"),
+            "snip" => Control::Snip,
+            "rigl" => Control::Rigl,
+            _ => bail!("unknown control `{s}` (expected random-mask, reinit, shuffled, oneshot, gmp, movement, obs, snip or rigl)"),
         })
     }
 }

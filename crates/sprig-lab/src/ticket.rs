@@ -33,8 +33,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sprig_bert::finetune::FinetuneConfig;
-use sprig_bert::gradual::{Gradual, GradualCriterion};
-use sprig_bert::masked::{finetune_gradual, finetune_masked, obs_scores, Base, MaskedRun, RunMetrics, Start as FtStart, TaskData};
+use sprig_bert::gradual::{Gradual, GradualCriterion, Rigl};
+use sprig_bert::masked::{finetune_gradual, finetune_masked, finetune_rigl, obs_scores, snip_mask, Base, MaskedRun, RunMetrics, Start as FtStart, TaskData};
 use sprig_bert::nn::randn;
 use sprig_prune::checkpoint::{self, CheckpointMeta, SparseCheckpoint};
 use sprig_prune::{Criterion, Inputs, Mask, MaskSet, Pruner, PrunerConfig, Rewind, RoundRate, Schedule};
@@ -240,8 +240,12 @@ impl ImpSubject for Tickets<'_> {
             Control::Movement => Some(GradualCriterion::Movement),
             _ => None,
         };
-        if let Some(g) = gradual {
-            let run = finetune_gradual(self.base, data, ft, seed, FtStart { tensors: &start, head }, Gradual::standard(g, s))?;
+        if gradual.is_some() || c == Control::Rigl {
+            let st = FtStart { tensors: &start, head };
+            let run = match gradual {
+                Some(g) => finetune_gradual(self.base, data, ft, seed, st, Gradual::standard(g, s))?,
+                None => finetune_rigl(self.base, data, ft, seed, st, Rigl::standard(s, salt ^ 0x121A))?,
+            };
             tracing::info!(round = r, seed, control = c.name(), sparsity = run.metrics.sparsity, test_accuracy = run.metrics.test_accuracy, "control done");
             let mask = run.gradual_mask.clone().context("a gradual run returns its final mask")?;
             self.keep_control(c, cell, &run, &mask)?;
@@ -251,6 +255,7 @@ impl ImpSubject for Tickets<'_> {
         let (start, mask) = match c {
             Control::RandomMask => (start, self.one_shot(PrunerConfig::one_shot(Criterion::Random, s).seed(salt ^ 0x5A5A), &base_vars()?)?),
             Control::Oneshot => (start, self.one_shot(PrunerConfig::one_shot(Criterion::Magnitude, s), &base_vars()?)?),
+            Control::Snip => (start, snip_mask(self.base, data, ft, s, seed)?),
             Control::Obs => {
                 let dir = cell_dir(cell.run.root(), 0, seed);
                 let ck = checkpoint::load(&dir, &Device::Cpu).with_context(|| format!("OBS scores the dense fine-tuned model of round 0: loading {}", dir.display()))?;
@@ -270,7 +275,7 @@ impl ImpSubject for Tickets<'_> {
                 t.extend(shuffled_tensors(&src, &self.shapes, salt ^ 0x5F5F)?);
                 (t, imp_mask.clone())
             }
-            Control::Gmp | Control::Movement => unreachable!("handled above"),
+            Control::Gmp | Control::Movement | Control::Rigl => unreachable!("handled above"),
         };
         let run = finetune_masked(self.base, data, ft, seed, FtStart { tensors: &start, head }, Some(&mask), None)?;
         tracing::info!(round = r, seed, control = c.name(), sparsity = s, test_accuracy = run.metrics.test_accuracy, "control done");

@@ -49,6 +49,16 @@ pub struct RoundRow {
     pub obs_mean: Option<f64>,
     #[serde(default)]
     pub obs_std: Option<f64>,
+    /// SNIP's one-shot mask of θ₀ (Lee et al. 2019), then trained (a comparison).
+    #[serde(default)]
+    pub snip_mean: Option<f64>,
+    #[serde(default)]
+    pub snip_std: Option<f64>,
+    /// RigL from a random mask at the same sparsity (Evci et al. 2020; a comparison).
+    #[serde(default)]
+    pub rigl_mean: Option<f64>,
+    #[serde(default)]
+    pub rigl_std: Option<f64>,
     /// Within one standard deviation of full fine-tuning (round 0).
     pub matching: bool,
     pub train_seconds: f64,
@@ -99,6 +109,8 @@ pub fn summarize(cfg: &TicketConfig, task: &str, results: &[CellResult<RunMetric
         let (gm, gmsd) = ctl(Control::Gmp);
         let (mv, mvsd) = ctl(Control::Movement);
         let (ob, obsd) = ctl(Control::Obs);
+        let (sn, snsd) = ctl(Control::Snip);
+        let (rl, rlsd) = ctl(Control::Rigl);
         let secs: f64 = rs.iter().map(|r| r.metrics.train_seconds + r.controls.values().map(|c| c.train_seconds).sum::<f64>()).sum();
         rows.push(RoundRow {
             round,
@@ -121,6 +133,10 @@ pub fn summarize(cfg: &TicketConfig, task: &str, results: &[CellResult<RunMetric
             movement_std: mvsd,
             obs_mean: ob,
             obs_std: obsd,
+            snip_mean: sn,
+            snip_std: snsd,
+            rigl_mean: rl,
+            rigl_std: rlsd,
             matching: false,
             train_seconds: secs,
         });

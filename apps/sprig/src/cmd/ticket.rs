@@ -24,8 +24,9 @@ pub struct Args {
     pub seeds: u64,
     /// Comma-separated controls: random-mask, reinit, shuffled, oneshot; and the comparisons gmp
     /// (gradual magnitude) and movement (movement pruning), which prune to the round's sparsity
-    /// during one fine-tune from θ0, and obs (one-shot diagonal-Fisher OBS of the fine-tuned model,
-    /// rewound to θ0); "none" for none.
+    /// during one fine-tune from θ0, obs (one-shot diagonal-Fisher OBS of the fine-tuned model,
+    /// rewound to θ0), snip (SNIP's one-shot mask of θ0, then trained) and rigl (RigL from a random
+    /// mask of θ0 at the round's sparsity); "none" for none.
     #[arg(long, default_value = "random-mask,reinit,shuffled,oneshot")]
     pub controls: String,
     /// Comma-separated rounds in which `--controls` run (default: every round). Controls already
@@ -59,11 +60,11 @@ pub fn run(a: Args) -> Result<()> {
     let out: PathBuf = a.ft.out.clone();
     let s = run_tickets(&cfg, &out, &sprig_data::sprig_home(), a.keep_control_models)?;
     let f = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{:.2}", 100.0 * m));
-    println!("| round | sparsity | seeds | ticket {} | random mask | reinit | shuffled | one-shot | GMP | movement | OBS | matching |", s.metric);
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| round | sparsity | seeds | ticket {} | random mask | reinit | shuffled | one-shot | GMP | movement | OBS | SNIP | RigL | matching |", s.metric);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &s.rounds {
         println!(
-            "| {} | {:.0}% | {} | {:.2} ± {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0}% | {} | {:.2} ± {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.round,
             100.0 * r.sparsity,
             r.seeds,
@@ -76,6 +77,8 @@ pub fn run(a: Args) -> Result<()> {
             f(r.gmp_mean),
             f(r.movement_mean),
             f(r.obs_mean),
+            f(r.snip_mean),
+            f(r.rigl_mean),
             if r.matching { "yes" } else { "no" }
         );
     }
