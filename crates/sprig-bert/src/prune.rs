@@ -7,7 +7,7 @@
 //! | method | criterion | schedule |
 //! |---|---|---|
 //! | `gmp` (Zhu & Gupta 2017) | magnitude | cubic, eq. 1, from `prune_start` to `prune_end` |
-//! | `movement` (Sanh et al. 2020) | −Σ_t ∂L/∂W ⊙ W (§3), each matrix to the target; non-monotone: every event re-ranks all weights, pruned ones with their values kept aside, and revives those back in the top-k | cubic |
+//! | `movement` (Sanh et al. 2020) | −Σ_t ∂L/∂W ⊙ W (§3) accumulated as Adam steps (the scores are trained by Adam, as in the authors' code), each matrix to the target; non-monotone: every event re-ranks all weights, pruned ones with their values kept aside, and revives those back in the top-k | cubic |
 //! | `obert` (Kurtic et al. 2022) | block OBS: saliency w²/(2[F⁻¹]ᵢᵢ) with the empirical Fisher of the last 32 training gradients over blocks of 50 weights, and the OBS update of the kept weights after each pruning event (eq. 3-5) | cubic |
 //! | `obert-diag` | the same with a diagonal Fisher (blocks of one weight, no update): the cheap variant | cubic |
 //! | `oneshot` | magnitude once before training, then fine-tuning with the mask fixed | one-shot |
@@ -266,8 +266,11 @@ impl PruneConfig {
         // λ of the Fisher: oBERT's 1e-7 for the block inverse; a tie-breaker for the diagonal.
         c.options.fisher_damp = if self.method == PruneMethod::Obert { 1e-7 } else { crate::masked::OBS_DAMP };
         c.options.seed = self.train.seed;
-        // Movement pruning's masks are non-monotone, as Sanh et al. train them (§3).
+        // Movement pruning's masks are non-monotone and its scores move by Adam's normalised
+        // steps, as Sanh et al. train them (§3; their scores are parameters under Adam). Plain
+        // sums of g ⊙ w, whose noise grows with |w|, collapsed rt-sentiment to one class.
         c.revive = self.method == PruneMethod::Movement;
+        c.options.movement_adam = self.method == PruneMethod::Movement;
         Ok(c)
     }
 

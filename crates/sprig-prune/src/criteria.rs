@@ -256,6 +256,40 @@ pub struct GradAccumulator {
     sum_gw: BTreeMap<String, Tensor>,
     sum_gw2: BTreeMap<String, Tensor>,
     sum_g2: BTreeMap<String, Tensor>,
+    /// Adam's moments of g ⊙ w when movement scores accumulate Adam steps
+    /// ([`GradAccumulator::with_adam_movement`]); `None` for the plain sum.
+    adam: Option<AdamMoments>,
+}
+
+/// First and second moments of g ⊙ w (Kingma & Ba 2015, Alg. 1; β₁ = 0.9, β₂ = 0.999, ε = 1e-8).
+#[derive(Debug, Default)]
+struct AdamMoments {
+    m: BTreeMap<String, Tensor>,
+    v: BTreeMap<String, Tensor>,
+}
+
+impl AdamMoments {
+    const B1: f64 = 0.9;
+    const B2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    /// Updates the moments of `n` with `gw` at step `t` (1-based); returns Adam's step m̂/(√v̂ + ε).
+    fn step(&mut self, n: &str, gw: &Tensor, t: usize) -> Result<Tensor> {
+        let m = match self.m.remove(n) {
+            Some(m) => ((m * Self::B1)? + (gw * (1.0 - Self::B1))?)?,
+            None => (gw * (1.0 - Self::B1))?,
+        };
+        let v = match self.v.remove(n) {
+            Some(v) => ((v * Self::B2)? + (gw.sqr()? * (1.0 - Self::B2))?)?,
+            None => (gw.sqr()? * (1.0 - Self::B2))?,
+        };
+        let m_hat = (&m / (1.0 - Self::B1.powi(t as i32)))?;
+        let v_hat = (&v / (1.0 - Self::B2.powi(t as i32)))?;
+        let step = (m_hat / (v_hat.sqrt()? + Self::EPS)?)?;
+        self.m.insert(n.to_string(), m);
+        self.v.insert(n.to_string(), v);
+        Ok(step)
+    }
 }
 
 impl Default for GradAccumulator {
@@ -267,7 +301,13 @@ impl Default for GradAccumulator {
 impl GradAccumulator {
     /// Keeps every statistic (movement, Taylor and Fisher scores all available).
     pub fn new() -> Self {
-        Self { steps: 0, track: [true; 3], sum_gw: BTreeMap::new(), sum_gw2: BTreeMap::new(), sum_g2: BTreeMap::new() }
+        Self { steps: 0, track: [true; 3], sum_gw: BTreeMap::new(), sum_gw2: BTreeMap::new(), sum_g2: BTreeMap::new(), adam: None }
+    }
+    /// Movement scores from Adam's normalised steps of g ⊙ w instead of the plain sum
+    /// ([`crate::ScoreOptions::movement_adam`]).
+    pub fn with_adam_movement(mut self) -> Self {
+        self.adam = Some(AdamMoments::default());
+        self
     }
     /// Keeps only the statistic `criterion` needs (a third of [`GradAccumulator::new`]'s work);
     /// errors for a criterion that needs no gradient statistics.
@@ -315,7 +355,11 @@ impl GradAccumulator {
                 add(&mut self.sum_g2, g.sqr()?)?;
             }
             if self.track[0] {
-                add(&mut self.sum_gw, gw)?;
+                let step = match self.adam.as_mut() {
+                    Some(a) => a.step(n, &gw, self.steps + 1)?,
+                    None => gw,
+                };
+                add(&mut self.sum_gw, step)?;
             }
         }
         self.steps += 1;
@@ -328,12 +372,13 @@ impl GradAccumulator {
     /// The sums as named tensors (`gw/NAME`, `gw2/NAME`, `g2/NAME`) and the step count, for a
     /// resumable run ([`crate::Pruner::state`]).
     pub(crate) fn export(&self, out: &mut BTreeMap<String, Tensor>) -> serde_json::Value {
-        for (key, m) in [("gw", &self.sum_gw), ("gw2", &self.sum_gw2), ("g2", &self.sum_g2)] {
-            for (n, t) in m {
+        let (am, av) = self.adam.as_ref().map_or((None, None), |a| (Some(&a.m), Some(&a.v)));
+        for (key, m) in [("gw", Some(&self.sum_gw)), ("gw2", Some(&self.sum_gw2)), ("g2", Some(&self.sum_g2)), ("adam_m", am), ("adam_v", av)] {
+            for (n, t) in m.into_iter().flatten() {
                 out.insert(format!("{key}/{n}"), t.clone());
             }
         }
-        serde_json::json!({"steps": self.steps, "track": self.track})
+        serde_json::json!({"steps": self.steps, "track": self.track, "adam": self.adam.is_some()})
     }
     /// Restores what [`GradAccumulator::export`] wrote (tensors without the caller's prefix).
     pub(crate) fn import(&mut self, tensors: &BTreeMap<String, Tensor>, meta: &serde_json::Value) -> Result<()> {
@@ -342,10 +387,20 @@ impl GradAccumulator {
         if track != self.track {
             return Err(bad(format!("tracked sums {track:?}, this pruner's {:?}", self.track)));
         }
+        if meta["adam"].as_bool().unwrap_or(false) != self.adam.is_some() {
+            return Err(bad(format!("movement scores {}, this pruner's {}", if self.adam.is_some() { "summed" } else { "as Adam steps" }, if self.adam.is_some() { "as Adam steps" } else { "summed" })));
+        }
         self.steps = meta["steps"].as_u64().ok_or_else(|| bad("no step count".into()))? as usize;
-        for (key, m) in [("gw", &mut self.sum_gw), ("gw2", &mut self.sum_gw2), ("g2", &mut self.sum_g2)] {
+        let part = |key: &str| -> BTreeMap<String, Tensor> {
             let p = format!("{key}/");
-            *m = tensors.iter().filter_map(|(n, t)| n.strip_prefix(&p).map(|k| (k.to_string(), t.clone()))).collect();
+            tensors.iter().filter_map(|(n, t)| n.strip_prefix(&p).map(|k| (k.to_string(), t.clone()))).collect()
+        };
+        self.sum_gw = part("gw");
+        self.sum_gw2 = part("gw2");
+        self.sum_g2 = part("g2");
+        if let Some(a) = self.adam.as_mut() {
+            a.m = part("adam_m");
+            a.v = part("adam_v");
         }
         Ok(())
     }
@@ -364,7 +419,9 @@ impl GradAccumulator {
         m.iter().map(|(n, t)| Ok((n.clone(), flat(t)?))).collect()
     }
     /// Movement scores S = −Σ_t (∂L/∂W)_t ⊙ W_t (Sanh et al. 2020, eq. 7 and §3); use with top-k for
-    /// hard movement or a threshold on S for soft movement.
+    /// hard movement or a threshold on S for soft movement. With
+    /// [`GradAccumulator::with_adam_movement`] the sum is of Adam's steps of (∂L/∂W)_t ⊙ W_t, as the
+    /// scores move when Adam trains them (the authors' setting).
     pub fn movement(&self) -> Result<Scores> {
         Ok(self.get(&self.sum_gw, "movement")?.into_iter().map(|(n, v)| (n, v.into_iter().map(|x| -x).collect())).collect())
     }
@@ -451,5 +508,29 @@ mod tests {
             assert!(m.values().all(|t| !t.track_op()), "a running sum records its ops");
         }
         assert_eq!(acc.movement().unwrap()["w"].len(), 4);
+    }
+
+    /// Adam-normalised movement ranks a weight that moves consistently above one whose gradient
+    /// is a thousand times larger but changes sign every step; the plain sum ranks them the other
+    /// way round. Loss Σ c_t ⊙ w makes the gradient c_t.
+    #[test]
+    fn adam_movement_ranks_consistency_above_gradient_size() {
+        let run = |acc: GradAccumulator| {
+            let mut acc = acc;
+            let w = Var::from_vec(vec![1.0f32, 1.0], 2, &Device::Cpu).unwrap();
+            let params = vec![("w".to_string(), w.clone())];
+            for c in [[-1000.0f32, -1e-3], [1000.0, -1e-3], [-1000.0, -1e-3]] {
+                let grads = (w.as_tensor() * Tensor::new(&c, &Device::Cpu).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                acc.update(&params, &grads).unwrap();
+            }
+            let s = acc.movement().unwrap()["w"].clone();
+            (s[0], s[1])
+        };
+        let (noisy, steady) = run(GradAccumulator::for_criterion(Criterion::Movement).unwrap());
+        assert!(noisy > steady, "plain sums: {noisy} {steady}");
+        let (noisy, steady) = run(GradAccumulator::for_criterion(Criterion::Movement).unwrap().with_adam_movement());
+        assert!(steady > noisy, "Adam steps: {noisy} {steady}");
+        // Three steps of a constant gradient: each Adam step is 1 in size, so S = 3.
+        assert!((steady - 3.0).abs() < 1e-3, "{steady}");
     }
 }

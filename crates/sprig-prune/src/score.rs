@@ -34,11 +34,16 @@ pub struct ScoreOptions {
     /// λ added to the Fisher diagonal ([`GradAccumulator::fisher`]), and oBERT's dampening
     /// F = λI + (1/m) Σ g gᵀ of [`Criterion::Obs`] (which needs λ > 0; the paper uses 1e-7).
     pub fisher_damp: f64,
+    /// Movement scores as Sanh et al. (2020, §3 and their code) train them, as parameters under
+    /// Adam: each step adds Adam's normalised step m̂/(√v̂ + ε) of g ⊙ w instead of g ⊙ w itself
+    /// ([`crate::GradAccumulator::movement`]), so a weight's score grows with how consistently it
+    /// moves, not with the size of its gradient times its value.
+    pub movement_adam: bool,
 }
 
 impl Default for ScoreOptions {
     fn default() -> Self {
-        Self { seed: 0, grasp_rel_step: 1e-2, fisher_damp: 0.0 }
+        Self { seed: 0, grasp_rel_step: 1e-2, fisher_damp: 0.0, movement_adam: false }
     }
 }
 
