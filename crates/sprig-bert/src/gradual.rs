@@ -151,10 +151,7 @@ pub struct GradualHooks {
 impl GradualHooks {
     /// `g` over `prunable` for a fine-tune of `total` steps.
     pub fn new(g: Gradual, prunable: Vec<(String, Var)>, total: usize) -> Result<Self> {
-        if prunable.is_empty() {
-            bail!("gradual pruning: no prunable parameters");
-        }
-        Ok(Self { pruner: Pruner::for_params(g.config(total)?, &prunable)?, prunable, dense_grads: None })
+        Ok(Self::with_pruner(Pruning::Gradual(g).pruner(total, &prunable)?, prunable))
     }
 
     /// Drives an already configured `pruner` over `prunable` (any schedule; a one-shot pruner

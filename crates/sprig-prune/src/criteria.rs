@@ -387,8 +387,10 @@ impl GradAccumulator {
         if track != self.track {
             return Err(bad(format!("tracked sums {track:?}, this pruner's {:?}", self.track)));
         }
-        if meta["adam"].as_bool().unwrap_or(false) != self.adam.is_some() {
-            return Err(bad(format!("movement scores {}, this pruner's {}", if self.adam.is_some() { "summed" } else { "as Adam steps" }, if self.adam.is_some() { "as Adam steps" } else { "summed" })));
+        let (saved, ours) = (meta["adam"].as_bool().unwrap_or(false), self.adam.is_some());
+        if saved != ours {
+            let mode = |adam: bool| if adam { "as Adam steps" } else { "summed" };
+            return Err(bad(format!("movement scores {}, this pruner's {}", mode(saved), mode(ours))));
         }
         self.steps = meta["steps"].as_u64().ok_or_else(|| bad("no step count".into()))? as usize;
         let part = |key: &str| -> BTreeMap<String, Tensor> {

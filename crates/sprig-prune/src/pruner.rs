@@ -138,11 +138,6 @@ impl PrunerConfig {
         c.revive = true;
         c
     }
-    /// With movement scores accumulated as Adam steps ([`ScoreOptions::movement_adam`]).
-    pub fn movement_adam(mut self, on: bool) -> Self {
-        self.options.movement_adam = on;
-        self
-    }
     /// oBERT (Kurtic et al. 2022): block OBS ([`Criterion::Obs`], B = 50, m = 32, λ = 1e-7), one
     /// global ranking, on the cubic schedule. Feed gradients with [`Pruner::observe`] and, after
     /// each pruning event, move the kept weights with [`Pruner::obs_update`].
@@ -323,10 +318,11 @@ impl Pruner {
         for (n, s) in &shapes {
             masks.insert(n.clone(), Mask::ones(s));
         }
-        let acc = match config.criterion.needs_grad_statistics() {
-            true if config.options.movement_adam && config.criterion == Criterion::Movement => Some(GradAccumulator::for_criterion(config.criterion)?.with_adam_movement()),
-            true => Some(GradAccumulator::for_criterion(config.criterion)?),
-            false => None,
+        let acc = if config.criterion.needs_grad_statistics() {
+            let acc = GradAccumulator::for_criterion(config.criterion)?;
+            Some(if config.options.movement_adam && config.criterion == Criterion::Movement { acc.with_adam_movement() } else { acc })
+        } else {
+            None
         };
         let window = match config.criterion {
             Criterion::Obs { grads, .. } => Some(GradWindow::new(grads)?),
