@@ -73,6 +73,10 @@ fn gmp_with_distillation_writes_a_sparse_hf_directory_and_refuses_bad_input() {
     assert!(e.contains("2:4") && e.contains("0.5"), "{e}");
     let e = run_err(&mut prune(&["--temperature", "0"]));
     assert!(e.contains("temperature"), "{e}");
+    let e = run_err(&mut prune(&["--obert-block", "16"]));
+    assert!(e.contains("obert_block") && e.contains("gmp"), "{e}");
+    let e = run_err(&mut prune(&["--method", "obert", "--obert-grads", "0"]));
+    assert!(e.contains("obert_grads"), "{e}");
     assert!(!fresh.exists(), "a refused run wrote {}", fresh.display());
     // A teacher of another task; an output that exists; a checkpoint already sparser than asked.
     let e = run_err(sprig().args(["prune", "--task", "trec6", "--teacher"]).arg(&teacher).arg("--out").arg(&fresh).args(TINY));
@@ -121,7 +125,11 @@ fn zeros_and_blocks(dir: &Path, r: usize) -> (f64, bool) {
 fn obert_and_4x1_blocks_reach_their_sparsity_with_exact_zeros() {
     let dir = tempfile::tempdir().unwrap();
     let obert = dir.path().join("obert");
-    run_ok(sprig().args(["prune", "--task", "sms-spam", "--sparsity", "0.5", "--method", "obert", "--epochs", "1", "--prune-every", "1", "--out"]).arg(&obert).args(TINY));
+    // oBERT's B and m from the command line: blocks of 16 weights, a window of 8 gradients.
+    let args = ["prune", "--task", "sms-spam", "--sparsity", "0.5", "--method", "obert", "--obert-block", "16", "--obert-grads", "8", "--epochs", "1", "--prune-every", "1", "--out"];
+    run_ok(sprig().args(args).arg(&obert).args(TINY));
+    let cfg = std::fs::read_to_string(obert.join("config.toml")).unwrap();
+    assert!(cfg.contains("obert_block = 16") && cfg.contains("obert_grads = 8"), "{cfg}");
     let s = json(&obert.join("summary.json"));
     assert_eq!(s["distill"], false, "a pretrained checkpoint has no teacher");
     let sparsity = s["sparsity"].as_f64().unwrap();

@@ -52,6 +52,13 @@ pub struct Args {
     /// Steps between pruning events [default: 10].
     #[arg(long)]
     pub prune_every: Option<usize>,
+    /// oBERT: weights per block of the empirical Fisher, B [default: 50].
+    #[arg(long)]
+    pub obert_block: Option<usize>,
+    /// oBERT: gradients kept for the empirical Fisher, m [default: 32; each costs 4 bytes per
+    /// encoder weight, 42 MB for MiniLM-L6].
+    #[arg(long)]
+    pub obert_grads: Option<usize>,
     /// Replace a finished run in `--out` (only once the new run is complete; `--out` may still
     /// never be or lie inside `--model` or `--teacher`).
     #[arg(long)]
@@ -79,6 +86,11 @@ impl Args {
         set!(sparsity, method, granularity, allocation, teacher, temperature, alpha, prune_start, prune_end, prune_every);
         if self.distill.is_some() {
             c.distill = self.distill;
+        }
+        for (field, v) in [(&mut c.obert_block, self.obert_block), (&mut c.obert_grads, self.obert_grads)] {
+            if v.is_some() {
+                *field = v;
+            }
         }
         c.validate()?;
         Ok(c)
