@@ -78,12 +78,11 @@ impl PruneMethod {
     pub fn is_one_shot(&self) -> bool {
         matches!(self, Self::Oneshot | Self::Wanda)
     }
-    /// The criterion; `obert` = oBERT's (block, gradients), defaults where `None`.
-    fn criterion(&self, obert: (Option<usize>, Option<usize>)) -> Criterion {
+    fn criterion(&self) -> Criterion {
         match self {
             Self::Gmp | Self::Oneshot => Criterion::Magnitude,
             Self::Movement => Criterion::Movement,
-            Self::Obert => Criterion::Obs { block: obert.0.unwrap_or(Criterion::OBERT_BLOCK), grads: obert.1.unwrap_or(Criterion::OBERT_GRADS) },
+            Self::Obert => Criterion::Obs { block: Criterion::OBERT_BLOCK, grads: Criterion::OBERT_GRADS },
             Self::ObertDiag => Criterion::Fisher,
             Self::Wanda => Criterion::Wanda,
         }
@@ -278,7 +277,11 @@ impl PruneConfig {
     /// t₁ = round(end·T), at least t₀ + 1) of a model with `num_heads` attention heads.
     pub fn pruner(&self, total: usize, num_heads: usize) -> Result<PrunerConfig> {
         self.validate()?;
-        let mut c = PrunerConfig::new(self.method.criterion((self.obert_block, self.obert_grads)), self.schedule(total)).granularity(parse_granularity(&self.granularity, num_heads)?).allocation(self.allocation()?);
+        let criterion = match self.method.criterion() {
+            Criterion::Obs { block, grads } => Criterion::Obs { block: self.obert_block.unwrap_or(block), grads: self.obert_grads.unwrap_or(grads) },
+            c => c,
+        };
+        let mut c = PrunerConfig::new(criterion, self.schedule(total)).granularity(parse_granularity(&self.granularity, num_heads)?).allocation(self.allocation()?);
         // λ of the Fisher: oBERT's 1e-7 for the block inverse; a tie-breaker for the diagonal.
         c.options.fisher_damp = if self.method == PruneMethod::Obert { 1e-7 } else { crate::masked::OBS_DAMP };
         c.options.seed = self.train.seed;

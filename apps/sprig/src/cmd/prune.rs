@@ -84,14 +84,10 @@ impl Args {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
         set!(sparsity, method, granularity, allocation, teacher, temperature, alpha, prune_start, prune_end, prune_every);
-        if self.distill.is_some() {
-            c.distill = self.distill;
-        }
-        for (field, v) in [(&mut c.obert_block, self.obert_block), (&mut c.obert_grads, self.obert_grads)] {
-            if v.is_some() {
-                *field = v;
-            }
-        }
+        // Optional in the config too: a flag given overrides the file.
+        c.distill = self.distill.or(c.distill);
+        c.obert_block = self.obert_block.or(c.obert_block);
+        c.obert_grads = self.obert_grads.or(c.obert_grads);
         c.validate()?;
         Ok(c)
     }
