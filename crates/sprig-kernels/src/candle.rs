@@ -114,6 +114,32 @@ pub fn sparse_matmul(x: &Tensor, values: &Tensor, w: &Arc<dyn SparseMatrix>) -> 
     x.apply_op2_arc(&values, Arc::new(Box::new(SpmmOp(w.clone()))))
 }
 
+/// The longest run of K that candle's CPU matmul (the `gemm` crate) sums in one block on every
+/// CPU. `gemm` cuts K into blocks sized from the L1 cache (gemm-common 0.19, `kernel_params`: at
+/// least 512, 1024 on a 48 KiB 12-way L1 such as recent Xeons', 512 on an 8-way one such as Zen
+/// 4's), and each block's sum is added to the output, so for a longer K the rounding, and a trained
+/// network, differ between CPUs.
+pub const CPU_INVARIANT_K: usize = 512;
+
+/// `a [m, k] · b [k, n]` with the same bits on every x86-64 CPU: K is cut into `ceil(k / 512)`
+/// equal blocks (what `gemm` does on an 8-way L1), each multiplied alone and the partial products
+/// added in order. Differentiable; `a.matmul(b)` itself when `k <= 512` or the inputs are not 2-D.
+pub fn matmul_cpu_invariant(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let k = a.dim(candle_core::D::Minus1)?;
+    if k <= CPU_INVARIANT_K || a.rank() != 2 || b.rank() != 2 {
+        return a.matmul(b);
+    }
+    let len = k.div_ceil(k.div_ceil(CPU_INVARIANT_K));
+    let mut sum = a.narrow(1, 0, len)?.matmul(&b.narrow(0, 0, len)?)?;
+    let mut at = len;
+    while at < k {
+        let l = len.min(k - at);
+        sum = (sum + a.narrow(1, at, l)?.matmul(&b.narrow(0, at, l)?)?)?;
+        at += l;
+    }
+    Ok(sum)
+}
+
 /// A linear layer with a fixed sparse pattern: trainable values (a [`Var`]) and an optional bias.
 pub struct SparseLinear {
     pattern: Arc<dyn SparseMatrix>,

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sprig_data::ImageSplit;
-use sprig_kernels::candle::sparse_matmul;
+use sprig_kernels::candle::{matmul_cpu_invariant, sparse_matmul};
 use sprig_kernels::{Bitmask, Csr, SparseMatrix};
 use sprig_kernels::nn::ops::{conv2d, relu_max_pool2x2};
 use sprig_prune::dst::{ItopTracker, UpdateSchedule};
@@ -272,8 +272,8 @@ impl DstModel {
         let last = self.fcs.len() - 1;
         for (i, fc) in self.fcs.iter().enumerate() {
             h = match (dense_w, &fc.weight) {
-                (Some(ws), _) => h.matmul(&ws[i].as_tensor().t()?)?,
-                (None, FcWeight::Dense(w)) => h.matmul(&w.as_tensor().t()?)?,
+                (Some(ws), _) => matmul_cpu_invariant(&h, &ws[i].as_tensor().t()?)?,
+                (None, FcWeight::Dense(w)) => matmul_cpu_invariant(&h, &w.as_tensor().t()?)?,
                 (None, FcWeight::Sparse { pattern, values }) => sparse_matmul(&h, values.as_tensor(), pattern)?,
             };
             h = h.broadcast_add(fc.bias.as_tensor())?;

@@ -167,7 +167,7 @@ impl VisionModel {
     }
 
     fn linear(&self, x: &Tensor, name: &str) -> candle_core::Result<Tensor> {
-        x.matmul(&self.p(&format!("{name}.weight")).t()?)?.broadcast_add(self.p(&format!("{name}.bias")))
+        sprig_kernels::candle::matmul_cpu_invariant(x, &self.p(&format!("{name}.weight")).t()?)?.broadcast_add(self.p(&format!("{name}.bias")))
     }
 
     /// Logits for a batch `x` of shape `[batch, height * width]`.
