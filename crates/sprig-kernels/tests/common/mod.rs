@@ -41,21 +41,14 @@ pub fn random_nm_mask(r: &mut ChaCha8Rng, rows: usize, cols: usize, n: usize, g:
 
 /// Norm-wise relative error `‖a - b‖ / ‖b‖` (absolute when `b` is zero).
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
+    err_vs_terms(a, b, b)
 }
 
 /// `‖a - b‖ / ‖mag‖`, where `mag` is the reference computed on the inputs' absolute values: the
 /// error against the size of the terms summed, not of their sum, so that a sum whose terms cancel
 /// (a small `b` from large products) does not fail a correct kernel that adds in another order.
 pub fn err_vs_terms(a: &[f32], b: &[f32], mag: &[f32]) -> f64 {
-    assert_eq!(a.len(), mag.len());
+    assert!(a.len() == b.len() && a.len() == mag.len());
     let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
     let den: f64 = mag.iter().map(|y| (*y as f64).powi(2)).sum();
     if den == 0.0 {
