@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sprig_data::{ImageDataset, ImageSplit};
+use sprig_kernels::candle::matmul_cpu_invariant;
 use sprig_train::sgd::{Sgd, SgdConfig};
 use sprig_train::vision::{self, Arch, OptimChoice, TrainConfig, VisionModel};
 use sprig_train::Optimizer;
@@ -211,7 +212,7 @@ impl EdgePopupMlp {
                 m.clone()
             };
             let weff = (w * gate)?;
-            h = h.matmul(&weff.t()?)?;
+            h = matmul_cpu_invariant(&h, &weff.t()?)?;
             if l + 1 < self.weights.len() {
                 h = h.relu()?;
             }

@@ -32,6 +32,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use sprig_kernels::candle::matmul_cpu_invariant;
 
 use crate::error::{check_memory, check_sparsity, invalid, Result, TheoryError};
 
@@ -181,7 +182,7 @@ impl NtkMlp {
         let mut acts = vec![Tensor::from_slice(x, (n, self.dims[0]), &Device::Cpu)?];
         let mut pre = Vec::with_capacity(self.layers());
         for (l, w) in weff.iter().enumerate() {
-            let h = acts[l].matmul(&w.t()?)?;
+            let h = matmul_cpu_invariant(&acts[l], &w.t()?)?;
             if l + 1 < self.layers() {
                 acts.push(h.relu()?);
             }
@@ -190,7 +191,7 @@ impl NtkMlp {
         let out = pre[self.layers() - 1].flatten_all()?.to_vec1::<f32>()?;
         let mut deltas = vec![Tensor::ones((n, 1), DType::F32, &Device::Cpu)?];
         for l in (0..self.layers() - 1).rev() {
-            let up = deltas.last().expect("non-empty").matmul(&weff[l + 1])?;
+            let up = matmul_cpu_invariant(deltas.last().expect("non-empty"), &weff[l + 1])?;
             let gate = pre[l].gt(0f32)?.to_dtype(DType::F32)?;
             deltas.push((up * gate)?);
         }
