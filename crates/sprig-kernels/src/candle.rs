@@ -121,9 +121,9 @@ pub fn sparse_matmul(x: &Tensor, values: &Tensor, w: &Arc<dyn SparseMatrix>) -> 
 /// network, differ between CPUs.
 pub const CPU_INVARIANT_K: usize = 512;
 
-/// `a [m, k] · b [k, n]` with the same bits on every x86-64 CPU: K is cut into `ceil(k / 512)`
-/// equal blocks (what `gemm` does on an 8-way L1), each multiplied alone and the partial products
-/// added in order. Differentiable; `a.matmul(b)` itself when `k <= 512` or the inputs are not 2-D.
+/// `a [m, k] · b [k, n]` with the same bits on every x86-64 CPU with FMA (`gemm`'s kernel there):
+/// K is cut into `ceil(k / 512)` equal blocks (what `gemm` does on an 8-way L1), each multiplied
+/// alone and the partial products added in order. Differentiable; `a.matmul(b)` itself when `k <= 512` or the inputs are not 2-D.
 pub fn matmul_cpu_invariant(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let k = a.dim(candle_core::D::Minus1)?;
     if k <= CPU_INVARIANT_K || a.rank() != 2 || b.rank() != 2 {
