@@ -221,3 +221,32 @@ fn upstream_ticket_then_transfer() {
         assert!(e.contains(why), "{bad:?}: {e}");
     }
 }
+
+/// `--layers 2 --rounds 0`: the dense fine-tunes of MiniLM's first two layers (the small dense net
+/// of the blessings comparison), exported as a two-layer model; more layers than MiniLM has is
+/// refused before anything is written.
+#[test]
+fn small_dense_net_of_the_first_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small");
+    let mut args: Vec<&str> = TINY[..14].to_vec();
+    args.extend(["--lr", "1e-4", "--rounds", "0", "--seeds", "1", "--layers", "2", "--out"]);
+    run_ok(sprig().arg("ticket").args(&args).arg(&out));
+    let man = json(&out.join("round-00/seed-0/sprig.json"));
+    assert_eq!(man["extra"]["finetune"]["layers"], 2, "{man}");
+    let e = dir.path().join("export");
+    run_ok(sprig().args(["export", "--ticket"]).arg(out.join("round-00/seed-0")).arg("--out").arg(&e).args(["--examples", "2"]));
+    assert_eq!(json(&e.join("config.json"))["num_hidden_layers"], 2);
+    let st = std::fs::read(e.join("model.safetensors")).unwrap();
+    let names = safetensors::SafeTensors::deserialize(&st).unwrap().names().into_iter().map(str::to_string).collect::<Vec<_>>();
+    assert!(names.iter().any(|n| n.contains("layer.1.")) && !names.iter().any(|n| n.contains("layer.2.")), "{names:?}");
+    let summary = json(&out.join("summary.json"));
+    let rounds = summary["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1, "{summary}");
+    assert!((0.0..=1.0).contains(&rounds[0]["metric_mean"].as_f64().unwrap()), "{summary}");
+
+    let bad = sprig().arg("ticket").args(&args[..args.len() - 3]).args(["--layers", "7", "--out"]).arg(dir.path().join("bad")).output().unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("keep 7") && err.contains("has 6"), "{err}");
+    assert!(!dir.path().join("bad").exists(), "a refused run wrote its directory");
+}

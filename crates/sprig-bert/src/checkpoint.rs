@@ -27,6 +27,13 @@ impl Checkpoint {
         Ok(Self { files, config, tensors })
     }
 
+    /// Resolve `spec` and keep its first `layers` encoder layers ([`keep_layers`]; 0 keeps all).
+    pub fn load_layers(spec: &str, layers: usize, device: &Device) -> Result<Self> {
+        let mut ck = Self::load(spec, device)?;
+        keep_layers(&mut ck.config, &mut ck.tensors, layers).map_err(|msg| BertError::Config { path: ck.files.config.clone(), msg })?;
+        Ok(ck)
+    }
+
     fn origin(&self) -> std::path::PathBuf {
         self.files.weights[0].clone()
     }
@@ -57,6 +64,30 @@ impl Checkpoint {
 /// with sprig's pooling and head (see [`crate::hf::write_classifier_dir`], the one writer).
 pub fn save_classifier(model: &BertClassifier, labels: &[String], tokenizer: &Path, dir: &Path, metadata: HashMap<String, String>) -> Result<()> {
     crate::hf::write_classifier_dir(model, labels, tokenizer, dir, metadata)
+}
+
+/// Keeps the first `layers` encoder layers of a checkpoint (its embeddings, pooler and head
+/// unchanged) and drops the rest: the shallower pre-trained model of "top-layer dropping", which
+/// Sajjad et al. (2023, "On the effect of dropping layers of pre-trained transformer models", §4)
+/// found the best of their layer-dropping strategies, used here as a small dense net of a chosen
+/// size. 0 keeps every layer; more layers than the model has is an error naming both numbers.
+pub fn keep_layers(config: &mut BertConfig, tensors: &mut HashMap<String, Tensor>, layers: usize) -> std::result::Result<(), String> {
+    let n = config.num_hidden_layers;
+    if layers == 0 || layers == n {
+        return Ok(());
+    }
+    if layers > n {
+        return Err(format!("asked to keep {layers} encoder layers, but the model has {n}"));
+    }
+    tensors.retain(|name, _| match name.strip_prefix("encoder.layer.").and_then(|r| r.split('.').next()?.parse::<usize>().ok()) {
+        Some(i) => i < layers,
+        None => true,
+    });
+    config.num_hidden_layers = layers;
+    if let Some(heads) = &mut config.sprig_attention_heads {
+        heads.truncate(layers);
+    }
+    Ok(())
 }
 
 /// Check `config` against the tensors it will be built from, before the model allocates anything
@@ -130,4 +161,31 @@ pub fn check_config_against_weights(config: &BertConfig, tensors: &HashMap<Strin
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_layers_drops_the_top_layers_only() {
+        let mut config: BertConfig = serde_json::from_value(serde_json::json!({"vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 3,
+            "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 16, "sprig_attention_heads": [2, 1, 2]}))
+        .unwrap();
+        let z = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let names = ["embeddings.word_embeddings.weight", "encoder.layer.0.output.dense.weight", "encoder.layer.1.output.dense.weight", "encoder.layer.2.output.dense.weight", "encoder.layer.10.output.dense.weight", "pooler.dense.weight", "classifier.weight"];
+        let mut tensors: HashMap<String, Tensor> = names.iter().map(|n| (n.to_string(), z.clone())).collect();
+        keep_layers(&mut config, &mut tensors, 2).unwrap();
+        let mut kept: Vec<&str> = tensors.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["classifier.weight", "embeddings.word_embeddings.weight", "encoder.layer.0.output.dense.weight", "encoder.layer.1.output.dense.weight", "pooler.dense.weight"]);
+        assert_eq!(config.num_hidden_layers, 2);
+        assert_eq!(config.sprig_attention_heads.as_deref(), Some(&[2, 1][..]));
+        // 0 and the model's own count keep everything; more is an error naming both numbers.
+        keep_layers(&mut config, &mut tensors, 0).unwrap();
+        keep_layers(&mut config, &mut tensors, 2).unwrap();
+        assert_eq!(tensors.len(), 5);
+        let e = keep_layers(&mut config, &mut tensors, 3).unwrap_err();
+        assert!(e.contains("keep 3") && e.contains("has 2"), "{e}");
+    }
 }

@@ -46,6 +46,10 @@ pub struct FinetuneConfig {
     /// Layer implementation: `fused` (sprig-kernels ops, default) or `stock` (candle's ops).
     #[serde(default)]
     pub ops: crate::Ops,
+    /// Keep only the first N encoder layers of the model (a smaller dense net,
+    /// [`crate::checkpoint::keep_layers`]); 0 keeps all.
+    #[serde(default)]
+    pub layers: usize,
     /// Testing aid: make the loss NaN at this step to exercise the NaN guard.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debug_nan_at_step: Option<usize>,
@@ -72,6 +76,7 @@ impl Default for FinetuneConfig {
             max_test: 0,
             max_steps: 0,
             ops: crate::Ops::default(),
+            layers: 0,
             debug_nan_at_step: None,
         }
     }
@@ -218,7 +223,7 @@ pub fn finetune(cfg: &FinetuneConfig, data: &TextDataset, out: &Path) -> Result<
             bail!("task {}: the {name} split is empty", data.task);
         }
     }
-    let ckpt = Checkpoint::load(&cfg.model, &device).with_context(|| format!("loading model {}", cfg.model))?;
+    let ckpt = Checkpoint::load_layers(&cfg.model, cfg.layers, &device).with_context(|| format!("loading model {}", cfg.model))?;
     let tok_path = ckpt.files.tokenizer()?.to_path_buf();
     let tok = BertTokenizer::from_file(&tok_path, cfg.max_seq_len.min(ckpt.config.max_position_embeddings))?;
     let mut encoder = ckpt.encoder(cfg.seed, &device)?;

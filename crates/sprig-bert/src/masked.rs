@@ -35,7 +35,17 @@ pub struct Base {
 
 impl Base {
     pub fn load(spec: &str) -> Result<Self> {
-        let ck = Checkpoint::load(spec, &Device::Cpu).with_context(|| format!("loading model {spec}"))?;
+        Self::load_layers(spec, 0)
+    }
+
+    /// The model of a fine-tuning recipe: `cfg.model` with its first `cfg.layers` layers.
+    pub fn for_recipe(cfg: &FinetuneConfig) -> Result<Self> {
+        Self::load_layers(&cfg.model, cfg.layers)
+    }
+
+    /// `spec` with only its first `layers` encoder layers (0: all; [`crate::checkpoint::keep_layers`]).
+    pub fn load_layers(spec: &str, layers: usize) -> Result<Self> {
+        let ck = Checkpoint::load_layers(spec, layers, &Device::Cpu).with_context(|| format!("loading model {spec}"))?;
         let tokenizer = ck.files.tokenizer()?.to_path_buf();
         let origin = ck.files.weights[0].clone();
         Ok(Self { spec: spec.to_string(), config: ck.config, tensors: ck.tensors, origin, tokenizer })

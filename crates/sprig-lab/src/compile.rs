@@ -103,7 +103,7 @@ pub fn compile_ticket(dir: &Path, o: &CompileOptions) -> Result<CompileReport> {
     let man = checkpoint::read_manifest(dir)?;
     let classes = man.meta.extra.get("classes").and_then(|c| c.as_array()).map(|a| a.len()).with_context(|| format!("{}/sprig.json lacks `classes`", dir.display()))?;
     let ck = checkpoint::load(dir, &Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
-    let base = Base::load(&t.model)?;
+    let base = Base::for_recipe(&t.recipe)?;
     if o.seq > base.config.max_position_embeddings {
         bail!("--seq {} exceeds the model's max_position_embeddings {}", o.seq, base.config.max_position_embeddings);
     }

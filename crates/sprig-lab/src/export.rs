@@ -25,7 +25,7 @@ pub fn export(ticket_dir: &Path, out: &Path, n_examples: usize, home: &Path) -> 
     }
     let t = Ticket::load(ticket_dir)?;
     let ck = checkpoint::load(ticket_dir, &Device::Cpu)?;
-    let base = Base::load(&t.model)?;
+    let base = Base::for_recipe(&t.recipe)?;
     let mut tensors: HashMap<String, Tensor> = base.tensors.clone();
     for (n, v) in ck.tensors {
         tensors.insert(n, v);

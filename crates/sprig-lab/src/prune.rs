@@ -69,7 +69,7 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
     cfg.validate()?;
     let sources = [("--model", Path::new(&cfg.train.model)), ("--teacher", Path::new(&cfg.teacher))];
     StagedOut::check(out, &sources, overwrite)?;
-    let base = Base::load(&cfg.train.model)?;
+    let base = Base::for_recipe(&cfg.train)?;
     let data = TaskData::load(&cfg.train, &base, home)?;
     if base.tensors.contains_key("classifier.weight") {
         let ck = Checkpoint::load(&cfg.train.model, &candle_core::Device::Cpu)?;

@@ -98,9 +98,6 @@ impl TicketConfig {
 impl RunConfig for TicketConfig {
     fn validate(&self) -> Result<()> {
         self.finetune.validate()?;
-        if self.rounds == 0 {
-            bail!("--rounds must be at least 1");
-        }
         self.schedule().validate().with_context(|| format!("rate {} x rounds {} must stay below sparsity 1", self.rate, self.rounds))?;
         if self.rewind == Rewind::LearningRate {
             bail!("rewind lr is not supported for BERT tickets (use init or step:K)");
@@ -303,7 +300,7 @@ impl ImpSubject for Tickets<'_> {
 pub fn run_tickets(cfg: &TicketConfig, out: &Path, home: &Path, keep_control_models: bool) -> Result<TicketSummary> {
     // Checked before the (slow) loading, opened after it: a start that fails to load writes nothing.
     RunDir::check(out, cfg)?;
-    let base = Base::load(&cfg.finetune.model)?;
+    let base = Base::for_recipe(&cfg.finetune)?;
     let data = TaskData::load(&cfg.finetune, &base, home)?;
     let run = RunDir::open(out, cfg)?;
     let subject = Tickets { cfg, base: &base, data: &data, shapes: base.prunable_shapes()?, keep_control_models };

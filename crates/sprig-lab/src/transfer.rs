@@ -132,7 +132,7 @@ pub fn run_transfer(cfg: &TransferConfig, out: &Path, home: &Path) -> Result<Tra
     }
     let tickets: Vec<Ticket> = cfg.tickets.iter().map(|p| Ticket::load(p)).collect::<Result<_>>()?;
     let t0 = &tickets[0];
-    if let Some(t) = tickets.iter().find(|t| t.model != t0.model || t.task != t0.task) {
+    if let Some(t) = tickets.iter().find(|t| t.model != t0.model || t.recipe.layers != t0.recipe.layers || t.task != t0.task) {
         bail!("tickets {} and {} come from different models or tasks", t0.dir.display(), t.dir.display());
     }
     if cfg.finetune.model != t0.model {
@@ -147,7 +147,7 @@ pub fn run_transfer(cfg: &TransferConfig, out: &Path, home: &Path) -> Result<Tra
         }
     }
     sprig_train::write_json(&cfg_path, cfg)?;
-    let base = Base::load(&t0.model)?;
+    let base = Base::for_recipe(&t0.recipe)?;
     let data = TaskData::load(&cfg.finetune, &base, home)?;
     let none = HashMap::new();
     let (mut tk, mut dn, mut secs) = (Vec::new(), Vec::new(), 0.0);

@@ -333,7 +333,7 @@ impl ImpSubject for Upstream<'_> {
 pub fn run_upstream(cfg: &UpstreamConfig, out: &Path, home: &Path) -> Result<UpstreamSummary> {
     // Checked before the (slow) loading, opened after it: a start that fails to load writes nothing.
     RunDir::check(out, cfg)?;
-    let base = Base::load(&cfg.recipe.model)?;
+    let base = Base::for_recipe(&cfg.recipe)?;
     let corpus = load_corpus(cfg, &base, home)?;
     let dense = BertEncoder::new(&base.config, Init::Pretrained { tensors: &base.tensors, origin: base.origin.clone() }, 0, &Device::Cpu)?;
     let dense_emb = embed(&dense, &corpus.heldout, corpus.pad_id)?;

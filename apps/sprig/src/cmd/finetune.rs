@@ -53,6 +53,10 @@ pub struct Args {
     /// Layer implementation: fused (default) or stock (candle's ops, the reference).
     #[arg(long)]
     pub ops: Option<sprig_bert::Ops>,
+    /// Keep only the first N encoder layers of the model, a smaller dense net (Sajjad et al.'s
+    /// top-layer dropping); 0 = all [default: 0].
+    #[arg(long)]
+    pub layers: Option<usize>,
 }
 
 impl Args {
@@ -73,17 +77,20 @@ impl Args {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        set!(model, task, seed, epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, max_seq_len, pooling, train_word_embeddings, max_train, max_dev, max_test, max_steps, ops);
+        set!(model, task, seed, epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, max_seq_len, pooling, train_word_embeddings, max_train, max_dev, max_test, max_steps, ops, layers);
         c.validate()?;
         Ok(c)
     }
 }
 
-/// `cfg.max_seq_len` against the model's `max_position_embeddings` (read from its config before
-/// anything is written).
+/// `cfg.max_seq_len` against the model's `max_position_embeddings`, and `cfg.layers` against its
+/// layers (read from its config before anything is written).
 pub fn check_seq_len(cfg: &FinetuneConfig) -> Result<()> {
     let files = sprig_bert::ModelFiles::resolve(&cfg.model).with_context(|| format!("loading model {}", cfg.model))?;
     let mc = sprig_bert::BertConfig::from_file(&files.config)?;
+    if cfg.layers > mc.num_hidden_layers {
+        anyhow::bail!("--layers {} exceeds the model's {} encoder layers ({})", cfg.layers, mc.num_hidden_layers, files.config.display());
+    }
     if cfg.max_seq_len > mc.max_position_embeddings {
         anyhow::bail!("max_seq_len {} exceeds the model's max_position_embeddings {} (accepted: 2..={})", cfg.max_seq_len, mc.max_position_embeddings, mc.max_position_embeddings);
     }

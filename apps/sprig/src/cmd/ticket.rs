@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(flatten)]
     pub ft: crate::cmd::finetune::Args,
-    /// Pruning rounds after the dense round 0.
+    /// Pruning rounds after the dense round 0 (0: only the dense fine-tunes, one per seed).
     #[arg(long, default_value_t = 9)]
     pub rounds: usize,
     /// Fraction of the original prunable weights removed per round (BERT-Tickets: 0.1).
