@@ -68,7 +68,7 @@ pub fn save_classifier(model: &BertClassifier, labels: &[String], tokenizer: &Pa
 
 /// Keeps the first `layers` encoder layers of a checkpoint (its embeddings, pooler and head
 /// unchanged) and drops the rest: the shallower pre-trained model of "top-layer dropping", which
-/// Sajjad et al. (2023, "On the effect of dropping layers of pre-trained transformer models", §4)
+/// Sajjad et al. (2023, "On the effect of dropping layers of pre-trained transformer models")
 /// found the best of their layer-dropping strategies, used here as a small dense net of a chosen
 /// size. 0 keeps every layer; more layers than the model has is an error naming both numbers.
 pub fn keep_layers(config: &mut BertConfig, tensors: &mut HashMap<String, Tensor>, layers: usize) -> std::result::Result<(), String> {
