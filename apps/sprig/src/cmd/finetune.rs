@@ -85,7 +85,7 @@ impl Args {
 
 /// `cfg.max_seq_len` against the model's `max_position_embeddings`, and `cfg.layers` against its
 /// layers (read from its config before anything is written).
-pub fn check_seq_len(cfg: &FinetuneConfig) -> Result<()> {
+fn check_against_model(cfg: &FinetuneConfig) -> Result<()> {
     let files = sprig_bert::ModelFiles::resolve(&cfg.model).with_context(|| format!("loading model {}", cfg.model))?;
     let mc = sprig_bert::BertConfig::from_file(&files.config)?;
     if cfg.layers > mc.num_hidden_layers {
@@ -110,7 +110,7 @@ pub fn run_config(cfg: &FinetuneConfig, out: &Path) -> Result<FinetuneSummary> {
 pub fn run_config_to(cfg: &FinetuneConfig, out: &Path, overwrite: bool) -> Result<FinetuneSummary> {
     let sources = [("--model", Path::new(&cfg.model))];
     StagedOut::check(out, &sources, overwrite)?;
-    check_seq_len(cfg)?;
+    check_against_model(cfg)?;
     let home = sprig_data::sprig_home();
     let data = sprig_data::load_text_task(&cfg.task, &home, cfg.seed).with_context(|| format!("loading task {}", cfg.task))?;
     let staged = StagedOut::begin(out, &sources, overwrite)?;
