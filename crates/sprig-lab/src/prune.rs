@@ -80,7 +80,9 @@ pub fn run_to(cfg: &PruneConfig, out: &Path, home: &Path, opts: Options) -> Resu
         None => None,
     };
     let config = toml_string(cfg)?;
-    let (staged, resumed) = StagedOut::begin_resumable(out, &sources, overwrite, "config.toml", &config)?;
+    let (staged, resumed) = StagedOut::begin_resumable(out, &sources, overwrite, "config.toml", &config, |t| {
+        toml::from_str::<PruneConfig>(t).ok().and_then(|c| toml_string(&c).ok())
+    })?;
     let stage = staged.path();
     let state_path = stage.join(STATE_FILE);
     let (mut log, from) = if resumed {

@@ -127,12 +127,24 @@ impl StagedOut {
     /// file and a `config_file` whose text is `config`, is taken over (renamed to this process)
     /// and `true` is returned: continue from its state. One with another config is refused,
     /// naming it and the first field that differs, so that saved work is never dropped silently.
-    pub fn begin_resumable(out: &Path, sources: &[(&str, &Path)], overwrite: bool, config_file: &str, config: &str) -> Result<(StagedOut, bool)> {
+    ///
+    /// `resolve` maps a saved config's text to the text this version writes for it (parse, then
+    /// serialize; `None` if it does not parse): a run started by an older version, whose file
+    /// lacks a field added since with a default, is the same run and is resumed.
+    pub fn begin_resumable(
+        out: &Path,
+        sources: &[(&str, &Path)],
+        overwrite: bool,
+        config_file: &str,
+        config: &str,
+        resolve: impl Fn(&str) -> Option<String>,
+    ) -> Result<(StagedOut, bool)> {
         Self::check(out, sources, overwrite)?;
         let (parent, name) = parent_and_name(out)?;
         let mut found: Option<(std::time::SystemTime, PathBuf)> = None;
         for dir in dead_stages(&parent, &name)?.into_iter().filter(|d| d.join(STATE_FILE).is_file()) {
-            let theirs = std::fs::read_to_string(dir.join(config_file)).with_context(|| format!("reading {}", dir.join(config_file).display()))?;
+            let text = std::fs::read_to_string(dir.join(config_file)).with_context(|| format!("reading {}", dir.join(config_file).display()))?;
+            let theirs = resolve(&text).unwrap_or(text);
             if theirs != config {
                 let field = config_difference(&theirs, config).unwrap_or_else(|| "the text differs".into());
                 bail!(
@@ -310,6 +322,28 @@ mod tests {
         for f in FINISHED_RUN_FILES {
             std::fs::write(dir.join(f), tag).unwrap();
         }
+    }
+
+    /// A run interrupted under an older version (its config lacks a field added since, with a
+    /// default) is resumed; one whose resolved config differs is refused by field.
+    #[test]
+    fn resumable_stage_is_compared_by_its_resolved_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let stage = tmp.path().join(".run.partial-999999999-abcdef");
+        std::fs::create_dir(&stage).unwrap();
+        std::fs::write(stage.join(STATE_FILE), "state").unwrap();
+        std::fs::write(stage.join("config.toml"), "lr = 0.1\n").unwrap();
+        // Today's config has `layers`, defaulting to 0.
+        let resolve = |t: &str| {
+            let mut v: toml::Table = toml::from_str(t).ok()?;
+            v.entry("layers").or_insert(toml::Value::Integer(0));
+            toml::to_string(&v).ok()
+        };
+        let e = StagedOut::begin_resumable(&out, &[], false, "config.toml", "layers = 0\nlr = 0.2\n", resolve).unwrap_err().to_string();
+        assert!(e.contains("`lr` is 0.1 there, 0.2 here") && stage.is_dir(), "{e}");
+        let (s, resumed) = StagedOut::begin_resumable(&out, &[], false, "config.toml", "layers = 0\nlr = 0.1\n", resolve).unwrap();
+        assert!(resumed && !stage.exists() && s.path().join(STATE_FILE).is_file());
     }
 
     #[test]
