@@ -302,6 +302,8 @@ pub struct Pruner {
     aside: BTreeMap<String, Vec<f32>>,
     itop: Option<ItopTracker>,
     one_shot_done: bool,
+    /// A gradual schedule's last event (its `end` step) has passed.
+    schedule_ended: bool,
 }
 
 impl Pruner {
@@ -329,7 +331,7 @@ impl Pruner {
             _ => None,
         };
         let itop = config.regrow.map(|_| ItopTracker::new(&masks));
-        Ok(Self { config, shapes, parts, masks, acc, window, pending_before: None, aside: BTreeMap::new(), itop, one_shot_done: false })
+        Ok(Self { config, shapes, parts, masks, acc, window, pending_before: None, aside: BTreeMap::new(), itop, one_shot_done: false, schedule_ended: false })
     }
     /// [`Pruner::new`] over the given `(name, Var)` pairs (all of them prunable).
     pub fn for_params(config: PrunerConfig, prunable: &[(String, Var)]) -> Result<Self> {
@@ -378,7 +380,8 @@ impl Pruner {
     pub fn accumulator(&self) -> Option<&GradAccumulator> {
         self.acc.as_ref()
     }
-    /// The pruner's last m gradients ([`Criterion::Obs`]).
+    /// The pruner's last m gradients ([`Criterion::Obs`]); `None` once the last pruning event's
+    /// OBS update is done.
     pub fn grad_window(&self) -> Option<&GradWindow> {
         self.window.as_ref()
     }
@@ -425,6 +428,7 @@ impl Pruner {
         let sel = self.select(params)?;
         let out = obs::update(window, &sel, before, &self.masks, block, self.config.options.fisher_damp)?;
         self.pending_before = None;
+        self.release_window();
         Ok(Some(out))
     }
 
@@ -585,17 +589,48 @@ impl Pruner {
             return self.one_shot(params, inputs).map(Some);
         }
         let targets = self.targets(s, None)?;
-        let reached = self.parts.iter().zip(&targets).all(|(p, &t)| {
-            let (n, k) = p.iter().fold((0, 0), |(n, k), (name, s)| (n + s.iter().product::<usize>(), k + self.masks.get(name).map_or(0, Mask::count_kept)));
-            p.is_empty() || n == 0 || t <= 1.0 - k as f64 / n as f64 + 1e-12
-        });
         // Non-monotone masks are ranked again at every event, also once the target is reached.
         let revive = self.config.revive;
-        if reached && !revive {
-            return Ok(None);
+        let changed = if self.reached(&targets) && !revive {
+            false
+        } else {
+            let scores = self.scores(params, inputs)?;
+            self.apply(&targets, &scores, !revive)?
+        };
+        if matches!(self.config.schedule, Schedule::Gradual { end, .. } if step >= end) {
+            self.schedule_ended = true;
+            self.release_window();
         }
-        let scores = self.scores(params, inputs)?;
-        Ok(self.apply(&targets, &scores, !revive)?.then_some(&self.masks))
+        Ok(changed.then_some(&self.masks))
+    }
+
+    /// Whether every part is at or above its sparsity target.
+    fn reached(&self, targets: &[f64]) -> bool {
+        self.parts.iter().zip(targets).all(|(p, &t)| {
+            let (n, k) = p.iter().fold((0, 0), |(n, k), (name, s)| (n + s.iter().product::<usize>(), k + self.masks.get(name).map_or(0, Mask::count_kept)));
+            p.is_empty() || n == 0 || t <= 1.0 - k as f64 / n as f64 + 1e-12
+        })
+    }
+
+    /// Whether no pruning event can come any more: a pruner without regrowth and nothing pending
+    /// whose one-shot prune is done or whose gradual schedule has had its last event.
+    pub(crate) fn pruning_done(&self) -> bool {
+        if self.config.regrow.is_some() || self.pending_before.is_some() {
+            return false;
+        }
+        match self.config.schedule {
+            Schedule::OneShot { .. } => self.one_shot_done,
+            Schedule::Gradual { .. } => self.schedule_ended,
+            Schedule::Imp { .. } => false,
+        }
+    }
+
+    /// Drops the OBS gradient window (m gradients of every prunable weight) once no event can
+    /// need it: it would only be filled, and saved with a resumable run's state, for nothing.
+    fn release_window(&mut self) {
+        if self.pruning_done() {
+            self.window = None;
+        }
     }
 
     /// A random start at exact per-tensor counts under the allocation ([`dst::random_masks`]): the

@@ -69,6 +69,7 @@ impl Pruner {
             "window": window,
             "obs_before": self.pending_before.is_some(),
             "one_shot_done": self.one_shot_done,
+            "schedule_ended": self.schedule_ended,
         });
         Ok((t, meta))
     }
@@ -98,11 +99,17 @@ impl Pruner {
             (None, m) if m.is_null() => {}
             _ => return Err(bad("gradient statistics saved for another criterion")),
         }
-        match (&mut self.window, &meta["window"]) {
-            (Some(w), m) if !m.is_null() => w.import(&sub(tensors, "window"), m)?,
-            (None, m) if m.is_null() => {}
+        // A window saved as null by an OBS pruner: dropped after the last pruning event (checked
+        // below, once the masks are in).
+        let released = match (&mut self.window, &meta["window"]) {
+            (Some(w), m) if !m.is_null() => {
+                w.import(&sub(tensors, "window"), m)?;
+                false
+            }
+            (Some(_), _) => true,
+            (None, m) if m.is_null() => false,
             _ => return Err(bad("an OBS gradient window saved for another criterion")),
-        }
+        };
         let mut aside = BTreeMap::new();
         for (n, t) in sub(tensors, "aside") {
             let (_, shape) = self.shapes.iter().find(|(k, _)| *k == n).ok_or_else(|| bad(format!("values kept aside for unknown tensor {n}")))?;
@@ -116,6 +123,13 @@ impl Pruner {
         self.pending_before = pending_before;
         self.aside = aside;
         self.one_shot_done = meta["one_shot_done"].as_bool().unwrap_or(false);
+        self.schedule_ended = meta["schedule_ended"].as_bool().unwrap_or(false);
+        if released {
+            if !self.pruning_done() {
+                return Err(bad("no OBS gradient window, though pruning events are still to come"));
+            }
+            self.window = None;
+        }
         Ok(())
     }
 }
@@ -176,6 +190,20 @@ mod tests {
             assert_eq!(first.masks().to_bitmasks().unwrap(), resumed.masks().to_bitmasks().unwrap());
             drive(&mut resumed, &pb, 7, 14);
             assert!((resumed.sparsity() - 0.75).abs() < 1e-9, "{criterion:?}");
+            if matches!(criterion, Criterion::Obs { .. }) {
+                // The window is dropped after the last event (step 12), and a state saved then
+                // restores to a pruner without one, refused where events are still to come.
+                assert!(whole.grad_window().is_none() && resumed.grad_window().is_none());
+                let (t, meta) = resumed.state().unwrap();
+                assert!(meta["window"].is_null() && !t.keys().any(|k| k.starts_with("window/")));
+                let mut late = Pruner::for_params(cfg.clone(), &pb).unwrap();
+                late.restore(&t, &meta).unwrap();
+                assert!(late.grad_window().is_none() && late.masks().to_bitmasks().unwrap() == resumed.masks().to_bitmasks().unwrap());
+                let (t7, mut meta7) = first.state().unwrap();
+                meta7["window"] = serde_json::Value::Null;
+                let e = Pruner::for_params(cfg.clone(), &pb).unwrap().restore(&t7, &meta7).unwrap_err().to_string();
+                assert!(e.contains("pruning events are still to come"), "{e}");
+            }
             for (n, m) in whole.masks().iter() {
                 assert_eq!(m.to_bools(), resumed.masks().get(n).unwrap().to_bools(), "{criterion:?} {n}");
             }
