@@ -207,27 +207,25 @@ pub fn prune(
             let total: usize = eff.iter().map(|(_, _, s)| s.len()).sum();
             let budget = ((1.0 - sparsity) * total as f64).round() as usize;
             let mut kept = 0usize;
-            let mut cands: Vec<(usize, usize)> = Vec::new();
+            let mut cands: Vec<Candidate> = Vec::new();
             for (t, (_, gs, g)) in all_groups.iter().enumerate() {
                 if allocation.keep_dense.contains(&eff[t].0) {
                     keep_group[t].iter_mut().for_each(|k| *k = true);
                     kept += g.sizes.iter().sum::<usize>();
                 } else {
-                    cands.extend((0..gs.len()).map(|k| (t, k)));
+                    for (k, &s) in gs.iter().enumerate() {
+                        cands.push(Candidate::new(s, t, k).ok_or_else(|| PruneError::Unsupported {
+                            what: format!("global allocation over {} groups of {}", gs.len(), eff[t].0),
+                            why: "more than 2^32 groups in one tensor",
+                        })?);
+                    }
                 }
             }
             if kept > budget {
                 return Err(PruneError::Infeasible { target: sparsity, why: "the dense-kept layers exceed the budget".into() });
             }
-            cands.sort_by(|a, b| all_groups[b.0].1[b.1].total_cmp(&all_groups[a.0].1[a.1]).then(a.cmp(b)));
-            for (t, k) in cands {
-                let sz = all_groups[t].2.sizes[k];
-                // Stop when adding the group would overshoot more than leaving it out undershoots.
-                if kept >= budget || (kept + sz > budget && kept + sz - budget > budget - kept) {
-                    break;
-                }
-                keep_group[t][k] = true;
-                kept += sz;
+            for c in best_first_prefix(&mut cands, |c| all_groups[c.t as usize].2.sizes[c.k as usize], kept, budget) {
+                keep_group[c.t as usize][c.k as usize] = true;
             }
         }
         _ => {
@@ -254,4 +252,120 @@ pub fn prune(
         out.insert(name.clone(), mask);
     }
     Ok(out)
+}
+
+/// A group competing for the global budget: its score as a key whose ascending order is the
+/// descending [`f32::total_cmp`] order, then its tensor and group index (the tie-break by
+/// position), so sorting or selecting by `Ord` is one total order with no indirection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    key: u32,
+    t: u32,
+    k: u32,
+}
+
+impl Candidate {
+    fn new(score: f32, t: usize, k: usize) -> Option<Self> {
+        let b = score.to_bits();
+        // total_cmp's order as unsigned integers (flip all bits of negatives, the sign of the
+        // rest), then inverted for highest first.
+        let ascending = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+        Some(Self { key: !ascending, t: u32::try_from(t).ok()?, k: u32::try_from(k).ok()? })
+    }
+}
+
+/// The groups the global walk keeps: in best-first order, add a group while the budget is not
+/// reached, and stop at the first group that would overshoot the budget by more than leaving it
+/// out undershoots it. The result is a prefix of the best-first order, found without sorting all
+/// of `cands`: with groups of one size (unstructured weights, whole blocks) its length follows
+/// from the sizes alone and one selection (O(n)) cuts it off; otherwise only the candidates the
+/// walk can reach are selected and sorted. The same set as a full sort, bit for bit.
+fn best_first_prefix(cands: &mut [Candidate], size: impl Fn(&Candidate) -> usize, mut kept: usize, budget: usize) -> &[Candidate] {
+    let stops = |kept: usize, sz: usize| kept >= budget || (kept + sz > budget && kept + sz - budget > budget - kept);
+    let sizes = cands.iter().map(&size);
+    let (smin, smax) = sizes.fold((usize::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+    if cands.is_empty() {
+        return cands;
+    }
+    if smin == smax {
+        let mut n = 0;
+        while n < cands.len() && !stops(kept, smin) {
+            kept += smin;
+            n += 1;
+        }
+        if n > 0 && n < cands.len() {
+            cands.select_nth_unstable(n - 1);
+        }
+        return &cands[..n];
+    }
+    // Every kept group adds at least smin, so the walk looks at no more than this many.
+    let reach = if smin == 0 { cands.len() } else { ((budget.saturating_sub(kept)).div_ceil(smin) + 1).min(cands.len()) };
+    if reach < cands.len() {
+        cands.select_nth_unstable(reach);
+    }
+    let head = &mut cands[..reach];
+    head.sort_unstable();
+    let mut n = 0;
+    while n < head.len() && !stops(kept, size(&head[n])) {
+        kept += size(&head[n]);
+        n += 1;
+    }
+    &cands[..n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The walk over a full sort: what [`best_first_prefix`] must reproduce.
+    fn by_full_sort(scores: &[(f32, usize)], mut kept: usize, budget: usize) -> Vec<(usize, usize)> {
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].0.total_cmp(&scores[a].0).then(a.cmp(&b)));
+        let mut out = vec![];
+        for i in order {
+            let sz = scores[i].1;
+            if kept >= budget || (kept + sz > budget && kept + sz - budget > budget - kept) {
+                break;
+            }
+            out.push((i / 7, i % 7));
+            kept += sz;
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn by_selection(scores: &[(f32, usize)], kept: usize, budget: usize) -> Vec<(usize, usize)> {
+        let mut cands: Vec<Candidate> = scores.iter().enumerate().map(|(i, &(s, _))| Candidate::new(s, i / 7, i % 7).unwrap()).collect();
+        let size = |c: &Candidate| scores[c.t as usize * 7 + c.k as usize].1;
+        let mut out: Vec<(usize, usize)> = best_first_prefix(&mut cands, size, kept, budget).iter().map(|c| (c.t as usize, c.k as usize)).collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn candidate_keys_order_scores_as_total_cmp_descending() {
+        let xs = [f32::INFINITY, 3.0, 1e-30, 0.0, -0.0, -1e-30, -2.0, f32::NEG_INFINITY];
+        for w in xs.windows(2) {
+            assert!(Candidate::new(w[0], 0, 0).unwrap() < Candidate::new(w[1], 0, 0).unwrap(), "{} before {}", w[0], w[1]);
+        }
+        assert!(Candidate::new(1.0, 0, 3).unwrap() < Candidate::new(1.0, 1, 0).unwrap(), "ties break by tensor, then group");
+    }
+
+    proptest! {
+        /// Equal scores (few distinct values), one group size or many, every budget: the same
+        /// groups as sorting everything and walking.
+        #[test]
+        fn selection_keeps_what_a_full_sort_keeps(
+            raw in prop::collection::vec((0u8..6, 1usize..5), 1..120),
+            one_size in any::<bool>(),
+            kept in 0usize..20,
+            frac in 0.0f64..1.2,
+        ) {
+            let scores: Vec<(f32, usize)> = raw.iter().map(|&(s, z)| (s as f32 - 2.5, if one_size { 4 } else { z })).collect();
+            let total: usize = scores.iter().map(|s| s.1).sum::<usize>() + kept;
+            let budget = kept + (frac * (total - kept) as f64) as usize;
+            prop_assert_eq!(by_selection(&scores, kept, budget), by_full_sort(&scores, kept, budget));
+        }
+    }
 }
