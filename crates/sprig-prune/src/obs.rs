@@ -325,38 +325,7 @@ impl Scratch {
     /// Cholesky-factorised; when that fails in floating point (gradients nearly collinear and λ
     /// tiny against them), its factor is taken from a Householder QR of the stacked
     /// [G; √λ I] instead, which does not square the condition number. False if both fail.
-    ///
-    /// The same code is compiled for AVX-512 and AVX2 and chosen at run time by
-    /// [`sprig_kernels::simd`] (`SPRIG_SIMD` caps it): the wider registers run the same operations
-    /// in the same order (Rust never fuses a multiply and an add), so every path gives the same bits.
     fn factor(&mut self, grads: &[&[f32]], off: usize, lam: f64) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use sprig_kernels::SimdLevel;
-            match sprig_kernels::simd() {
-                // SAFETY: `simd()` reports a level only when the CPU has its features.
-                SimdLevel::Avx512 => return unsafe { self.factor_avx512(grads, off, lam) },
-                SimdLevel::Avx2 => return unsafe { self.factor_avx2(grads, off, lam) },
-                SimdLevel::Portable => {}
-            }
-        }
-        self.factor_body(grads, off, lam)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn factor_avx512(&mut self, grads: &[&[f32]], off: usize, lam: f64) -> bool {
-        self.factor_body(grads, off, lam)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn factor_avx2(&mut self, grads: &[&[f32]], off: usize, lam: f64) -> bool {
-        self.factor_body(grads, off, lam)
-    }
-
-    #[inline(always)]
-    fn factor_body(&mut self, grads: &[&[f32]], off: usize, lam: f64) -> bool {
         let (m, k) = (grads.len(), self.kept.len());
         (self.m, self.lam, self.direct) = (m, lam, k <= m);
         self.g.clear();
@@ -530,7 +499,6 @@ fn transpose(a: &[f64], r: usize, c: usize) -> Vec<f64> {
     t
 }
 
-#[inline(always)]
 fn transpose_into(a: &[f64], r: usize, c: usize, t: &mut Vec<f64>) {
     t.clear();
     t.resize(r * c, 0.0);
@@ -543,7 +511,7 @@ fn transpose_into(a: &[f64], r: usize, c: usize, t: &mut Vec<f64>) {
 
 /// Σ a_i b_i with eight interleaved partial sums (a fixed order, so deterministic, and not bound
 /// by the latency of one add chain).
-#[inline(always)]
+#[inline]
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
     let (a8, b8) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
@@ -560,7 +528,6 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// In-place Cholesky of the lower triangle of the n x n row-major `a` (A = LLᵀ, L in the lower
 /// triangle); false when A is not (numerically) positive definite.
-#[inline(always)]
 fn cholesky(a: &mut [f64], n: usize) -> bool {
     for j in 0..n {
         let s = a[j * n + j] - dot(&a[j * n..j * n + j], &a[j * n..j * n + j]);
