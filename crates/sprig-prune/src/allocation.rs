@@ -233,10 +233,11 @@ pub fn prune(
             for (t, (_, gs, _)) in all_groups.iter().enumerate() {
                 let d = dens[&eff[t].0];
                 let k = ((d * gs.len() as f64).round() as usize).min(gs.len());
-                let mut order: Vec<usize> = (0..gs.len()).collect();
-                order.sort_by(|&a, &b| gs[b].total_cmp(&gs[a]).then(a.cmp(&b)));
-                for &g in &order[..k] {
-                    keep_group[t][g] = true;
+                let mut cands = gs.iter().enumerate().map(|(g, &s)| Candidate::new(s, 0, g)).collect::<Option<Vec<_>>>().ok_or_else(|| {
+                    PruneError::Unsupported { what: format!("{} groups in {}", gs.len(), eff[t].0), why: "more than 2^32 groups in one tensor" }
+                })?;
+                for c in best_k(&mut cands, k) {
+                    keep_group[t][c.k as usize] = true;
                 }
             }
         }
@@ -274,6 +275,16 @@ impl Candidate {
     }
 }
 
+/// The `k` best candidates (in no order): one selection, O(n), the same set as the first `k` of
+/// a full sort.
+fn best_k(cands: &mut [Candidate], k: usize) -> &[Candidate] {
+    let k = k.min(cands.len());
+    if k > 0 && k < cands.len() {
+        cands.select_nth_unstable(k - 1);
+    }
+    &cands[..k]
+}
+
 /// The groups the global walk keeps: in best-first order, add a group while the budget is not
 /// reached, and stop at the first group that would overshoot the budget by more than leaving it
 /// out undershoots it. The result is a prefix of the best-first order, found without sorting all
@@ -293,10 +304,7 @@ fn best_first_prefix(cands: &mut [Candidate], size: impl Fn(&Candidate) -> usize
             kept += smin;
             n += 1;
         }
-        if n > 0 && n < cands.len() {
-            cands.select_nth_unstable(n - 1);
-        }
-        return &cands[..n];
+        return best_k(cands, n);
     }
     // Every kept group adds at least smin, so the walk looks at no more than this many.
     let reach = if smin == 0 { cands.len() } else { ((budget.saturating_sub(kept)).div_ceil(smin) + 1).min(cands.len()) };
@@ -353,6 +361,17 @@ mod tests {
     }
 
     proptest! {
+        /// Per-tensor allocations keep the first k of the best-first order.
+        #[test]
+        fn best_k_is_the_head_of_a_full_sort(raw in prop::collection::vec(0u8..5, 0..80), k in 0usize..90) {
+            let mut cands: Vec<Candidate> = raw.iter().enumerate().map(|(i, &s)| Candidate::new(s as f32, 0, i).unwrap()).collect();
+            let mut sorted = cands.clone();
+            sorted.sort();
+            let mut got = best_k(&mut cands, k).to_vec();
+            got.sort();
+            prop_assert_eq!(&got[..], &sorted[..k.min(sorted.len())]);
+        }
+
         /// Equal scores (few distinct values), one group size or many, every budget: the same
         /// groups as sorting everything and walking.
         #[test]

@@ -463,6 +463,9 @@ impl<'a> Fit<'a> {
             pb.set_position(st.step as u64);
             tracing::info!(step = st.step, total, epoch = at.epoch, "resumed from the saved training state");
         }
+        // The pace of this process (steps since the start or the resume, wall clock with the
+        // evaluations and saves) for the estimated time left in the log lines.
+        let (t_run, step_run) = (Instant::now(), st.step);
         for epoch in at.epoch..self.epochs {
             st.epoch = epoch;
             let t_epoch = Instant::now();
@@ -516,7 +519,9 @@ impl<'a> Fit<'a> {
                 pb.inc(1);
                 if pb.is_hidden() && (st.step.is_multiple_of(log_every) || st.step == total) {
                     if self.progress.is_some() {
-                        tracing::info!(step = st.step, total, epoch, loss = mean, examples_per_second = rate, "training");
+                        let per_step = t_run.elapsed().as_secs_f64() / (st.step - step_run).max(1) as f64;
+                        let minutes_left = ((total - st.step) as f64 * per_step / 6.0).round() / 10.0;
+                        tracing::info!(step = st.step, total, epoch, loss = mean, examples_per_second = rate, minutes_left, "training");
                     } else {
                         tracing::debug!(step = st.step, total, epoch, loss = mean, "training");
                     }
