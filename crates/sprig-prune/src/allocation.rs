@@ -255,8 +255,8 @@ pub fn prune(
     Ok(out)
 }
 
-/// A group competing for the global budget: its score as a key whose ascending order is the
-/// descending [`f32::total_cmp`] order, then its tensor and group index (the tie-break by
+/// A group competing for a place among the kept ones: its score as a key whose ascending order
+/// is the descending [`f32::total_cmp`] order, then its tensor and group index (the tie-break by
 /// position), so sorting or selecting by `Ord` is one total order with no indirection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate {
