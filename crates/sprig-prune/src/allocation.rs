@@ -213,12 +213,7 @@ pub fn prune(
                     keep_group[t].iter_mut().for_each(|k| *k = true);
                     kept += g.sizes.iter().sum::<usize>();
                 } else {
-                    for (k, &s) in gs.iter().enumerate() {
-                        cands.push(Candidate::new(s, t, k).ok_or_else(|| PruneError::Unsupported {
-                            what: format!("global allocation over {} groups of {}", gs.len(), eff[t].0),
-                            why: "more than 2^32 groups in one tensor",
-                        })?);
-                    }
+                    cands.extend(candidates(gs, t, &eff[t].0)?);
                 }
             }
             if kept > budget {
@@ -233,9 +228,7 @@ pub fn prune(
             for (t, (_, gs, _)) in all_groups.iter().enumerate() {
                 let d = dens[&eff[t].0];
                 let k = ((d * gs.len() as f64).round() as usize).min(gs.len());
-                let mut cands = gs.iter().enumerate().map(|(g, &s)| Candidate::new(s, 0, g)).collect::<Option<Vec<_>>>().ok_or_else(|| {
-                    PruneError::Unsupported { what: format!("{} groups in {}", gs.len(), eff[t].0), why: "more than 2^32 groups in one tensor" }
-                })?;
+                let mut cands = candidates(gs, 0, &eff[t].0)?;
                 for c in best_k(&mut cands, k) {
                     keep_group[t][c.k as usize] = true;
                 }
@@ -275,6 +268,15 @@ impl Candidate {
     }
 }
 
+/// The groups of tensor number `t` (named `name`) with scores `gs` as candidates.
+fn candidates(gs: &[f32], t: usize, name: &str) -> Result<Vec<Candidate>> {
+    gs.iter()
+        .enumerate()
+        .map(|(k, &s)| Candidate::new(s, t, k))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| PruneError::Unsupported { what: format!("{} groups in {name}", gs.len()), why: "more than 2^32 groups in one tensor" })
+}
+
 /// The `k` best candidates (in no order): one selection, O(n), the same set as the first `k` of
 /// a full sort.
 fn best_k(cands: &mut [Candidate], k: usize) -> &[Candidate] {
@@ -293,11 +295,10 @@ fn best_k(cands: &mut [Candidate], k: usize) -> &[Candidate] {
 /// walk can reach are selected and sorted. The same set as a full sort, bit for bit.
 fn best_first_prefix(cands: &mut [Candidate], size: impl Fn(&Candidate) -> usize, mut kept: usize, budget: usize) -> &[Candidate] {
     let stops = |kept: usize, sz: usize| kept >= budget || (kept + sz > budget && kept + sz - budget > budget - kept);
-    let sizes = cands.iter().map(&size);
-    let (smin, smax) = sizes.fold((usize::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
     if cands.is_empty() {
         return cands;
     }
+    let (smin, smax) = cands.iter().map(&size).fold((usize::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
     if smin == smax {
         let mut n = 0;
         while n < cands.len() && !stops(kept, smin) {
