@@ -77,6 +77,8 @@ fn gmp_with_distillation_writes_a_sparse_hf_directory_and_refuses_bad_input() {
     assert!(e.contains("obert_block") && e.contains("gmp"), "{e}");
     let e = run_err(&mut prune(&["--method", "obert", "--obert-grads", "0"]));
     assert!(e.contains("obert_grads"), "{e}");
+    let e = run_err(&mut prune(&["--method", "obert", "--obert-tiles", "false"]));
+    assert!(e.contains("obert_tiles") && e.contains("unstructured"), "{e}");
     assert!(!fresh.exists(), "a refused run wrote {}", fresh.display());
     // A teacher of another task; an output that exists; a checkpoint already sparser than asked.
     let e = run_err(sprig().args(["prune", "--task", "trec6", "--teacher"]).arg(&teacher).arg("--out").arg(&fresh).args(TINY));

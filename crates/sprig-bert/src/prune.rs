@@ -190,6 +190,11 @@ pub struct PruneConfig {
     /// encoder weight, 42 MB for MiniLM-L6; the paper uses 1024). With m < B the block Fisher
     /// has rank m and the damping λ decides the rest of its inverse.
     pub obert_grads: Option<usize>,
+    /// oBERT with block granularities (4x1, 1x4) only: Fisher blocks of whole tiles and one joint
+    /// saliency per tile (Kurtic et al. eq. 3, the default), or, with `false`, blocks of B
+    /// consecutive weights of a row and tiles ranked by their weights' single saliencies
+    /// ([`sprig_prune::ScoreOptions::obs_tiles`]).
+    pub obert_tiles: Option<bool>,
     /// The fine-tuning recipe (model, task, seed, epochs, lr, ...).
     pub train: FinetuneConfig,
 }
@@ -210,6 +215,7 @@ impl Default for PruneConfig {
             alpha: 0.5,
             obert_block: None,
             obert_grads: None,
+            obert_tiles: None,
             train: FinetuneConfig { epochs: 6, ..FinetuneConfig::default() },
         }
     }
@@ -260,6 +266,14 @@ impl PruneConfig {
                 _ => {}
             }
         }
+        if self.obert_tiles.is_some() {
+            if self.method != PruneMethod::Obert {
+                bail!("obert_tiles (oBERT's Fisher blocks) applies to --method obert only, not {}", self.method.name());
+            }
+            if !matches!(g, Granularity::Block { .. }) {
+                bail!("obert_tiles applies to block granularities (4x1, 1x4), not {}", self.granularity);
+            }
+        }
         Ok(())
     }
 
@@ -285,6 +299,7 @@ impl PruneConfig {
         // λ of the Fisher: oBERT's 1e-7 for the block inverse; a tie-breaker for the diagonal.
         c.options.fisher_damp = if self.method == PruneMethod::Obert { 1e-7 } else { crate::masked::OBS_DAMP };
         c.options.seed = self.train.seed;
+        c.options.obs_tiles = self.obert_tiles.unwrap_or(true);
         // Movement pruning's masks are non-monotone and its scores move by Adam's normalised
         // steps, as Sanh et al. train them (§3; their scores are parameters under Adam). Plain
         // sums of g ⊙ w, whose noise grows with |w|, collapsed rt-sentiment to one class.

@@ -32,7 +32,7 @@ pub use criteria::{ActivationNorms, Criterion, GradAccumulator};
 pub use error::{PruneError, Result};
 pub use granularity::Granularity;
 pub use mask::{Mask, MaskSet, SparsityReport, TensorSparsity};
-pub use obs::{GradWindow, ObsUpdate};
+pub use obs::{Blocks, GradWindow, ObsUpdate};
 pub use pruner::{GroupRate, GrowRule, LayerGroup, Pruner, PrunerConfig, Regrow, Revived};
 pub use schedule::{Rewind, RoundRate, Schedule};
 pub use score::{Inputs, ScoreOptions};

@@ -28,6 +28,14 @@
 //! [`scores`] and 6.0 for an [`update`] pruning half of them (~2.3 s and ~3 s on 2 cores;
 //! `examples/obs_bench.rs`).
 //!
+//! **Tiles.** With a block granularity of `r x c` tiles ([`Blocks::tile`]), a block is
+//! ⌊B/(rc)⌋ whole tiles (at least one) of the `[d0, rest]` matrix, taken row-major over the tile
+//! grid, and [`scores`] gives each tile its joint saliency ρ_Q with Q = the tile's kept weights
+//! (eq. 3; the paper's block pruning), written to each of its weights so that the group mean the
+//! allocation ranks by is ρ_Q. With blocks of B consecutive weights of a row instead, the four
+//! weights of a 4x1 tile (four rows of one column) fall in four different blocks and the tile is
+//! ranked by the mean of four single-weight saliencies, as if they were independent.
+//!
 //! **Pruned coordinates.** Weights already pruned are zero and stay masked: F is restricted to the
 //! block's currently kept coordinates S (equivalently, their gradients are masked to zero, which
 //! makes F block-diagonal between S and the pruned ones). Scores of pruned weights are 0; an update
@@ -173,6 +181,79 @@ pub struct ObsUpdate {
     pub saliency: f64,
 }
 
+/// How each tensor is cut into Fisher blocks (F is block-diagonal over them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocks {
+    /// B, weights per block (a tiled layout rounds it down to whole tiles, at least one).
+    pub size: usize,
+    /// `Some((r, c))`: blocks of whole `r x c` tiles, one joint saliency per tile (see the module doc).
+    pub tile: Option<(usize, usize)>,
+}
+
+impl Blocks {
+    /// Blocks of B weights for pruning in `granularity`: whole tiles for `r x c` blocks when
+    /// `tiles` is on ([`crate::ScoreOptions::obs_tiles`]), else B consecutive weights.
+    pub fn for_granularity(size: usize, granularity: crate::Granularity, tiles: bool) -> Self {
+        let tile = match granularity {
+            crate::Granularity::Block { r, c } if tiles => Some((r, c)),
+            _ => None,
+        };
+        Self { size, tile }
+    }
+}
+
+impl From<usize> for Blocks {
+    /// Blocks of `size` consecutive weights of the flattened tensor.
+    fn from(size: usize) -> Self {
+        Self { size, tile: None }
+    }
+}
+
+/// The blocks of one tensor: which flat indices block `b` holds, in a fixed order.
+struct Layout {
+    numel: usize,
+    size: usize,
+    /// (r, c, columns of the matrix, tiles per row of the tile grid, tiles per block).
+    tile: Option<(usize, usize, usize, usize, usize)>,
+}
+
+impl Layout {
+    fn new(blocks: Blocks, name: &str, shape: &[usize]) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        let Some((r, c)) = blocks.tile else { return Ok(Self { numel, size: blocks.size, tile: None }) };
+        let (d0, rest) = crate::granularity::as_matrix(shape);
+        if r == 0 || c == 0 || d0 % r != 0 || rest % c != 0 {
+            return Err(PruneError::BlocksDoNotTile { name: name.into(), r, c, shape: shape.to_vec() });
+        }
+        let per_block = (blocks.size / (r * c)).max(1);
+        Ok(Self { numel, size: per_block * r * c, tile: Some((r, c, rest, rest / c, per_block)) })
+    }
+    fn num_blocks(&self) -> usize {
+        self.numel.div_ceil(self.size.max(1))
+    }
+    /// Weights per tile (1 without tiles): member k of a block lies in the block's tile k / this.
+    fn tile_len(&self) -> usize {
+        self.tile.map_or(1, |(r, c, ..)| r * c)
+    }
+    /// The flat indices of block `b`: consecutive ones, or tile by tile, each tile row-major.
+    fn members(&self, b: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let start = b * self.size;
+        let end = (start + self.size).min(self.numel);
+        match self.tile {
+            None => out.extend(start..end),
+            Some((r, c, rest, tiles_per_row, _)) => {
+                for t in start / (r * c)..end / (r * c) {
+                    let (row0, col0) = ((t / tiles_per_row) * r, (t % tiles_per_row) * c);
+                    for i in 0..r {
+                        out.extend((row0 + i) * rest + col0..(row0 + i) * rest + col0 + c);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn check(block: usize, damp: f64) -> Result<()> {
     if block == 0 {
         return Err(PruneError::BadValue { what: "OBS block size B", value: 0.0, why: "must be >= 1" });
@@ -196,11 +277,14 @@ fn tensor<'a>(window: &'a GradWindow, name: &str, var: &Var, mask: Option<&'a Ma
     Ok((grads, w))
 }
 
-/// Per-weight OBS saliencies ρ_i = w_i² / (2 [F⁻¹]_ii) (eq. 4) with B-blocks of the flattened
-/// tensors, F restricted to the weights kept in `masks` (none = all kept); pruned weights score 0.
-/// `damp` is λ (> 0). Higher = more important, as for every criterion.
-pub fn scores(window: &GradWindow, params: &[(String, Var)], masks: Option<&MaskSet>, block: usize, damp: f64) -> Result<Scores> {
-    check(block, damp)?;
+/// Per-weight OBS saliencies ρ_i = w_i² / (2 [F⁻¹]_ii) (eq. 4) over the Fisher `blocks` of each
+/// tensor (a `usize` B: blocks of B consecutive weights), F restricted to the weights kept in
+/// `masks` (none = all kept); pruned weights score 0. With tiles ([`Blocks::tile`]) every kept
+/// weight of a tile scores the tile's joint ρ_Q (eq. 3). `damp` is λ (> 0). Higher = more
+/// important, as for every criterion.
+pub fn scores(window: &GradWindow, params: &[(String, Var)], masks: Option<&MaskSet>, blocks: impl Into<Blocks>, damp: f64) -> Result<Scores> {
+    let blocks = blocks.into();
+    check(blocks.size, damp)?;
     if window.is_empty() {
         return Err(PruneError::MissingInput { criterion: "obs", needs: "at least one GradWindow::update (Pruner::observe)" });
     }
@@ -208,44 +292,39 @@ pub fn scores(window: &GradWindow, params: &[(String, Var)], masks: Option<&Mask
     for (name, var) in params {
         let mask = masks.and_then(|m| m.get(name));
         let (grads, w) = tensor(window, name, var, mask)?;
-        let mut s = vec![0f32; w.len()];
-        let bad: Option<usize> = s
-            .par_chunks_mut(block)
-            .enumerate()
-            .map_init(Scratch::default, |scr, (b, out)| {
-                let off = b * block;
-                scr.kept.clear();
-                scr.kept.extend((0..out.len()).filter(|&i| mask.is_none_or(|m| m.get(off + i))));
+        let layout = Layout::new(blocks, name, var.dims())?;
+        let per_block: Vec<std::result::Result<Vec<(usize, f32)>, usize>> = (0..layout.num_blocks())
+            .into_par_iter()
+            .map_init(Scratch::default, |scr, b| {
+                scr.select(&layout, b, |i| mask.is_none_or(|m| m.get(i)));
                 if scr.kept.is_empty() {
-                    return None;
+                    return Ok(Vec::new());
                 }
-                if !scr.factor(&grads, off, damp) {
-                    return Some(b);
+                if !scr.factor(&grads, damp) {
+                    return Err(b);
                 }
-                for (t, &i) in scr.kept.iter().enumerate() {
-                    let d = scr.finv_diag(t);
-                    let wi = w[off + i] as f64;
-                    out[i] = (wi * wi / (2.0 * d)) as f32;
-                }
-                None
+                scr.saliencies(&w).ok_or(b)
             })
-            .find_first(Option::is_some)
-            .flatten();
-        if let Some(b) = bad {
-            return Err(PruneError::NotPositiveDefinite { name: name.clone(), block: b });
+            .collect();
+        let mut s = vec![0f32; w.len()];
+        for r in per_block {
+            let r = r.map_err(|b| PruneError::NotPositiveDefinite { name: name.clone(), block: b })?;
+            r.into_iter().for_each(|(i, v)| s[i] = v);
         }
         out.insert(name.clone(), s);
     }
     Ok(out)
 }
 
-/// The OBS weight update of a pruning event (eq. 3 and 5): in every block, Q = weights kept in
-/// `before` and pruned in `after`; the block's other kept weights move by
+/// The OBS weight update of a pruning event (eq. 3 and 5): in every Fisher block, Q = weights kept
+/// in `before` and pruned in `after`; the block's other kept weights move by
 /// δw = −F⁻¹_{:,Q} ([F⁻¹]_{Q,Q})⁻¹ w_Q (F restricted to the block's weights kept in `before`),
-/// w_Q becomes exactly 0, and weights pruned in `before` stay untouched. Tensors of `params`
-/// without a mask in `before` count as dense. Writes the new values into the `Var`s.
-pub fn update(window: &GradWindow, params: &[(String, Var)], before: &MaskSet, after: &MaskSet, block: usize, damp: f64) -> Result<ObsUpdate> {
-    check(block, damp)?;
+/// w_Q becomes exactly 0, and weights pruned in `before` stay untouched. `blocks` must be those
+/// the scores used. Tensors of `params` without a mask in `before` count as dense. Writes the new
+/// values into the `Var`s.
+pub fn update(window: &GradWindow, params: &[(String, Var)], before: &MaskSet, after: &MaskSet, blocks: impl Into<Blocks>, damp: f64) -> Result<ObsUpdate> {
+    let blocks = blocks.into();
+    check(blocks.size, damp)?;
     let mut total = ObsUpdate::default();
     let mut new_values = Vec::new();
     for (name, var) in params {
@@ -264,28 +343,27 @@ pub fn update(window: &GradWindow, params: &[(String, Var)], before: &MaskSet, a
             return Err(PruneError::MissingInput { criterion: "obs", needs: "at least one GradWindow::update (Pruner::observe)" });
         }
         let (grads, mut w) = tensor(window, name, var, b)?;
-        let res: Vec<std::result::Result<(usize, f64), usize>> = w
-            .par_chunks_mut(block)
-            .enumerate()
-            .map_init(Scratch::default, |scr, (bi, wb)| {
-                let off = bi * block;
-                scr.kept.clear();
-                scr.kept.extend((0..wb.len()).filter(|&i| kept_before(off + i)));
+        let layout = Layout::new(blocks, name, var.dims())?;
+        type Moved = (Vec<(usize, f32)>, usize, f64);
+        let res: Vec<std::result::Result<Moved, usize>> = (0..layout.num_blocks())
+            .into_par_iter()
+            .map_init(Scratch::default, |scr, bi| {
+                scr.select(&layout, bi, kept_before);
                 scr.q.clear();
-                scr.q.extend((0..scr.kept.len()).filter(|&t| !a.get(off + scr.kept[t])));
+                scr.q.extend((0..scr.kept.len()).filter(|&t| !a.get(scr.kept[t])));
                 if scr.q.is_empty() {
-                    return Ok((0, 0.0));
+                    return Ok((Vec::new(), 0, 0.0));
                 }
-                if !scr.factor(&grads, off, damp) {
+                if !scr.factor(&grads, damp) {
                     return Err(bi);
                 }
-                let rho = scr.solve_q(wb).ok_or(bi)?;
-                scr.apply(wb);
-                Ok((scr.q.len(), rho))
+                let rho = scr.solve_q(&w).ok_or(bi)?;
+                Ok((scr.apply(&w), scr.q.len(), rho))
             })
             .collect();
         for r in res {
-            let (n, rho) = r.map_err(|b| PruneError::NotPositiveDefinite { name: name.clone(), block: b })?;
+            let (moved, n, rho) = r.map_err(|b| PruneError::NotPositiveDefinite { name: name.clone(), block: b })?;
+            moved.into_iter().for_each(|(i, v)| w[i] = v);
             total.pruned += n;
             total.saliency += rho;
         }
@@ -297,11 +375,16 @@ pub fn update(window: &GradWindow, params: &[(String, Var)], before: &MaskSet, a
     Ok(total)
 }
 
-/// Per-thread work space of one block: kept coordinates S (block offsets), the removed set Q
-/// (positions in S), and the factorisation of F restricted to S (k = |S| coordinates, m gradients).
+/// Per-thread work space of one block: kept coordinates S (flat indices of the tensor), the
+/// removed set Q (positions in S), and the factorisation of F restricted to S (k = |S|
+/// coordinates, m gradients).
 #[derive(Default)]
 struct Scratch {
+    members: Vec<usize>,
     kept: Vec<usize>,
+    /// The block's tile of each position of S (all 0 without tiles).
+    kept_tile: Vec<usize>,
+    tiled: bool,
     q: Vec<usize>,
     /// Gradients at S, m x k row-major.
     g: Vec<f64>,
@@ -321,16 +404,55 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// S = the members of block `b` that `kept` accepts, in the layout's order.
+    fn select(&mut self, layout: &Layout, b: usize, kept: impl Fn(usize) -> bool) {
+        layout.members(b, &mut self.members);
+        let tile_len = layout.tile_len();
+        self.tiled = layout.tile.is_some();
+        self.kept.clear();
+        self.kept_tile.clear();
+        for (p, &i) in self.members.iter().enumerate() {
+            if kept(i) {
+                self.kept.push(i);
+                self.kept_tile.push(p / tile_len);
+            }
+        }
+    }
+
+    /// Each kept weight's saliency (after [`Scratch::factor`]): eq. 4 alone, or with tiles its
+    /// tile's joint ρ_Q over the tile's kept weights (eq. 3). `None` if a [F⁻¹]_QQ fails.
+    fn saliencies(&mut self, w: &[f32]) -> Option<Vec<(usize, f32)>> {
+        let k = self.kept.len();
+        if !self.tiled {
+            let one = |t: usize| {
+                let wi = w[self.kept[t]] as f64;
+                (self.kept[t], (wi * wi / (2.0 * self.finv_diag(t))) as f32)
+            };
+            return Some((0..k).map(one).collect());
+        }
+        let mut out = Vec::with_capacity(k);
+        let mut start = 0;
+        while start < k {
+            let end = start + self.kept_tile[start..].iter().take_while(|&&t| t == self.kept_tile[start]).count();
+            self.q.clear();
+            self.q.extend(start..end);
+            let rho = self.solve_q(w)? as f32;
+            out.extend(self.kept[start..end].iter().map(|&i| (i, rho)));
+            start = end;
+        }
+        Some(out)
+    }
+
     /// Factorises F = λI + (1/m) Σ g gᵀ restricted to `self.kept`. The small SPD matrix is
     /// Cholesky-factorised; when that fails in floating point (gradients nearly collinear and λ
     /// tiny against them), its factor is taken from a Householder QR of the stacked
     /// [G; √λ I] instead, which does not square the condition number. False if both fail.
-    fn factor(&mut self, grads: &[&[f32]], off: usize, lam: f64) -> bool {
+    fn factor(&mut self, grads: &[&[f32]], lam: f64) -> bool {
         let (m, k) = (grads.len(), self.kept.len());
         (self.m, self.lam, self.direct) = (m, lam, k <= m);
         self.g.clear();
         for g in grads {
-            self.g.extend(self.kept.iter().map(|&i| g[off + i] as f64));
+            self.g.extend(self.kept.iter().map(|&i| g[i] as f64));
         }
         self.fdiag.clear();
         self.fdiag.resize(k, 0.0);
@@ -424,7 +546,7 @@ impl Scratch {
     /// z = ([F⁻¹]_QQ)⁻¹ w_Q by Cholesky; returns ρ_Q = ½ w_Qᵀ z. If [F⁻¹]_QQ is numerically not
     /// positive definite, a jitter of 1e-12, 1e-10, ... 1e-6 of its largest diagonal is added;
     /// `None` if that fails too.
-    fn solve_q(&mut self, wb: &[f32]) -> Option<f64> {
+    fn solve_q(&mut self, w: &[f32]) -> Option<f64> {
         let q = self.q.len();
         let mut qq = std::mem::take(&mut self.qq);
         qq.clear();
@@ -451,7 +573,7 @@ impl Scratch {
         if !ok {
             return None;
         }
-        let wq: Vec<f64> = self.q.iter().map(|&t| wb[self.kept[t]] as f64).collect();
+        let wq: Vec<f64> = self.q.iter().map(|&t| w[self.kept[t]] as f64).collect();
         let l = &self.qq;
         self.z.clear();
         for a in 0..q {
@@ -465,30 +587,35 @@ impl Scratch {
         Some(0.5 * dot(&wq, &self.z))
     }
 
-    /// w_S += δw = −F⁻¹_{S,Q} z, then w_Q = 0 exactly.
-    fn apply(&mut self, wb: &mut [f32]) {
+    /// The new values of S (after [`Scratch::solve_q`]): w_S + δw with δw = −F⁻¹_{S,Q} z, and
+    /// exactly 0 on Q.
+    fn apply(&mut self, w: &[f32]) -> Vec<(usize, f32)> {
         let (k, m) = (self.kept.len(), self.m);
-        for r in 0..k {
-            let delta = if self.direct {
-                -self.q.iter().zip(&self.z).map(|(&t, z)| self.f[r * k + t] * z).sum::<f64>()
-            } else {
-                // −F⁻¹_{r,Q} z = −(1/λ)(z_r[r ∈ Q] − y_rᵀ u), u = Σ_t y_t z_t; the z_r term only
-                // touches Q, whose weights are set to 0 below.
-                if r == 0 {
-                    self.tmp.clear();
-                    self.tmp.resize(m, 0.0);
-                    for (&t, &z) in self.q.iter().zip(&self.z) {
-                        self.tmp.iter_mut().zip(&self.f[t * m..(t + 1) * m]).for_each(|(u, y)| *u += y * z);
-                    }
+        let mut in_q = vec![false; k];
+        self.q.iter().for_each(|&t| in_q[t] = true);
+        if !self.direct {
+            // −F⁻¹_{r,Q} z = −(1/λ)(z_r[r ∈ Q] − y_rᵀ u), u = Σ_t y_t z_t; the z_r term only
+            // touches Q, whose weights become 0.
+            self.tmp.clear();
+            self.tmp.resize(m, 0.0);
+            for (&t, &z) in self.q.iter().zip(&self.z) {
+                self.tmp.iter_mut().zip(&self.f[t * m..(t + 1) * m]).for_each(|(u, y)| *u += y * z);
+            }
+        }
+        (0..k)
+            .map(|r| {
+                let i = self.kept[r];
+                if in_q[r] {
+                    return (i, 0.0);
                 }
-                dot(&self.f[r * m..(r + 1) * m], &self.tmp) / self.lam
-            };
-            let i = self.kept[r];
-            wb[i] = (wb[i] as f64 + delta) as f32;
-        }
-        for &t in &self.q {
-            wb[self.kept[t]] = 0.0;
-        }
+                let delta = if self.direct {
+                    -self.q.iter().zip(&self.z).map(|(&t, z)| self.f[r * k + t] * z).sum::<f64>()
+                } else {
+                    dot(&self.f[r * m..(r + 1) * m], &self.tmp) / self.lam
+                };
+                (i, (w[i] as f64 + delta) as f32)
+            })
+            .collect()
     }
 }
 
@@ -628,7 +755,7 @@ mod tests {
                 }
             }
             assert!(!cholesky(&mut a, n), "m {m}: the test needs a failing Cholesky");
-            assert!(scr.factor(&refs, 0, lam), "m {m}");
+            assert!(scr.factor(&refs, lam), "m {m}");
             for t in 0..k {
                 let d = scr.finv_diag(t);
                 assert!(d.is_finite() && d > 0.0, "m {m}, {t}: {d}");

@@ -426,7 +426,8 @@ impl Pruner {
         };
         let Some(before) = self.pending_before.as_ref() else { return Ok(None) };
         let sel = self.select(params)?;
-        let out = obs::update(window, &sel, before, &self.masks, block, self.config.options.fisher_damp)?;
+        let blocks = obs::Blocks::for_granularity(block, self.config.granularity, self.config.options.obs_tiles);
+        let out = obs::update(window, &sel, before, &self.masks, blocks, self.config.options.fisher_damp)?;
         self.pending_before = None;
         self.release_window();
         Ok(Some(out))
@@ -436,7 +437,7 @@ impl Pruner {
     pub fn scores(&self, params: &[(String, Var)], inputs: &mut Inputs<'_>) -> Result<Scores> {
         let sel = self.select(params)?;
         let acc = inputs.accumulator.or(self.acc.as_ref());
-        self.config.criterion.scores_with(&sel, self.current(), inputs, acc, self.window.as_ref(), &self.config.options)
+        self.config.criterion.scores_with(&sel, self.current(), inputs, acc, self.window.as_ref(), &self.config.options, self.config.granularity)
     }
 
     /// The masks to pass as "current" (`None` while nothing is pruned, as callers of [`prune`] do).

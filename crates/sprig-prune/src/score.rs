@@ -15,6 +15,7 @@ use candle_core::{Tensor, Var};
 use crate::allocation::Scores;
 use crate::criteria::{self, ActivationNorms, Criterion, GradAccumulator};
 use crate::error::{PruneError, Result};
+use crate::granularity::Granularity;
 use crate::mask::MaskSet;
 use crate::obs::{self, GradWindow};
 
@@ -39,11 +40,16 @@ pub struct ScoreOptions {
     /// ([`crate::GradAccumulator::movement`]), so a weight's score grows with how consistently it
     /// moves, not with the size of its gradient times its value.
     pub movement_adam: bool,
+    /// oBERT with a block granularity (`r x c` tiles): Fisher blocks of whole tiles and one
+    /// joint saliency per tile, ρ_Q with Q = the tile (Kurtic et al. eq. 3), as the paper prunes
+    /// blocks; off: blocks of B consecutive weights and a tile ranked by the mean of its weights'
+    /// single-weight saliencies (eq. 4), as sprig did before. See [`crate::obs`].
+    pub obs_tiles: bool,
 }
 
 impl Default for ScoreOptions {
     fn default() -> Self {
-        Self { seed: 0, grasp_rel_step: 1e-2, fisher_damp: 0.0, movement_adam: false }
+        Self { seed: 0, grasp_rel_step: 1e-2, fisher_damp: 0.0, movement_adam: false, obs_tiles: true }
     }
 }
 
@@ -113,11 +119,12 @@ impl Criterion {
     /// Errors with [`PruneError::MissingInput`] when `inputs` lacks what the criterion needs.
     pub fn scores(&self, params: &[(String, Var)], masks: Option<&MaskSet>, inputs: &mut Inputs<'_>, opts: &ScoreOptions) -> Result<Scores> {
         let acc = inputs.accumulator;
-        self.scores_with(params, masks, inputs, acc, None, opts)
+        self.scores_with(params, masks, inputs, acc, None, opts, Granularity::Unstructured)
     }
 
     /// [`Criterion::scores`] with the gradient statistics given apart (a [`crate::Pruner`] keeps its
-    /// own); `inputs` take precedence.
+    /// own; `inputs` take precedence) and the granularity the scores will rank (oBERT's Fisher
+    /// blocks follow its tiles).
     pub(crate) fn scores_with(
         &self,
         params: &[(String, Var)],
@@ -126,6 +133,7 @@ impl Criterion {
         acc: Option<&GradAccumulator>,
         window: Option<&GradWindow>,
         opts: &ScoreOptions,
+        granularity: Granularity,
     ) -> Result<Scores> {
         let missing = |criterion: &'static str, needs: &'static str| PruneError::MissingInput { criterion, needs };
         let acc = |c: &'static str| acc.ok_or_else(|| missing(c, "a GradAccumulator (Inputs::with_accumulator or Pruner::observe)"));
@@ -150,7 +158,7 @@ impl Criterion {
             Criterion::Fisher => acc("fisher")?.fisher(params, opts.fisher_damp),
             Criterion::Obs { block, .. } => {
                 let w = inputs.grad_window.or(window).ok_or_else(|| missing("obs", "a GradWindow (Inputs::with_grad_window or Pruner::observe)"))?;
-                obs::scores(w, params, masks, *block, opts.fisher_damp)
+                obs::scores(w, params, masks, obs::Blocks::for_granularity(*block, granularity, opts.obs_tiles), opts.fisher_damp)
             }
             Criterion::Wanda => inputs.activations.ok_or_else(|| missing("wanda", "activation norms (Inputs::with_activations)"))?.wanda(params),
         }

@@ -71,10 +71,16 @@ fn quad(h: &[Vec<f64>], d: &[f64]) -> f64 {
 /// Brute force per block: the constrained minimum of ½ δᵀ F_S δ with δ_Q = −w_Q (F restricted to
 /// the block's kept coordinates S), i.e. δ_R = F_RR⁻¹ F_RQ w_Q. Returns new weights and Σ loss increase.
 fn brute_force(w: &[f32], gs: &[Vec<f32>], before: &Mask, after: &Mask, block: usize, lam: f64) -> (Vec<f64>, f64) {
+    let blocks: Vec<Vec<usize>> = (0..w.len()).step_by(block).map(|s| (s..(s + block).min(w.len())).collect()).collect();
+    brute_force_blocks(w, gs, before, after, &blocks, lam)
+}
+
+/// [`brute_force`] over blocks given as lists of flat indices.
+fn brute_force_blocks(w: &[f32], gs: &[Vec<f32>], before: &Mask, after: &Mask, blocks: &[Vec<usize>], lam: f64) -> (Vec<f64>, f64) {
     let mut out: Vec<f64> = w.iter().map(|&x| x as f64).collect();
     let mut total = 0.0;
-    for start in (0..w.len()).step_by(block) {
-        let s: Vec<usize> = (start..(start + block).min(w.len())).filter(|&i| before.get(i)).collect();
+    for block in blocks {
+        let s: Vec<usize> = block.iter().copied().filter(|&i| before.get(i)).collect();
         let q: Vec<usize> = s.iter().copied().filter(|&i| !after.get(i)).collect();
         if q.is_empty() {
             continue;
@@ -148,6 +154,68 @@ fn update_is_the_constrained_minimum_and_saliency_the_loss_increase() {
         };
         assert!(rise < mask_only, "m {m}: {rise} !< {mask_only}");
     }
+}
+
+/// Tensor "w" of 4 x 6 in 2x1 tiles (a 2 x 6 tile grid) with B = 5: blocks of two whole tiles
+/// (4 weights), taken row-major over the tile grid; listed here independently of the crate.
+fn tile_blocks() -> Vec<Vec<usize>> {
+    let tile = |t: usize| {
+        let (row0, col) = ((t / 6) * 2, t % 6);
+        [row0 * 6 + col, (row0 + 1) * 6 + col]
+    };
+    (0..6).map(|b| tile(2 * b).into_iter().chain(tile(2 * b + 1)).collect()).collect()
+}
+
+#[test]
+fn tiled_blocks_score_each_tile_jointly_and_update_as_the_constrained_minimum() {
+    let lam = 0.07;
+    let blocks = obs::Blocks { size: 5, tile: Some((2, 1)) };
+    for m in [2, 9] {
+        let mut rng = ChaCha8Rng::seed_from_u64(31 + m as u64);
+        let w0 = rand_vec(24, &mut rng);
+        let (win, gs) = window("w", 24, m, &mut rng);
+        let params = vec![("w".to_string(), var(w0.clone(), &[4, 6]))];
+        // Tile 3 (rows 0-1 of column 3: weights 3 and 9) already pruned.
+        let mut before = Mask::ones(&[4, 6]);
+        for i in [3, 9] {
+            before.set(i, false);
+        }
+        let s = obs::scores(&win, &params, Some(&one("w", before.clone())), blocks, lam).unwrap();
+        // Each kept tile's score is ρ_Q, the loss increase of removing it alone from its block.
+        for (b, block) in tile_blocks().iter().enumerate() {
+            for tile in block.chunks(2) {
+                if !before.get(tile[0]) {
+                    assert_eq!((s["w"][tile[0]], s["w"][tile[1]]), (0.0, 0.0), "a pruned tile scores 0");
+                    continue;
+                }
+                let mut after = before.clone();
+                tile.iter().for_each(|&i| after.set(i, false));
+                let (_, rise) = brute_force_blocks(&w0, &gs, &before, &after, &tile_blocks()[b..=b], lam);
+                for &i in tile {
+                    assert!((s["w"][i] as f64 - rise).abs() < 1e-5 * rise.max(1e-3), "m {m}, weight {i}: {} vs ρ_Q {rise}", s["w"][i]);
+                }
+            }
+        }
+        // Two tiles of two blocks pruned together: every block moves to its constrained minimum.
+        let mut after = before.clone();
+        for i in [0, 6, 13, 19] {
+            after.set(i, false);
+        }
+        let (want, rise) = brute_force_blocks(&w0, &gs, &before, &after, &tile_blocks(), lam);
+        let up = obs::update(&win, &params, &one("w", before.clone()), &one("w", after), blocks, lam).unwrap();
+        let got = values(&params[0].1);
+        assert_eq!(up.pruned, 4);
+        for i in 0..24 {
+            assert!((got[i] as f64 - want[i]).abs() < 1e-5 * want[i].abs().max(1.0), "m {m}, weight {i}: {} vs {}", got[i], want[i]);
+        }
+        assert!((up.saliency - rise).abs() < 1e-6 * rise.max(1.0), "m {m}: {} vs {rise}", up.saliency);
+    }
+    // Tiles that do not divide the tensor are refused with its name.
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (win, _) = window("w", 24, 2, &mut rng);
+    let params = vec![("w".to_string(), var(rand_vec(24, &mut rng), &[4, 6]))];
+    let bad = obs::Blocks { size: 5, tile: Some((3, 1)) };
+    assert!(matches!(obs::scores(&win, &params, None, bad, lam), Err(PruneError::BlocksDoNotTile { .. })));
 }
 
 #[test]

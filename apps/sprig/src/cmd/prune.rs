@@ -59,6 +59,11 @@ pub struct Args {
     /// encoder weight, 42 MB for MiniLM-L6].
     #[arg(long)]
     pub obert_grads: Option<usize>,
+    /// oBERT in 4x1 / 1x4 blocks: Fisher blocks of whole tiles, each tile scored jointly (the
+    /// paper's block pruning) [default: true; false: B consecutive weights, tiles scored by the
+    /// mean of their weights' saliencies].
+    #[arg(long)]
+    pub obert_tiles: Option<bool>,
     /// Replace a finished run in `--out` (only once the new run is complete; `--out` may still
     /// never be or lie inside `--model` or `--teacher`).
     #[arg(long)]
@@ -88,6 +93,7 @@ impl Args {
         c.distill = self.distill.or(c.distill);
         c.obert_block = self.obert_block.or(c.obert_block);
         c.obert_grads = self.obert_grads.or(c.obert_grads);
+        c.obert_tiles = self.obert_tiles.or(c.obert_tiles);
         c.validate()?;
         Ok(c)
     }
