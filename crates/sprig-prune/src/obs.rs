@@ -213,8 +213,8 @@ impl From<usize> for Blocks {
 struct Layout {
     numel: usize,
     size: usize,
-    /// (r, c, columns of the matrix, tiles per row of the tile grid, tiles per block).
-    tile: Option<(usize, usize, usize, usize, usize)>,
+    /// (r, c, columns of the matrix, tiles per row of the tile grid).
+    tile: Option<(usize, usize, usize, usize)>,
 }
 
 impl Layout {
@@ -226,7 +226,7 @@ impl Layout {
             return Err(PruneError::BlocksDoNotTile { name: name.into(), r, c, shape: shape.to_vec() });
         }
         let per_block = (blocks.size / (r * c)).max(1);
-        Ok(Self { numel, size: per_block * r * c, tile: Some((r, c, rest, rest / c, per_block)) })
+        Ok(Self { numel, size: per_block * r * c, tile: Some((r, c, rest, rest / c)) })
     }
     fn num_blocks(&self) -> usize {
         self.numel.div_ceil(self.size.max(1))
@@ -242,7 +242,7 @@ impl Layout {
         let end = (start + self.size).min(self.numel);
         match self.tile {
             None => out.extend(start..end),
-            Some((r, c, rest, tiles_per_row, _)) => {
+            Some((r, c, rest, tiles_per_row)) => {
                 for t in start / (r * c)..end / (r * c) {
                     let (row0, col0) = ((t / tiles_per_row) * r, (t % tiles_per_row) * c);
                     for i in 0..r {
@@ -382,7 +382,7 @@ pub fn update(window: &GradWindow, params: &[(String, Var)], before: &MaskSet, a
 struct Scratch {
     members: Vec<usize>,
     kept: Vec<usize>,
-    /// The block's tile of each position of S (all 0 without tiles).
+    /// The block's tile of each position of S (without tiles, the position in the block).
     kept_tile: Vec<usize>,
     tiled: bool,
     q: Vec<usize>,
