@@ -28,7 +28,7 @@ use crate::granularity::Granularity;
 use crate::mask::{Mask, MaskSet};
 use crate::obs::{self, GradWindow, ObsUpdate};
 use crate::schedule::{Rewind, RoundRate, Schedule};
-use crate::score::{Inputs, ScoreOptions};
+use crate::score::{Held, Inputs, ScoreOptions};
 
 #[path = "pruner_state.rs"]
 mod state;
@@ -437,7 +437,8 @@ impl Pruner {
     pub fn scores(&self, params: &[(String, Var)], inputs: &mut Inputs<'_>) -> Result<Scores> {
         let sel = self.select(params)?;
         let acc = inputs.accumulator.or(self.acc.as_ref());
-        self.config.criterion.scores_with(&sel, self.current(), inputs, acc, self.window.as_ref(), &self.config.options, self.config.granularity)
+        let held = Held { acc, window: self.window.as_ref(), granularity: self.config.granularity };
+        self.config.criterion.scores_with(&sel, self.current(), inputs, held, &self.config.options)
     }
 
     /// The masks to pass as "current" (`None` while nothing is pruned, as callers of [`prune`] do).

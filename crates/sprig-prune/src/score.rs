@@ -108,6 +108,14 @@ impl<'a> Inputs<'a> {
     }
 }
 
+/// What a [`crate::Pruner`] keeps for its criterion: its gradient statistics and the granularity
+/// the scores will rank (oBERT's Fisher blocks follow its tiles).
+pub(crate) struct Held<'a> {
+    pub acc: Option<&'a GradAccumulator>,
+    pub window: Option<&'a GradWindow>,
+    pub granularity: Granularity,
+}
+
 /// Keeps the scores of `params`' names, erroring when one is missing.
 fn restrict(mut s: Scores, params: &[(String, Var)]) -> Result<Scores> {
     params.iter().map(|(n, _)| s.remove(n).map(|v| (n.clone(), v)).ok_or_else(|| PruneError::NoGradient(n.clone()))).collect()
@@ -118,23 +126,14 @@ impl Criterion {
     /// `masks` is the current mask (SynFlow scores the masked network, block OBS restricts its Fisher to the kept weights; the others ignore it).
     /// Errors with [`PruneError::MissingInput`] when `inputs` lacks what the criterion needs.
     pub fn scores(&self, params: &[(String, Var)], masks: Option<&MaskSet>, inputs: &mut Inputs<'_>, opts: &ScoreOptions) -> Result<Scores> {
-        let acc = inputs.accumulator;
-        self.scores_with(params, masks, inputs, acc, None, opts, Granularity::Unstructured)
+        let held = Held { acc: inputs.accumulator, window: None, granularity: Granularity::Unstructured };
+        self.scores_with(params, masks, inputs, held, opts)
     }
 
-    /// [`Criterion::scores`] with the gradient statistics given apart (a [`crate::Pruner`] keeps its
-    /// own; `inputs` take precedence) and the granularity the scores will rank (oBERT's Fisher
-    /// blocks follow its tiles).
-    pub(crate) fn scores_with(
-        &self,
-        params: &[(String, Var)],
-        masks: Option<&MaskSet>,
-        inputs: &mut Inputs<'_>,
-        acc: Option<&GradAccumulator>,
-        window: Option<&GradWindow>,
-        opts: &ScoreOptions,
-        granularity: Granularity,
-    ) -> Result<Scores> {
+    /// [`Criterion::scores`] with what a [`crate::Pruner`] holds apart ([`Held`]; `inputs` take
+    /// precedence).
+    pub(crate) fn scores_with(&self, params: &[(String, Var)], masks: Option<&MaskSet>, inputs: &mut Inputs<'_>, held: Held<'_>, opts: &ScoreOptions) -> Result<Scores> {
+        let Held { acc, window, granularity } = held;
         let missing = |criterion: &'static str, needs: &'static str| PruneError::MissingInput { criterion, needs };
         let acc = |c: &'static str| acc.ok_or_else(|| missing(c, "a GradAccumulator (Inputs::with_accumulator or Pruner::observe)"));
         match self {
