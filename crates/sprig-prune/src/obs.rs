@@ -221,10 +221,8 @@ impl Layout {
     fn new(blocks: Blocks, name: &str, shape: &[usize]) -> Result<Self> {
         let numel: usize = shape.iter().product();
         let Some((r, c)) = blocks.tile else { return Ok(Self { numel, size: blocks.size, tile: None }) };
-        let (d0, rest) = crate::granularity::as_matrix(shape);
-        if r == 0 || c == 0 || d0 % r != 0 || rest % c != 0 {
-            return Err(PruneError::BlocksDoNotTile { name: name.into(), r, c, shape: shape.to_vec() });
-        }
+        crate::Granularity::Block { r, c }.check(name, shape)?;
+        let (_, rest) = crate::granularity::as_matrix(shape);
         let per_block = (blocks.size / (r * c)).max(1);
         Ok(Self { numel, size: per_block * r * c, tile: Some((r, c, rest, rest / c)) })
     }
